@@ -1,0 +1,40 @@
+// The _core extension: runtime helpers here, each family in its own file.
+#include <pybind11/pybind11.h>
+
+#include "gencore/blas.h"
+#include "gencore/check.h"
+#include "gencore/parallel.h"
+#include "gencore/simd.h"
+
+namespace py = pybind11;
+
+namespace gencore::bindings {
+void bind_ood(py::module_& m);
+}
+
+namespace {
+
+void* capsule_pointer(const py::capsule& c) {
+  // SciPy names its capsules with the C signature; take whatever name it has.
+  void* p = PyCapsule_GetPointer(c.ptr(), PyCapsule_GetName(c.ptr()));
+  if (!p) throw py::error_already_set();
+  return p;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  using namespace gencore;
+  m.doc() = "gencore CPU kernels (see gencore._native)";
+  m.def("set_blas", [](const py::capsule& sgemm, const py::capsule& dgemm) {
+    blas::set_gemm(capsule_pointer(sgemm), capsule_pointer(dgemm));
+  }, py::arg("sgemm"), py::arg("dgemm"), "Hand over SciPy's Fortran sgemm/dgemm capsules.");
+  m.def("blas_info", &blas::describe);
+  m.def("openmp", &openmp_enabled);
+  m.def("detected_simd_level", [] { return simd_level_name(detected_simd_level()); });
+  m.def("simd_level", [] { return simd_level_name(simd_level()); });
+  m.def("set_simd_level", [](const std::string& name) { set_simd_level(parse_simd_level(name)); },
+        py::arg("level"), "Cap the SIMD level (clamped to what the CPU supports).");
+  m.def("has_avx512_bf16", &cpu_has_avx512_bf16);
+  bindings::bind_ood(m);
+}

@@ -1,0 +1,104 @@
+#include "gencore/blas.h"
+
+#include <dlfcn.h>
+
+#include <climits>
+
+#include "gencore/check.h"
+
+namespace gencore::blas {
+namespace {
+
+// Fortran ABI (LP64 integers, as SciPy's cython_blas declares them).
+using sgemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
+                          const float*, const int*, const float*, const int*, const float*, float*,
+                          const int*);
+using dgemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*, const double*,
+                          const double*, const int*, const double*, const int*, const double*,
+                          double*, const int*);
+using set_threads_local_fn = int (*)(int);
+using get_config_fn = char* (*)();
+
+struct Blas {
+  sgemm_fn sgemm = nullptr;
+  dgemm_fn dgemm = nullptr;
+  set_threads_local_fn set_threads_local = nullptr;
+  std::string config;
+};
+
+Blas& state() {
+  static Blas blas;
+  return blas;
+}
+
+// Finds the shared object that holds `fn` and looks up an OpenBLAS symbol in it
+// (SciPy's build prefixes some exported names with "scipy_").
+void* sibling_symbol(void* fn, const char* name) {
+  Dl_info info;
+  if (!dladdr(fn, &info) || !info.dli_fname) return nullptr;
+  void* handle = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD);
+  if (!handle) return nullptr;
+  void* sym = dlsym(handle, name);
+  dlclose(handle);  // RTLD_NOLOAD took a reference; the library stays loaded by SciPy
+  return sym;
+}
+
+int checked_int(int64_t v, const char* what) {
+  GENCORE_CHECK(v >= 0 && v <= INT_MAX, "BLAS dimension ", what, "=", v, " exceeds 32-bit range");
+  return static_cast<int>(v);
+}
+
+}  // namespace
+
+void set_gemm(void* sgemm, void* dgemm) {
+  GENCORE_CHECK(sgemm && dgemm, "set_gemm: null BLAS pointer");
+  Blas& b = state();
+  b.sgemm = reinterpret_cast<sgemm_fn>(sgemm);
+  b.dgemm = reinterpret_cast<dgemm_fn>(dgemm);
+  b.set_threads_local = reinterpret_cast<set_threads_local_fn>(
+      sibling_symbol(sgemm, "openblas_set_num_threads_local"));
+  b.config.clear();
+  for (const char* name : {"scipy_openblas_get_config", "openblas_get_config"}) {
+    if (auto get_config = reinterpret_cast<get_config_fn>(sibling_symbol(sgemm, name))) {
+      b.config = get_config();
+      break;
+    }
+  }
+  if (b.config.empty()) b.config = "unknown BLAS";
+}
+
+bool available() { return state().sgemm != nullptr; }
+
+std::string describe() {
+  const Blas& b = state();
+  if (!b.sgemm) return "none";
+  return b.config + (b.set_threads_local ? " (thread-local threads)" : " (global threads)");
+}
+
+// Row-major c[m,n] = a[m,k]·b[n,k]^T is column-major c^T[n,m] = op(b)·op(a)
+// with b transposed: gemm('T', 'N', n, m, k, alpha, b, ldb, a, lda, beta, c, ldc).
+void gemm_abt(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+              const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  GENCORE_CHECK(state().sgemm, "BLAS is not initialised (gencore._native sets it at import)");
+  const int M = checked_int(n, "n"), N = checked_int(m, "m"), K = checked_int(k, "k");
+  const int LDA = checked_int(ldb, "ldb"), LDB = checked_int(lda, "lda"), LDC = checked_int(ldc, "ldc");
+  state().sgemm("T", "N", &M, &N, &K, &alpha, b, &LDA, a, &LDB, &beta, c, &LDC);
+}
+
+void gemm_abt(int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
+              const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+  GENCORE_CHECK(state().dgemm, "BLAS is not initialised (gencore._native sets it at import)");
+  const int M = checked_int(n, "n"), N = checked_int(m, "m"), K = checked_int(k, "k");
+  const int LDA = checked_int(ldb, "ldb"), LDB = checked_int(lda, "lda"), LDC = checked_int(ldc, "ldc");
+  state().dgemm("T", "N", &M, &N, &K, &alpha, b, &LDA, a, &LDB, &beta, c, &LDC);
+}
+
+SingleThreadedScope::SingleThreadedScope() {
+  if (auto set = state().set_threads_local) previous_ = set(1);
+}
+
+SingleThreadedScope::~SingleThreadedScope() {
+  if (auto set = state().set_threads_local; set && previous_ > 0) set(previous_);
+}
+
+}  // namespace gencore::blas

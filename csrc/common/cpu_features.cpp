@@ -1,0 +1,79 @@
+#include "gencore/simd.h"
+
+#include <atomic>
+#include <cstdlib>
+
+#include "gencore/check.h"
+
+namespace gencore {
+namespace {
+
+SimdLevel detect() {
+#if defined(GENCORE_X86) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+    return SimdLevel::avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SimdLevel::avx2;
+#endif
+  return SimdLevel::scalar;
+}
+
+SimdLevel initial_level() {
+  SimdLevel best = detect();
+  if (const char* env = std::getenv("GENCORE_SIMD")) {
+    try {
+      SimdLevel wanted = parse_simd_level(env);
+      return wanted < best ? wanted : best;
+    } catch (const std::invalid_argument&) {
+      // An unknown value is reported by the Python layer; keep the best level.
+    }
+  }
+  return best;
+}
+
+std::atomic<int>& level_in_use() {
+  static std::atomic<int> level{static_cast<int>(initial_level())};
+  return level;
+}
+
+}  // namespace
+
+SimdLevel detected_simd_level() {
+  static const SimdLevel level = detect();
+  return level;
+}
+
+SimdLevel simd_level() { return static_cast<SimdLevel>(level_in_use().load()); }
+
+void set_simd_level(SimdLevel level) {
+  SimdLevel best = detected_simd_level();
+  level_in_use().store(static_cast<int>(level < best ? level : best));
+}
+
+bool cpu_has_avx512_bf16() {
+#if defined(GENCORE_X86) && (defined(__GNUC__) || defined(__clang__))
+  static const bool has = detected_simd_level() == SimdLevel::avx512 &&
+                          __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
+const char* simd_level_name(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::avx512: return "avx512";
+    case SimdLevel::avx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+SimdLevel parse_simd_level(const std::string& name) {
+  if (name == "scalar") return SimdLevel::scalar;
+  if (name == "avx2") return SimdLevel::avx2;
+  if (name == "avx512") return SimdLevel::avx512;
+  fail("simd level must be one of 'scalar', 'avx2', 'avx512'; got '", name, "'");
+}
+
+}  // namespace gencore

@@ -1,0 +1,23 @@
+// Precondition checks inside native code. The Python layer validates user input
+// first; these catch contract violations and surface them as Python exceptions
+// (pybind11 maps std::invalid_argument -> ValueError) instead of crashing.
+#pragma once
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+namespace gencore {
+
+template <typename... Parts>
+[[noreturn]] inline void fail(const Parts&... parts) {
+  std::ostringstream message;
+  (message << ... << parts);
+  throw std::invalid_argument(message.str());
+}
+
+}  // namespace gencore
+
+#define GENCORE_CHECK(cond, ...)                 \
+  do {                                           \
+    if (!(cond)) ::gencore::fail(__VA_ARGS__);   \
+  } while (0)

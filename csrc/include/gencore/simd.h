@@ -1,0 +1,18 @@
+// Run-time SIMD level. One dispatch per kernel call, outside hot loops.
+// GENCORE_SIMD=scalar|avx2|avx512 (read once at import) or set_simd_level()
+// caps the level so tests can exercise every path the CPU supports.
+#pragma once
+#include <string>
+
+namespace gencore {
+
+enum class SimdLevel : int { scalar = 0, avx2 = 1, avx512 = 2 };
+
+SimdLevel detected_simd_level();          // best level this CPU supports
+SimdLevel simd_level();                   // level in use (detected, capped by override)
+void set_simd_level(SimdLevel level);     // cap; clamped to the detected level
+bool cpu_has_avx512_bf16();               // extra feature for the bf16 screening kernel
+const char* simd_level_name(SimdLevel level);
+SimdLevel parse_simd_level(const std::string& name);
+
+}  // namespace gencore

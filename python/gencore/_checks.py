@@ -1,0 +1,75 @@
+"""Argument checks shared by every family. Errors name the argument and the
+expected and received values; they run before any native code."""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+
+FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def tensor(x, name: str, *, ndim: Optional[int] = None, dtypes: Iterable[torch.dtype] = FLOATING) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    dtypes = tuple(dtypes)
+    if x.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({names}), got {str(x.dtype).replace('torch.', '')}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(x.shape)}")
+    return x
+
+
+def same_device(**named: torch.Tensor) -> torch.device:
+    devices = {name: t.device for name, t in named.items()}
+    first = next(iter(devices.values()))
+    if any(d != first for d in devices.values()):
+        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"tensors must be on one device, got {listing}")
+    return first
+
+
+def same_size(dim_name: str, **named: int) -> None:
+    values = set(named.values())
+    if len(values) > 1:
+        listing = ", ".join(f"{n}={v}" for n, v in named.items())
+        raise ValueError(f"{dim_name} mismatch: {listing}")
+
+
+def finite(x: torch.Tensor, name: str) -> None:
+    """Refuses NaN/inf; costs one pass over x. Skipped for fake/meta tensors."""
+    if x.device.type == "meta" or x.numel() == 0:
+        return
+    if not bool(torch.isfinite(x).all()):
+        bad = "NaN" if bool(torch.isnan(x).any()) else "inf"
+        raise ValueError(f"{name} contains {bad}; gencore ops require finite inputs")
+
+
+def integer(v, name: str, *, low: Optional[int] = None, high: Optional[int] = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if low is not None and v < low:
+        raise ValueError(f"{name} must be >= {low}, got {v}")
+    if high is not None and v > high:
+        raise ValueError(f"{name} must be <= {high}, got {v}")
+    return v
+
+
+def choice(v, name: str, options: Iterable[str]) -> str:
+    options = tuple(options)
+    if v not in options:
+        raise ValueError(f"{name} must be one of {options}, got {v!r}")
+    return v
+
+
+def native_rows(x: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
+    """x as ``compute_dtype`` with unit column stride (copies only if needed)."""
+    x = x.detach()
+    if x.dtype != compute_dtype:
+        x = x.to(compute_dtype)
+    if x.dim() == 2 and x.size(1) > 1 and x.stride(1) != 1:
+        x = x.contiguous()
+    if x.dim() == 2 and x.size(0) > 1 and x.stride(0) < x.size(1):
+        x = x.contiguous()  # overlapping or broadcast rows
+    return x

@@ -1,0 +1,99 @@
+"""Loads the compiled modules once and owns the runtime settings.
+
+``_core`` (CPU kernels) and ``_cuda`` (CUDA kernels) are optional: without
+them every op runs through its pure-torch reference. BLAS comes from SciPy:
+the Fortran ``sgemm``/``dgemm`` capsules of ``scipy.linalg.cython_blas`` are
+handed to ``_core`` here, once.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Optional
+
+__all__ = ["core", "cuda", "info", "set_num_threads", "get_num_threads", "set_simd_level"]
+
+
+def _load(name: str) -> tuple[Optional[Any], Optional[str]]:
+    try:
+        return importlib.import_module(f"gencore.{name}"), None
+    except ImportError as exc:  # not built, or built for another platform
+        return None, str(exc)
+
+
+core, core_error = _load("_core")
+cuda, cuda_error = _load("_cuda")
+
+if core is not None:
+    from scipy.linalg import cython_blas as _cython_blas
+
+    core.set_blas(_cython_blas.__pyx_capi__["sgemm"], _cython_blas.__pyx_capi__["dgemm"])
+    _simd_env = os.environ.get("GENCORE_SIMD")
+    if _simd_env is not None and _simd_env not in ("scalar", "avx2", "avx512"):
+        raise ValueError(f"GENCORE_SIMD must be one of 'scalar', 'avx2', 'avx512'; got {_simd_env!r}")
+
+_num_threads: Optional[int] = None
+
+
+def set_num_threads(n: int) -> None:
+    """Set the thread count the CPU kernels use (per call; torch's own setting is untouched)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"num_threads must be a positive int, got {n!r}")
+    global _num_threads
+    _num_threads = n
+
+
+def get_num_threads() -> int:
+    """Threads the CPU kernels use: set_num_threads' value, else torch.get_num_threads()."""
+    if _num_threads is not None:
+        return _num_threads
+    import torch
+
+    return torch.get_num_threads()
+
+
+def set_simd_level(level: str) -> str:
+    """Cap the SIMD level of the CPU kernels ('scalar', 'avx2', 'avx512').
+
+    The cap is clamped to what the CPU supports; returns the level now in use.
+    Also settable at import through the GENCORE_SIMD environment variable.
+    """
+    if core is None:
+        raise RuntimeError("the native CPU module gencore._core is not available")
+    if level not in ("scalar", "avx2", "avx512"):
+        raise ValueError(f"level must be one of 'scalar', 'avx2', 'avx512'; got {level!r}")
+    core.set_simd_level(level)
+    return core.simd_level()
+
+
+def cuda_device_count() -> int:
+    return cuda.device_count() if cuda is not None else 0
+
+
+def info() -> dict:
+    """What this installation can do: modules, SIMD, threads, BLAS, CUDA, backends per family."""
+    from . import __version__
+    from ._dispatch import backend_name, families
+
+    return {
+        "version": __version__,
+        "modules": {"_core": core is not None, "_cuda": cuda is not None},
+        "module_errors": {k: v for k, v in (("_core", core_error), ("_cuda", cuda_error)) if v},
+        "simd": {
+            "detected": core.detected_simd_level() if core else None,
+            "in_use": core.simd_level() if core else None,
+            "avx512_bf16": bool(core.has_avx512_bf16()) if core else False,
+        },
+        "threads": get_num_threads(),
+        "openmp": bool(core.openmp()) if core else False,
+        "blas": core.blas_info() if core else None,
+        "cuda": {
+            "built": cuda is not None,
+            "devices": cuda_device_count(),
+            "runtime_version": cuda.runtime_version() if cuda else None,
+            "driver_version": cuda.driver_version() if cuda else None,
+            "archs": cuda.compiled_archs() if cuda else None,
+        },
+        "forced_backend": os.environ.get("GENCORE_BACKEND") or None,
+        "backends": {fam: {dev: backend_name(dev) for dev in ("cpu", "cuda")} for fam in families()},
+    }
