@@ -11,6 +11,7 @@
 // Peak extra memory: 2 * N (scale, bias) + threads * (Qb * Nb + Qb * k * 2) elements
 // plus, when the bank is split across threads (few queries), chunks * Q * k pairs.
 #include "ood/knn.h"
+#include "ood/knn_terms.h"
 
 #include <algorithm>
 #include <cmath>
@@ -77,47 +78,6 @@ Plan make_plan(int64_t Q, int64_t N, int threads) {
   return p;
 }
 
-template <typename T>
-struct MetricTerms {
-  T alpha;                // GEMM scale
-  std::vector<T> scale;   // [N]
-  std::vector<T> bias;    // [N]
-  std::vector<T> query_term;  // [Q]: ||x||^2 (sqeuclidean) or 1/||x|| (cosine)
-};
-
-// The norm pass doubles as the finiteness check of both inputs.
-template <typename T>
-MetricTerms<T> metric_terms(MatrixView<const T> queries, MatrixView<const T> bank, KnnMetric metric,
-                            int threads) {
-  const int64_t N = bank.rows, Q = queries.rows;
-  MetricTerms<T> t;
-  t.alpha = metric == KnnMetric::sqeuclidean ? T(-2) : T(-1);
-  t.scale.assign(N, T(1));
-  t.bias.assign(N, T(0));
-  t.query_term.assign(Q, T(0));
-  std::vector<T>& bank_sq = metric == KnnMetric::sqeuclidean ? t.bias : t.scale;
-  squared_row_norms(bank, bank_sq.data(), "bank", threads);
-  squared_row_norms(queries, t.query_term.data(), "queries", threads);
-  if (metric == KnnMetric::sqeuclidean) return t;
-  if (metric == KnnMetric::inner_product) {
-    std::fill(t.scale.begin(), t.scale.end(), T(1));
-    return t;
-  }
-  const T tiny = std::numeric_limits<T>::min();
-  for (T& s : t.scale) s = T(1) / std::max(std::sqrt(s), tiny);
-  for (T& s : t.query_term) s = T(1) / std::max(std::sqrt(s), tiny);
-  return t;
-}
-
-template <typename T>
-T key_to_value(T key, T query_term, KnnMetric metric) {
-  switch (metric) {
-    case KnnMetric::sqeuclidean: return std::max(key + query_term, T(0));
-    case KnnMetric::cosine: return -key * query_term;
-    default: return -key;
-  }
-}
-
 // Searches bank rows [n0, n1) for queries [q0, q1); leaves heaps[i] unsorted.
 template <typename T>
 void search_block(MatrixView<const T> queries, MatrixView<const T> bank, int64_t q0, int64_t q1,
@@ -148,6 +108,12 @@ void knn(MatrixView<const T> queries, MatrixView<const T> bank, int64_t k, KnnMe
   if (Q == 0) return;
 
   const MetricTerms<T> terms = metric_terms(queries, bank, metric, num_threads);
+  if constexpr (std::is_same_v<T, float>) {
+    if (knn_screen_applies(Q, bank.cols, terms, num_threads)) {
+      knn_screened(queries, bank, k, metric, terms, values, indices, num_threads);
+      return;
+    }
+  }
   const Plan plan = make_plan(Q, N, num_threads);
   const OfferFn<T> offer = pick_offer<T>();
   const int64_t items = plan.query_blocks * plan.bank_chunks;
