@@ -226,6 +226,33 @@ def test_gen_top_m_around_c(rng, top_m):
     check_score("gen", logits, top_m=top_m, gamma=0.7, what=f"top_m={top_m} gamma=0.7")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("kind", ["random", "ascending", "descending", "sampled-high", "sampled-low", "ties"])
+def test_gen_selection_paths(rng, kind, dtype):
+    # The CPU kernel selects the top M with a heap (M <= 16), or a strided sample of
+    # 128 values that sets a threshold, then nth_element on the values above it,
+    # falling back to nth_element on the whole row when too few or too many pass.
+    # Rows whose sampled positions (multiples of C // 128 = 7) hold the largest or
+    # the smallest values force both fallbacks.
+    c = 1000
+    base = randn(rng, 6, c, dtype=torch.float64, scale=3.0)
+    sampled = torch.zeros(c, dtype=torch.bool)
+    sampled[::c // 128] = True
+    if kind == "ascending":
+        base = base.sort(dim=1).values
+    elif kind == "descending":
+        base = base.sort(dim=1, descending=True).values
+    elif kind == "sampled-high":
+        base[:, sampled] += 20.0
+    elif kind == "sampled-low":
+        base[:, sampled] -= 20.0
+    elif kind == "ties":
+        base = torch.randint(-3, 4, (6, c), generator=rng).double()
+    logits = base.to(dtype)
+    for m in (1, 2, 16, 17, 60, 100, 300, 499, 500, 999):
+        check_score("gen", logits, top_m=m, what=f"{kind} M={m}")
+
+
 def test_gen_top_m_at_least_c_uses_all_classes(rng):
     logits = randn(rng, 20, 30)
     assert torch.equal(gen(logits, 0.1, 30), gen(logits, 0.1, 31))
