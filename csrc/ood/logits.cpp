@@ -235,7 +235,8 @@ void logit_scores(MatrixView<const T> logits, LogitScore score, const LogitParam
   // Only msp and energy have a temperature; GEN and KL read softmax(l) itself.
   const bool tempered = score == LogitScore::msp || score == LogitScore::energy;
   const double temperature = tempered ? params.temperature : 1.0;
-  const T inv_t = T(1.0 / temperature);
+  // 1/T is clamped to the largest finite T so a tiny T cannot turn 0 * (1/T) into NaN.
+  const T inv_t = T(std::min(1.0 / temperature, double(std::numeric_limits<T>::max())));
   const bool need_rest = score != LogitScore::max_logit;
   const bool need_gen = score == LogitScore::gen && params.top_m < C;
   int64_t first_bad = std::numeric_limits<int64_t>::max();

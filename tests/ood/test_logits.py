@@ -266,6 +266,16 @@ def test_temperature(rng, name, temperature):
     check_score(name, randn(rng, 50, 37, scale=4.0), temperature=temperature, what=f"T={temperature}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_tiny_temperature_ties(dtype):
+    # T -> 0: softmax(l / T) is uniform over the tied maxima; 1/T overflowing the
+    # dtype must not turn the ties' 0 * (1/T) into NaN.
+    logits = torch.tensor([[1.0, 1.0, 0.0, 1.0], [2.0, -1.0, 1.0, 1.5]], dtype=dtype)
+    for t in (1e-30, 1e-300):
+        torch.testing.assert_close(msp(logits, t), torch.tensor([1 / 3, 1.0], dtype=dtype))
+        torch.testing.assert_close(energy(logits, t), torch.tensor([1.0, 2.0], dtype=dtype))
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("name", LOGIT_SCORES)
 def test_parity_dtypes(rng, dtype, name):
