@@ -4,7 +4,7 @@
 //   2. rest = sum_{j != k} exp((l_j - m) / T), accumulated in double
 //      (float32 rows: exp in float32 SIMD, see logits_avx2.cpp / logits_avx512.cpp),
 //   3. the score from (m, k, rest): msp and energy directly; GEN selects the
-//      top-M logits (a heap, or a sampled threshold and nth_element on the few
+//      top-M logits (a heap, or a sampled threshold and a quickselect on the few
 //      values above it) and sums its terms (float32 SIMD exp/log, double sums);
 //      KL matching reuses the exps stored in step 2 against the log-template of k.
 // float64 rows run the portable loops below in double throughout.
@@ -147,20 +147,58 @@ struct GenScratch {
   std::vector<T> sample;      // [kSample]
 };
 
-constexpr int64_t kHeapMaxK = 8;  // up to this K, a heap beats sampling + nth_element
+constexpr int64_t kHeapMaxK = 4;  // up to this K, a heap beats sampling + selection
 constexpr int64_t kSample = 128;   // strided sample that places the selection threshold
 
-// The K largest of sign * row (1 <= K <= C, sign = +-1) into scratch.values[0, K),
-// the K-th largest at [K - 1].
-//  * K <= 8: one scan with a size-K heap of -sign * value behind a threshold test
+// Rearranges a[0, n) so that a[0, k) hold the k largest values (1 <= k <= n) and
+// returns the k-th largest. Quickselect with median-of-three pivots and branch-free
+// Lomuto partitions: std::nth_element's data-dependent branch per element
+// mispredicts on random rows (~7 ns per value here); this runs at ~2-3.
+template <typename T>
+T select_largest(T* a, int64_t n, int64_t k) {
+  const int64_t target = k - 1;  // its index once a[0, n) were sorted descending
+  int64_t lo = 0, hi = n;        // a[0, lo) >= a[lo, hi) >= a[hi, n); lo <= target < hi
+  while (hi - lo > 16) {
+    const T x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi - 1];
+    const T pivot = std::max(std::min(x, y), std::min(std::max(x, y), z));
+    int64_t i = lo;  // [lo, i) > pivot, [i, j) <= pivot
+    for (int64_t j = lo; j < hi; ++j) {
+      const T v = a[j];
+      a[j] = a[i];
+      a[i] = v;
+      i += v > pivot;
+    }
+    if (target < i) {
+      hi = i;
+    } else if (i > lo) {
+      lo = i;
+    } else {  // the pivot is the range's max: split off its copies so the range shrinks
+      int64_t e = lo;
+      for (int64_t j = lo; j < hi; ++j) {
+        const T v = a[j];
+        a[j] = a[e];
+        a[e] = v;
+        e += v == pivot;
+      }
+      if (target < e) return pivot;
+      lo = e;
+    }
+  }
+  std::sort(a + lo, a + hi, std::greater<T>());
+  return a[target];
+}
+
+// The K largest of sign * row (1 <= K <= C, sign = +-1) into scratch.values[0, K);
+// returns the K-th largest.
+//  * K <= 4: one scan with a size-K heap of -sign * value behind a threshold test
 //    (~C compares, ~K log(C/K) heap updates for rows in random order).
 //  * otherwise: a strided sample of 128 values gives a threshold a little below
 //    the expected K-th largest (two standard deviations of the sample rank); one
-//    branch-free pass keeps the values above it (~1.3 K of them) and nth_element
-//    runs on those only; if fewer than K pass (an unlucky sample), on the whole row.
-// nth_element on all C values costs ~7 ns per value; the filtered path ~1-2.
+//    branch-free pass keeps the values above it (~1.3 K of them) and
+//    select_largest runs on those only; if fewer than K pass (an unlucky sample),
+//    on the whole row.
 template <typename T>
-void largest_of(const T* row, int64_t C, int64_t K, T sign, GenScratch<T>& scratch) {
+T largest_of(const T* row, int64_t C, int64_t K, T sign, GenScratch<T>& scratch) {
   T* out = scratch.values.data();
   if (K <= kHeapMaxK) {
     TopKHeap<T> heap{out, scratch.ids.data(), K, 0};
@@ -168,9 +206,9 @@ void largest_of(const T* row, int64_t C, int64_t K, T sign, GenScratch<T>& scrat
       const T key = -sign * row[j];
       if (key < heap_threshold(heap)) heap_offer(heap, key, j);
     }
+    const T kth = -out[0];  // the heap's top: the largest kept key is minus the K-th largest value
     for (int64_t i = 0; i < K; ++i) out[i] = -out[i];
-    std::nth_element(out, out + (K - 1), out + K, std::greater<T>());
-    return;
+    return kth;
   }
   int64_t kept = 0;
   const int64_t stride = C / kSample;
@@ -179,8 +217,7 @@ void largest_of(const T* row, int64_t C, int64_t K, T sign, GenScratch<T>& scrat
     for (int64_t i = 0; i < kSample; ++i) sample[i] = sign * row[i * stride];
     const double expected = double(K) / double(stride);  // sample rank of the K-th largest
     const int64_t rank = std::clamp<int64_t>(int64_t(expected + 2.0 * std::sqrt(expected)) + 1, 0, kSample - 1);
-    std::nth_element(sample, sample + rank, sample + kSample, std::greater<T>());
-    const T threshold = sample[rank];
+    const T threshold = select_largest(sample, kSample, rank + 1);
     for (int64_t j = 0; j < C; ++j) {  // branch-free compaction of the values >= threshold
       out[kept] = sign * row[j];
       kept += out[kept] >= threshold;
@@ -190,7 +227,7 @@ void largest_of(const T* row, int64_t C, int64_t K, T sign, GenScratch<T>& scrat
     for (int64_t j = 0; j < C; ++j) out[j] = sign * row[j];
     kept = C;
   }
-  std::nth_element(out, out + (K - 1), out + kept, std::greater<T>());
+  return select_largest(out, kept, K);
 }
 
 // -sum over the top-M classes of p^gamma (1 - p)^gamma (the M largest logits are
@@ -214,8 +251,7 @@ double gen_score(const T* row, int64_t C, const RowSummary<T>& s, double gamma, 
     largest_of(row, C, top_m, T(1), scratch);
     sum = ops.gen_sum(scratch.values.data(), top_m, s.m, log_s, gamma, unique, kAll);
   } else {
-    largest_of(row, C, C - top_m + 1, T(-1), scratch);
-    const T t = -scratch.values[C - top_m];
+    const T t = -largest_of(row, C, C - top_m + 1, T(-1), scratch);
     int64_t above = 0;
     for (int64_t j = 0; j < C; ++j) above += row[j] > t;
     sum = ops.gen_sum(row, C, s.m, log_s, gamma, unique, t);

@@ -20,7 +20,7 @@ struct LogitParams {
 // scores [N] for `score`. log_templates [C, C] (row c = log of class c's
 // template) is read by LogitScore::kl only. Throws std::invalid_argument naming
 // the first row with NaN/inf. Extra memory per thread: one row buffer [C] (gen with
-// top_m < C, kl) plus 128 samples and 8 heap ids (gen).
+// top_m < C, kl) plus 128 samples and 4 heap ids (gen).
 template <typename T>
 void logit_scores(MatrixView<const T> logits, LogitScore score, const LogitParams& params,
                   MatrixView<const T> log_templates, T* out, int num_threads);

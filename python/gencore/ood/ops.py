@@ -152,7 +152,9 @@ def knn(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "l2") -
 # Every score: higher = more in-distribution. One custom op per score
 # (gencore::ood_msp, _energy, _max_logit, _gen, _kl_matching, _residual, _vim);
 # they share validation, dispatch and the native kernels: csrc/ood/logits.cpp and
-# csrc/ood/vim.cpp on the CPU, cuda/ood/logits.cu on CUDA.
+# csrc/ood/vim.cpp on the CPU, cuda/ood/logits.cu on CUDA. The CPU kernels refuse
+# NaN/inf in their first pass; elsewhere _checks.finite does, which on CUDA is one
+# device-to-host sync per checked tensor (the CUDA kernels themselves never sync).
 
 _LOGIT_CODES = {"max_logit": 0, "msp": 1, "energy": 2, "gen": 3, "kl_matching": 4}
 
@@ -505,7 +507,7 @@ def msp(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
 
     Computed as 1 / (1 + sum_{j != k} exp((l_j - l_k) / T)) with k the argmax,
     exp in float32 and sums in float64 for float32 input. Differentiable with
-    respect to logits. NaN/inf in logits raise ValueError.
+    respect to logits. NaN/inf in logits raise ValueError (on CUDA, after one host sync).
     """
     _validate_logits(logits)
     temperature = _checks.real(temperature, "temperature", positive=True)
@@ -527,7 +529,7 @@ def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
 
     Computed as l_k + T log1p(sum_{j != k} exp((l_j - l_k) / T)) (k the argmax),
     stable for any logit range. Differentiable (gradient softmax(logits / T)).
-    NaN/inf in logits raise ValueError.
+    NaN/inf in logits raise ValueError (on CUDA, after one host sync).
     """
     _validate_logits(logits)
     temperature = _checks.real(temperature, "temperature", positive=True)
@@ -547,7 +549,7 @@ def max_logit(logits: torch.Tensor) -> torch.Tensor:
         [N], float64 for float64 logits, else float32 (exact: the max of the inputs).
 
     Differentiable: the gradient goes to the first maximal logit of each row.
-    NaN/inf in logits raise ValueError.
+    NaN/inf in logits raise ValueError (on CUDA, after one host sync).
     """
     _validate_logits(logits)
     return torch.ops.gencore.ood_max_logit(logits)
@@ -576,7 +578,7 @@ def gen(logits: torch.Tensor, gamma: float = 0.1, top_m: int = 100) -> torch.Ten
     and 1 - p of the top class as the sum of the others, so probabilities that
     underflow (p < 1e-38 in float32) and p -> 1 keep their exact contribution
     (gamma = 0.1 turns p = 1e-40 into 1e-4). Not differentiable (no autograd
-    formula). NaN/inf in logits raise ValueError.
+    formula). NaN/inf in logits raise ValueError (on CUDA, after one host sync).
     """
     gamma, top_m = _validate_gen(logits, gamma, top_m)
     return torch.ops.gencore.ood_gen(logits, gamma, top_m)
@@ -604,7 +606,7 @@ def kl_matching(logits: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
         contribute 0; d_kc = 0 where p_c > 0 gives -inf.
 
     Not differentiable (no autograd formula). NaN/inf in logits or templates
-    and negative templates raise ValueError.
+    and negative templates raise ValueError (on CUDA, after host syncs).
     """
     _validate_logits(logits)
     _validate_templates(logits, templates)
@@ -637,7 +639,7 @@ def residual(features: torch.Tensor, principal: torch.Tensor, center: torch.Tens
 
     Differentiable with respect to features and center (gradient
     -(I - P P^T)(x - u) / r, 0 where r = 0); principal must not require grad.
-    NaN/inf in any input raise ValueError.
+    NaN/inf in any input raise ValueError (on CUDA, after host syncs).
     """
     _validate_residual(features, principal, center)
     return torch.ops.gencore.ood_residual(features, principal, center)
@@ -665,7 +667,7 @@ def vim(features: torch.Tensor, logits: torch.Tensor, principal: torch.Tensor, c
 
     Same kernels and memory as ``residual`` plus the ``energy`` kernel on logits.
     Differentiable with respect to features, logits and center. NaN/inf in
-    any input raise ValueError.
+    any input raise ValueError (on CUDA, after host syncs).
     """
     _validate_residual(features, principal, center, logits)
     alpha = _checks.real(alpha, "alpha")
