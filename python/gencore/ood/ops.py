@@ -506,8 +506,10 @@ def msp(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         [N], float64 for float64 logits, else float32.
 
     Computed as 1 / (1 + sum_{j != k} exp((l_j - l_k) / T)) with k the argmax,
-    exp in float32 and sums in float64 for float32 input. Differentiable with
-    respect to logits. NaN/inf in logits raise ValueError (on CUDA, after one host sync).
+    exp in float32 and sums in float64 for float32 input. Peak extra memory:
+    none beyond the output (the torch expression materializes softmax [N, C]).
+    Differentiable with respect to logits. NaN/inf in logits raise ValueError
+    (on CUDA, after one host sync).
     """
     _validate_logits(logits)
     temperature = _checks.real(temperature, "temperature", positive=True)
@@ -528,7 +530,8 @@ def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         [N], float64 for float64 logits, else float32.
 
     Computed as l_k + T log1p(sum_{j != k} exp((l_j - l_k) / T)) (k the argmax),
-    stable for any logit range. Differentiable (gradient softmax(logits / T)).
+    stable for any logit range. Peak extra memory: none beyond the output.
+    Differentiable (gradient softmax(logits / T)).
     NaN/inf in logits raise ValueError (on CUDA, after one host sync).
     """
     _validate_logits(logits)
@@ -577,7 +580,9 @@ def gen(logits: torch.Tensor, gamma: float = 0.1, top_m: int = 100) -> torch.Ten
     Each term is exp(gamma (log p + log(1 - p))) with log p = l - logsumexp(l)
     and 1 - p of the top class as the sum of the others, so probabilities that
     underflow (p < 1e-38 in float32) and p -> 1 keep their exact contribution
-    (gamma = 0.1 turns p = 1e-40 into 1e-4). Not differentiable (no autograd
+    (gamma = 0.1 turns p = 1e-40 into 1e-4). The top M come from a quickselect
+    per row (CPU) or a radix select (CUDA); peak extra memory one [C] row buffer
+    per CPU thread, no [N, C] intermediate. Not differentiable (no autograd
     formula). NaN/inf in logits raise ValueError (on CUDA, after one host sync).
     """
     gamma, top_m = _validate_gen(logits, gamma, top_m)
@@ -605,7 +610,8 @@ def kl_matching(logits: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
         [N], float64 for float64 logits, else float32. Classes with p_c = 0
         contribute 0; d_kc = 0 where p_c > 0 gives -inf.
 
-    Not differentiable (no autograd formula). NaN/inf in logits or templates
+    Peak extra memory: log(templates) [C, C] and one [C] row buffer per CPU
+    thread. Not differentiable (no autograd formula). NaN/inf in logits or templates
     and negative templates raise ValueError (on CUDA, after host syncs).
     """
     _validate_logits(logits)
