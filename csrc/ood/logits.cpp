@@ -45,6 +45,13 @@ T max_portable(const T* row, int64_t n, bool* finite) {
 }
 
 template <typename T>
+int64_t find_portable(const T* row, int64_t n, T value) {
+  int64_t j = 0;
+  while (j < n && row[j] != value) ++j;
+  return j;
+}
+
+template <typename T>
 double exp_sum_portable(const T* row, int64_t n, T m, T inv_t, T* store) {
   double acc = 0.0;
   for (int64_t j = 0; j < n; ++j) {
@@ -76,6 +83,7 @@ double gen_sum_portable(const T* v, int64_t n, T m, double log_s, double gamma, 
 template <typename T>
 struct RowOps {
   T (*max)(const T*, int64_t, bool*);
+  int64_t (*find)(const T*, int64_t, T);
   double (*exp_sum)(const T*, int64_t, T, T, T*);
   double (*kl_dot)(const T*, const T*, const T*, int64_t, T);
   double (*gen_sum)(const T*, int64_t, T, double, double, bool, T);
@@ -91,10 +99,10 @@ RowOps<T> pick_row_ops() {
       case SimdLevel::avx2: simd = logit_row_ops_avx2(); break;
       default: break;
     }
-    if (simd.max) return {simd.max, simd.exp_sum, simd.kl_dot, simd.gen_sum};
+    if (simd.max) return {simd.max, simd.find, simd.exp_sum, simd.kl_dot, simd.gen_sum};
 #endif
   }
-  return {max_portable<T>, exp_sum_portable<T>, kl_dot_portable<T>, gen_sum_portable<T>};
+  return {max_portable<T>, find_portable<T>, exp_sum_portable<T>, kl_dot_portable<T>, gen_sum_portable<T>};
 }
 
 // ---------------------------------------------------------------- per-row pieces
@@ -115,8 +123,7 @@ bool summarise(const T* row, int64_t C, T inv_t, bool need_rest, const RowOps<T>
   s.m = ops.max(row, C, &finite);
   if (!finite) return false;
   if (!need_rest) return true;
-  s.k = 0;
-  while (row[s.k] != s.m) ++s.k;
+  s.k = ops.find(row, C, s.m);
   // Two segments around k: p_k's own term (exactly 1) stays out of `rest`.
   s.rest = ops.exp_sum(row, s.k, s.m, inv_t, store) +
            ops.exp_sum(row + s.k + 1, C - s.k - 1, s.m, inv_t, store ? store + s.k + 1 : nullptr);

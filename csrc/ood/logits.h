@@ -30,6 +30,8 @@ void logit_scores(MatrixView<const T> logits, LogitScore score, const LogitParam
 struct LogitRowOpsF32 {
   // max of row[0, n), n >= 1; *finite = false when the row holds NaN or inf.
   float (*max)(const float* row, int64_t n, bool* finite);
+  // first j with row[j] == value (value is in the row).
+  int64_t (*find)(const float* row, int64_t n, float value);
   // sum_j exp((row[j] - m) * inv_t) in double for row[j] <= m; stores each
   // exp(...) into store[j] when store is not null.
   double (*exp_sum)(const float* row, int64_t n, float m, float inv_t, float* store);

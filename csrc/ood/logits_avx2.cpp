@@ -88,6 +88,17 @@ float row_max(const float* row, int64_t n, bool* finite) {
   return mx;
 }
 
+int64_t find(const float* row, int64_t n, float value) {
+  const __m256 v = _mm256_set1_ps(value);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(row + j), v, _CMP_EQ_OQ));
+    if (hit) return j + __builtin_ctz(unsigned(hit));
+  }
+  while (j < n && row[j] != value) ++j;
+  return j;
+}
+
 double exp_sum(const float* row, int64_t n, float m, float inv_t, float* store) {
   const __m256 vm = _mm256_set1_ps(m), vt = _mm256_set1_ps(inv_t);
   __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
@@ -165,6 +176,6 @@ double gen_sum(const float* v, int64_t n, float m, double log_s, double gamma, b
 
 }  // namespace
 
-LogitRowOpsF32 logit_row_ops_avx2() { return {row_max, exp_sum, kl_dot, gen_sum}; }
+LogitRowOpsF32 logit_row_ops_avx2() { return {row_max, find, exp_sum, kl_dot, gen_sum}; }
 
 }  // namespace gencore::ood

@@ -80,6 +80,16 @@ float row_max(const float* row, int64_t n, bool* finite) {
   return _mm512_reduce_max_ps(m);
 }
 
+int64_t find(const float* row, int64_t n, float value) {
+  const __m512 v = _mm512_set1_ps(value);
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 k = n - j >= 16 ? __mmask16(0xffff) : tail_mask(n - j);
+    const unsigned hit = _mm512_mask_cmp_ps_mask(k, _mm512_maskz_loadu_ps(k, row + j), v, _CMP_EQ_OQ);
+    if (hit) return j + __builtin_ctz(hit);
+  }
+  return n;
+}
+
 double exp_sum(const float* row, int64_t n, float m, float inv_t, float* store) {
   const __m512 vm = _mm512_set1_ps(m), vt = _mm512_set1_ps(inv_t);
   __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
@@ -138,6 +148,6 @@ double gen_sum(const float* v, int64_t n, float m, double log_s, double gamma, b
 
 }  // namespace
 
-LogitRowOpsF32 logit_row_ops_avx512() { return {row_max, exp_sum, kl_dot, gen_sum}; }
+LogitRowOpsF32 logit_row_ops_avx512() { return {row_max, find, exp_sum, kl_dot, gen_sum}; }
 
 }  // namespace gencore::ood
