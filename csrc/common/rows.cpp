@@ -51,6 +51,8 @@ double squared_norm_scalar(const float* row, int64_t n) {
   return acc;
 }
 
+SquaredNormFn squared_norm_kernel() { return pick_norm(); }
+
 void squared_row_norms(MatrixView<const float> m, float* out, const char* what, int num_threads) {
   row_norms(m, out, what, num_threads, pick_norm());
 }

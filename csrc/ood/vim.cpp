@@ -19,11 +19,13 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "gencore/blas.h"
 #include "gencore/check.h"
 #include "gencore/parallel.h"
+#include "gencore/rows.h"
 #include "ood/logits.h"
 
 namespace gencore::ood {
@@ -44,21 +46,34 @@ struct Block {
       : xc(rows * D), y(rows * R), y_guarded(rows * R), reprojected(rows * D), sq_norm(rows), guarded(rows) {}
 };
 
+double squared_norm_f64(const double* row, int64_t n) {
+  double acc = 0.0;
+  for (int64_t i = 0; i < n; ++i) acc += row[i] * row[i];
+  return acc;
+}
+
+// ||row||^2 in double: the SIMD kernels of gencore/rows.h for float32 rows.
+template <typename T>
+using SqNorm = double (*)(const T*, int64_t);
+
+template <typename T>
+SqNorm<T> pick_sq_norm() {
+  if constexpr (std::is_same_v<T, float>) return squared_norm_kernel();
+  else return squared_norm_f64;
+}
+
 // Residual norms of rows [i0, i0 + b) into r[0, b). Returns the first row
 // (absolute) with NaN/inf, or -1.
 template <typename T>
 int64_t block_residuals(MatrixView<const T> x, MatrixView<const T> p, const T* pt, const T* u,
-                        int64_t i0, int64_t b, Block<T>& w, double* r) {
+                        int64_t i0, int64_t b, SqNorm<T> sq_norm, Block<T>& w, double* r) {
   const int64_t D = x.cols, R = p.cols;
   int64_t bad = -1;
   for (int64_t i = 0; i < b; ++i) {
     const T* xi = x.row(i0 + i);
     T* ci = w.xc.data() + i * D;
-    double sq = 0.0;
-    for (int64_t d = 0; d < D; ++d) {
-      ci[d] = xi[d] - u[d];
-      sq += double(ci[d]) * double(ci[d]);
-    }
+    for (int64_t d = 0; d < D; ++d) ci[d] = xi[d] - u[d];
+    const double sq = sq_norm(ci, D);
     if (!std::isfinite(sq) && bad < 0) bad = i0 + i;
     w.sq_norm[i] = sq;
   }
@@ -68,9 +83,7 @@ int64_t block_residuals(MatrixView<const T> x, MatrixView<const T> p, const T* p
   int64_t n_guarded = 0;
   for (int64_t i = 0; i < b; ++i) {
     const T* yi = w.y.data() + i * R;
-    double proj = 0.0;
-    for (int64_t j = 0; j < R; ++j) proj += double(yi[j]) * double(yi[j]);
-    const double nx = w.sq_norm[i], r2 = nx - proj;
+    const double nx = w.sq_norm[i], r2 = nx - sq_norm(yi, R);
     if (nx > 0.0 && !(r2 > kExplicitBelow * nx)) {
       std::copy(yi, yi + R, w.y_guarded.data() + n_guarded * R);
       w.guarded[n_guarded++] = i;
@@ -120,6 +133,7 @@ void residual_scores(MatrixView<const T> features, MatrixView<const T> principal
   const int64_t block = std::clamp((N + threads0 - 1) / threads0, kMinBlock, kMaxBlock);
   const int64_t blocks = (N + block - 1) / block;
   const int threads = clamp_threads(num_threads, std::min(blocks, N * D * (R + 1) / (int64_t(1) << 18) + 1));
+  const SqNorm<T> sq_norm = pick_sq_norm<T>();
   int64_t first_bad = std::numeric_limits<int64_t>::max();
 
 #pragma omp parallel num_threads(threads) reduction(min : first_bad)
@@ -130,7 +144,7 @@ void residual_scores(MatrixView<const T> features, MatrixView<const T> principal
 #pragma omp for schedule(static)
     for (int64_t bi = 0; bi < blocks; ++bi) {
       const int64_t i0 = bi * block, b = std::min(block, N - i0);
-      const int64_t bad = block_residuals(features, principal, pt.data(), center, i0, b, w, r.data());
+      const int64_t bad = block_residuals(features, principal, pt.data(), center, i0, b, sq_norm, w, r.data());
       if (bad >= 0) first_bad = std::min(first_bad, bad);
       for (int64_t i = 0; i < b; ++i)
         out[i0 + i] = vim ? T(double(out[i0 + i]) - alpha * r[i]) : T(-r[i]);

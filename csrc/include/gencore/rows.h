@@ -19,4 +19,8 @@ double squared_norm_scalar(const float* row, int64_t n);
 double squared_norm_avx2(const float* row, int64_t n);
 double squared_norm_avx512(const float* row, int64_t n);
 
+// The squared_norm_* of the SIMD level in use: pick once per call, outside hot loops.
+using SquaredNormFn = double (*)(const float* row, int64_t n);
+SquaredNormFn squared_norm_kernel();
+
 }  // namespace gencore
