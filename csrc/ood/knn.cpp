@@ -95,7 +95,11 @@ void search_block(MatrixView<const T> queries, MatrixView<const T> bank, int64_t
   }
 }
 
+thread_local const char* last_path = "none";
+
 }  // namespace
+
+const char* last_knn_path() { return last_path; }
 
 template <typename T>
 void knn(MatrixView<const T> queries, MatrixView<const T> bank, int64_t k, KnnMetric metric,
@@ -110,10 +114,12 @@ void knn(MatrixView<const T> queries, MatrixView<const T> bank, int64_t k, KnnMe
   const MetricTerms<T> terms = metric_terms(queries, bank, metric, num_threads);
   if constexpr (std::is_same_v<T, float>) {
     if (knn_screen_applies(Q, bank.cols, terms, num_threads)) {
+      last_path = "bf16-screen";
       knn_screened(queries, bank, k, metric, terms, values, indices, num_threads);
       return;
     }
   }
+  last_path = "blas";
   const Plan plan = make_plan(Q, N, num_threads);
   const OfferFn<T> offer = pick_offer<T>();
   const int64_t items = plan.query_blocks * plan.bank_chunks;

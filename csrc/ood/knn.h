@@ -14,6 +14,10 @@ enum class KnnMetric : int {
   cosine = 2,  // x . y / (||x|| ||y||), descending; a zero vector has similarity 0
 };
 
+// Which path the calling thread's last knn() call took ("blas" or
+// "bf16-screen"); lets tests prove each path is exercised.
+const char* last_knn_path();
+
 template <typename T>
 void knn(MatrixView<const T> queries, MatrixView<const T> bank, int64_t k, KnnMetric metric,
          T* values, int64_t* indices, int num_threads);
