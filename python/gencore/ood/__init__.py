@@ -6,3 +6,4 @@ Public names:
 from .ops import knn
 
 __all__ = ["knn"]
+from . import metrics
