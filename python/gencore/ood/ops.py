@@ -63,8 +63,11 @@ def _knn_op(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str) -> t
         return _knn_cpu(queries, bank, k, metric)
     _checks.finite(queries, "queries")
     _checks.finite(bank, "bank")
-    if backend == "native-cuda":
+    if backend == "native-cuda" and queries.dtype != torch.float64:
         return _knn_cuda(queries, bank, k, metric)
+    if backend == "native-cuda":
+        _dispatch.warn_once("ood.knn:cuda:float64", "gencore.ood.knn: the CUDA kernel is float32; "
+                            "float64 CUDA tensors run on the pure-torch reference")
     values, indices = reference.knn(queries.detach(), bank.detach(), k, metric)
     return values.contiguous(), indices.contiguous()
 
@@ -126,8 +129,9 @@ def knn(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "l2") -
         bank: [N, D] tensor of the same dtype and device, N >= k.
         k: neighbours per query, 1 <= k <= N.
         metric: ``"l2"`` (Euclidean distance), ``"sqeuclidean"`` (its square),
-            ``"ip"`` (inner product) or ``"cosine"`` (cosine similarity; a zero
-            vector has similarity 0 with everything).
+            ``"ip"`` (inner product) or ``"cosine"`` (cosine similarity of rows
+            normalized as ``torch.nn.functional.normalize``: norms below 1e-12
+            count as 1e-12, so a zero vector has similarity 0 with everything).
 
     Returns:
         ``(values, indices)``, each [Q, k]: best first (ascending distance,
@@ -145,4 +149,5 @@ def knn(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "l2") -
     Gradients flow to ``queries`` and ``bank`` through ``values`` (indices
     are piecewise constant). Inputs must be finite: NaN/inf raise ValueError.
     """
+    _validate_knn(queries, bank, k, metric)  # before torch's schema casts (k=True -> 1)
     return torch.ops.gencore.ood_knn(queries, bank, k, metric)

@@ -28,8 +28,8 @@ def knn(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "l2") -
     """
     dtype = compute_dtype(queries.dtype)
     x, y = queries.to(dtype), bank.to(dtype)
-    if metric == "cosine":
-        x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+    if metric == "cosine":  # norms clamped at eps=1e-12, as every backend does
+        x, y = F.normalize(x, dim=1, eps=1e-12), F.normalize(y, dim=1, eps=1e-12)
     q = x.shape[0]
     # Running best as a "smaller is better" key; indices seen so far are all
     # lower than the next tile's, so a stable sort breaks ties by index.
