@@ -143,6 +143,16 @@ def assert_distances(got, features, means, factor, reduce, dtype, what=""):
         f"want {want.flatten()[worst]:.8g})")
 
 
+def assert_nearest(nearest, features, means, factor):
+    """nearest == the oracle's argmin wherever the two closest classes are further
+    apart than twice the float32 tolerance (elsewhere either is right)."""
+    want = direct(features, means, factor)
+    top2 = want.topk(2, dim=1, largest=False).values
+    clear = (top2[:, 1] - top2[:, 0]) > 2 * tolerance(features, means, factor, torch.float32).max(1).values
+    assert clear.float().mean() > 0.5, "too few clear-cut queries to test anything"
+    assert torch.equal(nearest.cpu()[clear], want.argmin(1)[clear])
+
+
 def cast(dtype, *ts):
     return tuple(t.to(dtype) for t in ts)
 
@@ -265,11 +275,7 @@ def test_min_is_row_min_of_none_and_nearest(rng):
     d_min, n_min = torch.ops.gencore.ood_mahalanobis(x, mu, f, "min")
     assert torch.equal(d_min, d_none.min(1).values)
     assert torch.equal(n_min, n_none)
-    want = direct(x, mu, f)
-    top2 = want.topk(2, dim=1, largest=False).values
-    clear = (top2[:, 1] - top2[:, 0]) > 2 * tolerance(x, mu, f, torch.float32).max(1).values
-    assert clear.sum() > 250
-    assert torch.equal(n_min[clear], want.argmin(1)[clear])
+    assert_nearest(n_min, x, mu, f)
 
 
 @native_cpu_only
@@ -518,3 +524,46 @@ def test_cuda_dtypes_and_grad(rng):
         assert_distances(out, x, mu, f, "min", dtype, f"cuda {dtype}")
         out.sum().backward()
         assert x.grad.dtype == dtype and torch.isfinite(x.grad.float()).all()
+
+
+class _FakeCudaKernel:
+    """The _cuda.mahalanobis contract over host pointers, in numpy: lets the CUDA
+    path's Python glue (centring, whitening, slabs, pointer offsets) run on CPU."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def mahalanobis(self, z_ptr, mt_ptr, q, c, r, reduce, out_ptr, nearest_ptr, stream, device):
+        import ctypes
+
+        import numpy as np
+
+        def view(ptr, shape, ctype, dtype):
+            n = int(np.prod(shape))
+            return np.ctypeslib.as_array((ctype * n).from_address(ptr)).view(dtype).reshape(shape)
+
+        self.calls += 1
+        z = view(z_ptr, (q, r), ctypes.c_float, np.float32).astype(np.float64)
+        mt = view(mt_ptr, (c, r), ctypes.c_float, np.float32).astype(np.float64)
+        d = np.maximum((z * z).sum(1)[:, None] + (mt * mt).sum(1)[None, :] - 2 * z @ mt.T, 0)
+        view(nearest_ptr, (q,), ctypes.c_int64, np.int64)[:] = d.argmin(1)
+        view(out_ptr, (q, c) if reduce == 0 else (q,), ctypes.c_float, np.float32)[:] = d if reduce == 0 else d.min(1)
+
+
+@pytest.mark.parametrize("reduce", REDUCES)
+def test_cuda_python_glue_with_fake_kernel(rng, monkeypatch, reduce):
+    from gencore.ood import ops
+
+    class _Stream:
+        cuda_stream = 0
+
+    fake = _FakeCudaKernel()
+    monkeypatch.setattr(ops._native, "cuda", fake)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _Stream())
+    monkeypatch.setattr(ops, "_CUDA_SLAB_ELEMENTS", 64 * (12 + 12))  # 64 queries a slab
+    features, means, factor = problem(rng, 300, 5, 12, "lower")
+    x, mu, f = cast(torch.float32, features, means, factor)
+    out, nearest = ops._mahalanobis_cuda(x, mu, f, reduce)
+    assert fake.calls == 5  # ceil(300 / 64) slabs
+    assert_distances(out, x, mu, f, reduce, torch.float32, "cuda glue")
+    assert_nearest(nearest, x, mu, f)
