@@ -518,12 +518,23 @@ def test_cuda_parity(rng, reduce, q, c, d):
 @cuda_only
 def test_cuda_dtypes_and_grad(rng):
     features, means, factor = problem(rng, 64, 5, 12)
-    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+    for dtype in FLOAT_DTYPES:  # float64: the float64 reference, on the GPU
         x, mu, f = (t.to(dtype).cuda().requires_grad_() for t in (features, means, factor))
         out = mahalanobis(x, mu, f, "min")
         assert_distances(out, x, mu, f, "min", dtype, f"cuda {dtype}")
         out.sum().backward()
         assert x.grad.dtype == dtype and torch.isfinite(x.grad.float()).all()
+
+
+@cuda_only
+def test_cuda_non_finite_propagates_without_sync(rng):
+    # No finiteness check on CUDA (it would synchronise the host): the bad row is NaN/inf.
+    features, means, factor = problem(rng, 20, 3, 6)
+    x, mu, f = (t.float().cuda() for t in (features, means, factor))
+    x[7, 2] = float("nan")
+    for reduce in REDUCES:
+        out = mahalanobis(x, mu, f, reduce).cpu()
+        assert not torch.isfinite(out[7]).any() and torch.isfinite(out[:7]).all()
 
 
 class _FakeCudaKernel:

@@ -236,10 +236,11 @@ def _mahalanobis_op(features: torch.Tensor, means: torch.Tensor, precision_facto
     backend = _dispatch.select("ood.mahalanobis", features)
     if backend == "native-cpu":  # the kernel refuses NaN/inf itself, features for free
         return _mahalanobis_cpu(features, means, precision_factor, reduce)
-    if backend == "native-cuda":
+    if backend == "native-cuda" and features.dtype != torch.float64:  # the kernel is fp32
         return _mahalanobis_cuda(features, means, precision_factor, reduce)
-    for name, t in (("features", features), ("means", means), ("precision_factor", precision_factor)):
-        _checks.finite(t, name)
+    if features.device.type != "cuda":  # on CUDA the check would synchronise the host
+        for name, t in (("features", features), ("means", means), ("precision_factor", precision_factor)):
+            _checks.finite(t, name)
     distances, nearest = reference.mahalanobis_nearest(
         features.detach(), means.detach(), precision_factor.detach(), reduce)
     return distances.contiguous(), nearest.contiguous()
@@ -316,7 +317,8 @@ def mahalanobis(features: torch.Tensor, means: torch.Tensor, precision_factor: t
             Lee et al. (larger = more anomalous); ``"none"``: every class, [Q, C].
 
     Returns:
-        float64 for float64 input, else float32; [Q] or [Q, C].
+        float64 for float64 input, else float32; [Q] or [Q, C]. (float64 on
+        CUDA runs the float64 torch reference: the CUDA kernel is fp32.)
 
     Math: whitened once, ``z = (x - mu_bar) L``, ``m_c = (mu_c - mu_bar) L``
     with mu_bar the mean of the class means, then
