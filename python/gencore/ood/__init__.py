@@ -16,6 +16,7 @@ Public names:
     residual(features, principal, center) -> [N]
     vim(features, logits, principal, center, alpha) -> [N]
     vim_fit(features, logits, weight, bias, dim) -> (center, principal, alpha)
+    metrics: auroc, aupr_in, aupr_out, fpr_at_tpr, detection_error
     covariance: ClassStatistics, estimators (mle, ridge, shrunk, ledoit_wolf, oas), precision_factor
     detectors: MahalanobisDetector, RelativeMahalanobisDetector, KNNDetector, ViMDetector,
         EnergyDetector, MSPDetector, MaxLogitDetector
@@ -30,9 +31,10 @@ __all__ += ["mahalanobis", "relative_mahalanobis"]
 __all__ += ["msp", "energy", "max_logit", "gen", "kl_matching", "kl_matching_templates", "residual", "vim",
             "vim_fit"]
 
+from . import metrics
 from . import covariance
 from .detectors import (EnergyDetector, KNNDetector, MahalanobisDetector, MaxLogitDetector, MSPDetector,
                         OODDetector, RelativeMahalanobisDetector, ViMDetector)
 
-__all__ += ["covariance", "OODDetector", "MahalanobisDetector", "RelativeMahalanobisDetector",
+__all__ += ["metrics", "covariance", "OODDetector", "MahalanobisDetector", "RelativeMahalanobisDetector",
             "KNNDetector", "ViMDetector", "EnergyDetector", "MSPDetector", "MaxLogitDetector"]
