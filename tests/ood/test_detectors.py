@@ -87,7 +87,9 @@ def test_partial_fit_in_chunks_equals_fit(name):
     x, labels = gaussians(900, seed=1)
     queries, _ = gaussians(200, seed=2)
     queries = torch.cat([queries, queries + 3.0])
-    one = make(name).fit(**fit_args(x, labels))
+    # ViM's fit() makes a second pass for the paper's α, which a stream cannot
+    # (see ViMDetector); the stream is compared with a one-batch stream.
+    one = make(name).partial_fit(**fit_args(x, labels)) if name == "vim" else make(name).fit(**fit_args(x, labels))
     chunked = make(name)
     for start, size in ((0, 1), (1, 250), (251, 7), (258, 642)):
         chunked.partial_fit(**fit_args(x[start:start + size], labels[start:start + size]))
@@ -312,30 +314,56 @@ def test_knn_partial_fit_appends_and_float64():
     torch.testing.assert_close(detector.score(x), torch.zeros(200, dtype=torch.float64), rtol=0, atol=1e-6)
 
 
-@needs("vim")
-def test_vim_math_against_brute_force():
+@needs("vim", "residual")
+def test_vim_math_against_brute_force_and_vim_fit():
+    from gencore.ood import vim_fit
+
     x, _ = gaussians(700, seed=21, dtype=torch.float64)
     weight, bias = (t.double() for t in classifier())
     queries, _ = gaussians(30, seed=22, shift=1.0, dtype=torch.float64)
-    detector = ViMDetector(weight, bias, dim=5).fit(x)
+    logits = x @ weight.T + bias
+    q_logits = queries @ weight.T + bias
     origin = -torch.linalg.pinv(weight) @ bias
     z = x - origin
     evals, evecs = torch.linalg.eigh(z.T @ z / len(x))
     principal = evecs[:, -5:]
-    logits = x @ weight.T + bias
-    alpha = logits.max(1).values.mean() / evals[:-5].sum().sqrt()
-    zq = queries - origin
-    residual = (zq - zq @ principal @ principal.T).norm(dim=1)
-    expected = torch.logsumexp(queries @ weight.T + bias, 1) - alpha * residual
+
+    def residual(v):
+        v = v - origin
+        return (v - v @ principal @ principal.T).norm(dim=1)
+
+    # fit(): the paper's α = Σ max logit / Σ residual norm, as the logits branch's vim_fit.
+    detector = ViMDetector(weight, bias, dim=5).fit(x)
+    alpha = logits.max(1).values.sum() / residual(x).sum()
+    expected = torch.logsumexp(q_logits, 1) - alpha * residual(queries)
     torch.testing.assert_close(detector.score(queries), expected, rtol=1e-7, atol=1e-7)
-    # Logits passed in are used as given.
-    torch.testing.assert_close(detector.score(queries, logits=queries @ weight.T + bias), expected,
+    torch.testing.assert_close(detector.score(queries, logits=q_logits), expected, rtol=1e-7, atol=1e-7)
+    center, fitted_principal, fitted_alpha = vim_fit(x, None, weight, bias, 5)
+    assert detector.alpha == pytest.approx(fitted_alpha, rel=1e-10)
+    torch.testing.assert_close(detector.principal @ detector.principal.T, fitted_principal @ fitted_principal.T,
+                               rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(detector.center, center.double(), rtol=1e-12, atol=1e-12)
+
+    # partial_fit: α from the RMS residual of the streamed statistics.
+    streamed = ViMDetector(weight, bias, dim=5)
+    for chunk in x.split(100):
+        streamed.partial_fit(chunk)
+    rms_alpha = logits.max(1).values.mean() / evals[:-5].sum().sqrt()
+    torch.testing.assert_close(streamed.score(queries), torch.logsumexp(q_logits, 1) - rms_alpha * residual(queries),
                                rtol=1e-7, atol=1e-7)
+    assert streamed.alpha <= detector.alpha * (1 + 1e-12)    # RMS >= mean
+    # A partial_fit after fit() drops the second-pass α: same as the pure stream.
+    resumed = ViMDetector(weight, bias, dim=5).fit(x[:300]).partial_fit(x[300:])
+    resumed.score(queries)                  # derived attributes refresh lazily, on use
+    assert resumed.alpha == pytest.approx(streamed.alpha, rel=1e-10)
+
     fixed = ViMDetector(weight, bias, dim=5, alpha=2.0).fit(x)
-    torch.testing.assert_close(fixed.score(queries), torch.logsumexp(queries @ weight.T + bias, 1) - 2.0 * residual,
+    torch.testing.assert_close(fixed.score(queries), torch.logsumexp(q_logits, 1) - 2.0 * residual(queries),
                                rtol=1e-7, atol=1e-7)
     with pytest.raises(ValueError, match="dim"):
         ViMDetector(weight, bias, dim=D)
     with pytest.raises(ValueError, match="classes mismatch"):
         ViMDetector(weight, bias[:2])
+    with pytest.raises(ValueError, match="classes mismatch"):
+        detector.score(queries, logits=q_logits[:, :2])
     assert ViMDetector(weight, bias).dim == D // 2

@@ -7,6 +7,11 @@ Every detector follows one protocol (``OODDetector``):
   float64 and additive, so fitting in chunks gives the same detector as one
   call (up to float64 rounding; see ``covariance.ClassStatistics`` for the
   one approximated term of Ledoit–Wolf).
+  Derived attributes (``means``, ``precision_factor``, ``principal``,
+  ``alpha``, ``bank``...) are recomputed lazily: after ``partial_fit``
+  they are current again once the detector is next used (score,
+  calibrate) — ``fit`` computes them at once, so errors such as a class
+  with a single sample surface there.
 * ``score(features, logits=None)`` -> [N]: HIGHER MEANS MORE
   IN-DISTRIBUTION, for every detector. ``ood_score`` is its negation.
 * ``calibrate(features, logits=None)`` scores held-out in-distribution data
@@ -528,28 +533,33 @@ class ViMDetector(OODDetector):
     """Wang et al. 2022, "ViM: Out-Of-Distribution with Virtual-logit Matching".
 
     With the classifier's last layer (weight W [C, D], bias b [C]):
-    origin o = -pinv(W) b; principal subspace P = the top ``dim``
-    eigenvectors of the uncentred second moment (1/n) Σ (x - o)(x - o)ᵀ of
-    the training features; residual r(x) = ||(I - P Pᵀ)(x - o)||; matching
-    scale α = mean_i max_c logit_ic / RMS_i r(x_i);
+    origin u = -pinv(W) b; principal subspace P = the top ``dim``
+    eigenvectors of the uncentred second moment (1/n) Σ (x - u)(x - u)ᵀ of
+    the training features; residual r(x) = ||(I - P Pᵀ)(x - u)||; matching
+    scale α = Σ_i max_c logit_ic / Σ_i r(x_i);
 
         score(x) = logsumexp_c logit_c(x) - α r(x)
 
-    (the log-odds of the real classes against the virtual logit α r(x)),
-    computed by ``gencore.ood.vim``.
+    computed by ``gencore.ood.vim``. ``fit`` gives exactly the center,
+    subspace and α of ``gencore.ood.vim_fit`` (the paper's code), but from
+    streamed float64 statistics, so ``partial_fit`` can continue it.
 
-    Why RMS in α: the paper divides by the mean residual norm over training
-    data, which needs the subspace before the data (a second pass). The
-    root-mean-square Σ_{dropped} λ_j of the discarded eigenvalues comes from
-    the streamed second moment, so fit and partial_fit agree; RMS >= mean,
-    so α is smaller by the ratio mean/RMS of the residual norms (close to 1
-    when they concentrate, as in high dimension). Pass ``alpha`` to fix it.
+    Streaming and α: the mean residual norm needs the subspace, which is
+    only known once all data are in, so ``fit`` (which has the rows in hand)
+    makes a second pass for it (one [N, D] x [D, dim] GEMM by
+    ``gencore.ood.residual``). A detector built by ``partial_fit`` has no
+    second pass and uses the root-mean-square residual instead,
+    sqrt(Σ_{dropped} λ_j), from the same statistics: α is then smaller by
+    the ratio mean/RMS of the residual norms (close to 1 when they
+    concentrate, as in high dimension), and equal for any chunking. A
+    ``partial_fit`` after ``fit`` also switches to the RMS form. Pass
+    ``alpha`` to fix α instead.
 
     Args:
         weight: [C, D] last-layer weight; bias: [C] (default zeros).
         dim: principal dimension, 1 <= dim < D; default as the paper's code:
             1000 if D >= 2048, 512 if D >= 768, else D // 2.
-        alpha: fixed α instead of the fitted one.
+        alpha: fixed α (> 0) instead of the fitted one.
 
     fit needs features [N, D]; logits [N, C] are computed as x Wᵀ + b when
     not given (at fit and at score).
@@ -574,20 +584,34 @@ class ViMDetector(OODDetector):
             raise ValueError(f"alpha must be finite and > 0, got {alpha}")
         self.weight, self.bias, self.fixed_alpha = weight.detach(), bias.detach(), alpha
         w64, b64 = self.weight.to(_F64), self.bias.to(_F64)
-        self.center = -(torch.linalg.pinv(w64) @ b64)    # [D] float64, o = -pinv(W) b
+        self.center = -(torch.linalg.pinv(w64) @ b64)    # [D] float64, u = -pinv(W) b
         super().__init__()
+
+    def fit(self, features=None, labels=None, logits=None) -> "ViMDetector":
+        super().fit(features, labels, logits)
+        if self.fixed_alpha is None:
+            # The paper's α: a second pass over the rows, now that P is known.
+            x = _score_dtype(features)
+            principal, center = self._fitted_as(x)
+            residual_sum = float(-_ood().residual(x, principal, center).to(_F64).sum())
+            self.residual_sum = self._check_residual(residual_sum)
+            self._set_alpha()
+        return self
 
     def _reset(self) -> None:
         self.statistics = cov_lib.ClassStatistics(1)     # mean and scatter of the features, one class
         self.max_logit_sum = 0.0
+        self.residual_sum: Optional[float] = None        # Σ r(x_i) over the fit() rows, when known
         self.principal: Optional[torch.Tensor] = None    # [D, dim] float64
         self.alpha: Optional[float] = None
+        self._residual_ms: Optional[float] = None
         self._cast: dict = {}
         self.num_features = self.weight.shape[1]
 
     def _logits(self, features: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:
         if logits is not None:
-            _checks.same_size("classes", **{"logits.shape[1]": logits.shape[1], "weight.shape[0]": self.weight.shape[0]})
+            _checks.same_size("classes", **{"logits.shape[1]": logits.shape[1],
+                                            "weight.shape[0]": self.weight.shape[0]})
             return logits
         return features @ self.weight.to(features).T + self.bias.to(features)
 
@@ -596,43 +620,60 @@ class ViMDetector(OODDetector):
         zeros = torch.zeros(features.shape[0], dtype=torch.int64, device=features.device)
         self.statistics.update(features, zeros)
         self.max_logit_sum += float(logits.max(1).values.to(_F64).sum())
+        self.residual_sum = None                          # the second pass covered other data
+
+    def _check_residual(self, value: float) -> float:
+        if not value > 0:
+            raise ValueError(f"training features have no component outside the principal subspace "
+                             f"(dim={self.dim}); lower dim or pass alpha")
+        return value
+
+    def _set_alpha(self) -> None:
+        n = self.statistics.n
+        if self.fixed_alpha is not None:
+            self.alpha = float(self.fixed_alpha)
+        elif self.residual_sum is not None:
+            self.alpha = self.max_logit_sum / self.residual_sum
+        else:
+            self.alpha = (self.max_logit_sum / n) / math.sqrt(self._check_residual(self._residual_ms))
 
     def _finalize(self) -> None:
         n = self.statistics.n
         if n < 1:
             raise ValueError("ViM needs at least one training sample")
         shift = self.statistics.mean() - self.center.to(self.statistics.means.device)
-        second = self.statistics.within / n + torch.outer(shift, shift)  # (1/n) Σ (x - o)(x - o)ᵀ
+        second = self.statistics.within / n + torch.outer(shift, shift)  # (1/n) Σ (x - u)(x - u)ᵀ
         evals, evecs = torch.linalg.eigh(second)                          # ascending
         self.principal = evecs[:, -self.dim:].flip(1).contiguous()
-        if self.fixed_alpha is not None:
-            self.alpha = float(self.fixed_alpha)
-        else:
-            residual_ms = float(evals[: -self.dim].clamp_min(0).sum())
-            if residual_ms <= 0:
-                raise ValueError("training features have no variance outside the principal subspace; "
-                                 "lower dim or pass alpha")
-            self.alpha = (self.max_logit_sum / n) / math.sqrt(residual_ms)
+        self._residual_ms = float(evals[: -self.dim].clamp_min(0).sum())
         self._cast = {}
+        self._set_alpha()
+
+    def _fitted_as(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (x.dtype, x.device)
+        if key not in self._cast:
+            self._cast[key] = (self.principal.to(x), self.center.to(x))
+        return self._cast[key]
 
     def _score(self, features, logits) -> torch.Tensor:
         x = _score_dtype(features)
         logits = self._logits(x, None if logits is None else _score_dtype(logits).to(x.dtype))
-        key = (x.dtype, x.device)
-        if key not in self._cast:
-            self._cast[key] = (self.principal.to(x), self.center.to(x))
-        principal, center = self._cast[key]
+        principal, center = self._fitted_as(x)
         return _ood().vim(x, logits, principal, center, self.alpha)
 
     def _state(self) -> dict[str, torch.Tensor]:
         state = self.statistics.state_dict()
         if state:
             state["max_logit_sum"] = torch.tensor(self.max_logit_sum, dtype=_F64)
+            if self.residual_sum is not None:
+                state["residual_sum"] = torch.tensor(self.residual_sum, dtype=_F64)
         return state
 
     def _load_state(self, state: dict[str, torch.Tensor]) -> None:
         if state:
             self.max_logit_sum = float(state.pop("max_logit_sum"))
+            residual_sum = state.pop("residual_sum", None)
+            self.residual_sum = None if residual_sum is None else float(residual_sum)
         self.statistics.load_state_dict(state)
 
 
