@@ -178,8 +178,8 @@ class ClassStatistics:
         """Adds a batch: features [N, D] (any float dtype; must be finite), labels [N] int.
 
         Shapes and label ranges are checked here; NaN/inf are the caller's to
-        refuse (the detectors do) since one pass over the data costs as much
-        as this update's non-GEMM work.
+        refuse (the detectors do), which saves a pass when the caller already
+        checked. Extra memory: one [N, D] float64 copy plus [C, D] sums.
         """
         if features.dim() != 2 or labels.dim() != 1 or labels.shape[0] != features.shape[0]:
             raise ValueError(f"features must be [N, D] and labels [N], got {tuple(features.shape)} "
@@ -187,38 +187,53 @@ class ClassStatistics:
         self._check_labels(labels)
         if features.shape[0] == 0:
             return self
-        x = features.detach().to(_F64)
-        y = labels.to(device=x.device, dtype=torch.int64)
+        y = labels.to(device=features.device, dtype=torch.int64)
         num_classes = self.num_classes or int(y.max()) + 1
         if self.counts is None:
-            self._init(num_classes, x.shape[1], x.device)
-        elif x.shape[1] != self.num_features:
-            raise ValueError(f"features have D={x.shape[1]}, the statistics have D={self.num_features}")
+            self._init(num_classes, features.shape[1], features.device)
+        elif features.shape[1] != self.num_features:
+            raise ValueError(f"features have D={features.shape[1]}, the statistics have D={self.num_features}")
         self._grow(max(num_classes, self.counts.shape[0]))
-        c = self.counts.shape[0]
+        c, d = self.counts.shape[0], features.shape[1]
 
+        # Rows grouped by class, so every per-class sum below is a slice and a
+        # GEMV, and the [N, D] float64 copy turns into the class residuals in
+        # place: the whole update makes ~8 passes over the batch besides its
+        # one O(N D^2) GEMM, whatever C is.
         counts_b = torch.bincount(y, minlength=c)
-        sums = torch.zeros_like(self.means).index_add_(0, y, x)
-        means_b = sums / counts_b.clamp_min(1)[:, None].to(_F64)
-        r = x - means_b[y]                                    # [N, D] class residuals
-        r2 = (r * r).sum(1)
+        r = features.detach()[torch.argsort(y, stable=True)].to(_F64)    # [N, D] -> residuals x - μ_y
+        z = lambda *shape: torch.zeros(shape, dtype=_F64, device=r.device)  # noqa: E731
+        means_b, third_b, sq_b, fourth_b = z(c, d), z(c, d), z(c), z(c)
+        segments, start = [], 0
+        for cls, size in enumerate(counts_b.tolist()):
+            if size == 0:
+                continue
+            seg = r[start:start + size]
+            start += size
+            means_b[cls] = seg.mean(0)
+            seg.sub_(means_b[cls])
+            r2 = torch.linalg.vector_norm(seg, dim=1).square_()
+            sq_b[cls], fourth_b[cls], third_b[cls] = r2.sum(), r2.square().sum(), seg.T @ r2
+            segments.append((cls, seg))
         within_b = r.T @ r                                    # the one O(N D^2) GEMM
-        sq_b = torch.zeros(c, dtype=_F64, device=x.device).index_add_(0, y, r2)
-        third_b = torch.zeros_like(self.means).index_add_(0, y, r2[:, None] * r)
-        fourth_b = torch.zeros(c, dtype=_F64, device=x.device).index_add_(0, y, r2 * r2)
 
-        # The batch's class scatters in the direction its means move are
-        # exact from the rows (see the class docstring): C_b e = Σ r (rᵀ e).
+        # Scatter of each batch class in two directions, exact from the rows
+        # (see the class docstring): e_b, where its mean moves in the merge,
+        # and e_t = μ_c - μ_batch, which re-centres the class moments to give
+        # the batch's moments about its own mean.
         n_a, n_b = self.counts.to(_F64), counts_b.to(_F64)
         e_b = (n_a / (n_a + n_b).clamp_min(1))[:, None] * (means_b - self.means)
-        ce_b = torch.zeros_like(self.means).index_add_(0, y, r * (r * e_b[y]).sum(1, keepdim=True))
+        e_t = means_b - (n_b @ means_b) / n_b.sum()
+        ce_b, ce_t = z(c, d), z(c, d)
+        for cls, seg in segments:
+            directions = torch.stack([e_b[cls], e_t[cls]], 1)              # [D, 2]
+            ce_b[cls], ce_t[cls] = (seg.T @ (seg @ directions)).unbind(1)
+        total_third, total_fourth = _shift_higher_moments(n_b, sq_b, third_b, fourth_b, e_t, ce_t)
 
-        xt = x - x.mean(0)
-        xt2 = (xt * xt).sum(1)
         batch = ClassStatistics(self.num_classes)
         batch.counts, batch.means, batch.within = counts_b, means_b, within_b
         batch.class_sq, batch.class_third, batch.class_fourth = sq_b, third_b, fourth_b
-        batch.total_third, batch.total_fourth = (xt2[:, None] * xt).sum(0), (xt2 * xt2).sum()
+        batch.total_third, batch.total_fourth = total_third.sum(0), total_fourth.sum()
         return self._merge(batch, other_class_ce=ce_b)
 
     def merge(self, other: "ClassStatistics") -> "ClassStatistics":
