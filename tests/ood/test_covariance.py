@@ -17,7 +17,6 @@ sk = pytest.importorskip("sklearn.covariance")
 
 from gencore.ood import MahalanobisDetector, covariance as cv  # noqa: E402
 
-from ._needs import needs  # noqa: E402
 
 
 def gaussian_classes(n, d, c, *, seed, offset=0.0, spread=5.0, dtype=torch.float64):
@@ -263,7 +262,6 @@ def test_precision_factor_ill_conditioned_warns():
         cv.precision_factor(torch.full((2, 2), float("nan"), dtype=torch.float64))
 
 
-@needs("mahalanobis")
 def test_singular_covariance_warns_and_still_scores():
     # 10 samples in 32 dimensions: the tied covariance has rank <= 8.
     x, labels = gaussian_classes(10, 32, 2, seed=12, dtype=torch.float32)
