@@ -301,6 +301,14 @@ def test_knn_subsampling():
             KNNDetector(subsample=bad)
 
 
+def test_knn_bank_does_not_alias_the_training_tensor():
+    x, _ = gaussians(50, seed=23)
+    detector = KNNDetector(k=1, normalize=False).fit(x)
+    before = detector.bank.clone()
+    x.add_(100.0)
+    assert torch.equal(detector.bank, before)
+
+
 def test_knn_partial_fit_appends_and_float64():
     x, _ = gaussians(200, seed=20, dtype=torch.float64)
     detector = KNNDetector(k=1).partial_fit(x[:100])

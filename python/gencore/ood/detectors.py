@@ -6,7 +6,8 @@ Every detector follows one protocol (``OODDetector``):
   with the same arguments streams more training data in. Statistics are
   float64 and additive, so fitting in chunks gives the same detector as one
   call (up to float64 rounding; see ``covariance.ClassStatistics`` for the
-  one approximated term of Ledoit–Wolf).
+  one approximated term of Ledoit–Wolf, and ``ViMDetector`` for the α
+  that only ``fit`` can compute as the paper does).
   Derived attributes (``means``, ``precision_factor``, ``principal``,
   ``alpha``, ``bank``...) are recomputed lazily: after ``partial_fit``
   they are current again once the detector is next used (score,
@@ -38,7 +39,6 @@ before fitting raise ``ValueError`` / ``RuntimeError`` naming the problem.
 from __future__ import annotations
 
 import math
-import sys
 from typing import Optional, Union
 
 import torch
@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from .. import _checks
 from . import covariance as cov_lib
+from . import ops
 
 __all__ = [
     "OODDetector", "MahalanobisDetector", "RelativeMahalanobisDetector", "KNNDetector",
@@ -53,11 +54,6 @@ __all__ = [
 ]
 
 _F64 = torch.float64
-
-
-def _ood():
-    """The gencore.ood package, looked up at call time (it imports this module)."""
-    return sys.modules[__package__]
 
 
 def _score_dtype(x: torch.Tensor) -> torch.Tensor:
@@ -345,7 +341,7 @@ class MahalanobisDetector(OODDetector):
     def _score(self, features, logits) -> torch.Tensor:
         x = _score_dtype(features)
         means, factor = self._fitted_as(x, self.means, self.precision_factor)
-        return -_ood().mahalanobis(x, means, factor, reduce="min")
+        return -ops.mahalanobis(x, means, factor, reduce="min")
 
     def _state(self) -> dict[str, torch.Tensor]:
         return self.statistics.state_dict()
@@ -382,7 +378,7 @@ class RelativeMahalanobisDetector(MahalanobisDetector):
         x = _score_dtype(features)
         means, factor, bg_mean, bg_factor = self._fitted_as(
             x, self.means, self.precision_factor, self.background_mean, self.background_factor)
-        return -_ood().relative_mahalanobis(x, means, factor, bg_mean, bg_factor, reduce="min")
+        return -ops.relative_mahalanobis(x, means, factor, bg_mean, bg_factor, reduce="min")
 
 
 # ====================================================================== kNN
@@ -464,6 +460,8 @@ class KNNDetector(OODDetector):
         positions = torch.arange(self.rows_seen, self.rows_seen + n, dtype=torch.int64)
         self.rows_seen += n
         rows = self._prepare(features)
+        if rows.data_ptr() == features.data_ptr():
+            rows = rows.clone()  # the bank must not alias the caller's tensor
         if self._parts and rows.dtype != self._parts[0][0].dtype:
             rows = rows.to(self._parts[0][0].dtype)  # the bank keeps the first batch's dtype
         if isinstance(self.subsample, float):
@@ -505,7 +503,7 @@ class KNNDetector(OODDetector):
             raise ValueError(f"k={self.k} exceeds the bank size {bank.shape[0]}"
                              + (f" (after subsample={self.subsample!r})" if self.subsample is not None else ""))
         x = self._prepare(features).to(device=bank.device, dtype=bank.dtype)
-        values, _ = _ood().knn(x, bank, self.k, "l2")
+        values, _ = ops.knn(x, bank, self.k, "l2")
         return -values[:, -1]
 
     def _state(self) -> dict[str, torch.Tensor]:
@@ -593,7 +591,7 @@ class ViMDetector(OODDetector):
             # The paper's α: a second pass over the rows, now that P is known.
             x = _score_dtype(features)
             principal, center = self._fitted_as(x)
-            residual_sum = float(-_ood().residual(x, principal, center).to(_F64).sum())
+            residual_sum = float(-ops.residual(x, principal, center).to(_F64).sum())
             self.residual_sum = self._check_residual(residual_sum)
             self._set_alpha()
         return self
@@ -659,7 +657,7 @@ class ViMDetector(OODDetector):
         x = _score_dtype(features)
         logits = self._logits(x, None if logits is None else _score_dtype(logits).to(x.dtype))
         principal, center = self._fitted_as(x)
-        return _ood().vim(x, logits, principal, center, self.alpha)
+        return ops.vim(x, logits, principal, center, self.alpha)
 
     def _state(self) -> dict[str, torch.Tensor]:
         state = self.statistics.state_dict()
@@ -713,7 +711,7 @@ class EnergyDetector(_LogitDetector):
         super().__init__()
 
     def _logit_score(self, logits):
-        return _ood().energy(logits, temperature=self.temperature)
+        return ops.energy(logits, temperature=self.temperature)
 
 
 class MSPDetector(_LogitDetector):
@@ -729,7 +727,7 @@ class MSPDetector(_LogitDetector):
         super().__init__()
 
     def _logit_score(self, logits):
-        return _ood().msp(logits, temperature=self.temperature)
+        return ops.msp(logits, temperature=self.temperature)
 
 
 class MaxLogitDetector(_LogitDetector):
@@ -739,4 +737,4 @@ class MaxLogitDetector(_LogitDetector):
     """
 
     def _logit_score(self, logits):
-        return _ood().max_logit(logits)
+        return ops.max_logit(logits)
