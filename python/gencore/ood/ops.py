@@ -191,10 +191,14 @@ def _mahalanobis_shapes(features, means, reduce):
 def _mahalanobis_cpu(features, means, precision_factor, reduce):
     dtype = reference.compute_dtype(features.dtype)
     x, mu, factor = (_checks.native_rows(t, dtype) for t in (features, means, precision_factor))
+    q = x.shape[0]
     out_shape, _ = _mahalanobis_shapes(x, mu, reduce)
     out = torch.empty(out_shape, dtype=dtype)
-    nearest = torch.empty((x.shape[0],), dtype=torch.int64)
-    q = x.shape[0]
+    nearest = torch.empty((q,), dtype=torch.int64)
+    if q == 0:  # numpy gives empty arrays zero strides, which matrix_in refuses
+        _checks.finite(mu, "means")
+        _checks.finite(factor, "precision_factor")
+        return out, nearest
     _native.core.mahalanobis(x.numpy(), mu.numpy(), factor.numpy(), _MAHALANOBIS_CODES[reduce],
                              out.numpy().reshape(q, mu.shape[0] if reduce == "none" else 1),
                              nearest.numpy().reshape(q, 1), _native.get_num_threads())
@@ -336,6 +340,8 @@ def mahalanobis(features: torch.Tensor, means: torch.Tensor, precision_factor: t
     Gradients: to features, means and precision_factor (float64 gradcheck);
     through reduce="min" the gradient goes to the nearest class.
     """
+    # Checked here too: the dispatcher would refuse a non-tensor with a RuntimeError first.
+    _validate_mahalanobis(features, means, precision_factor, reduce)
     return torch.ops.gencore.ood_mahalanobis(features, means, precision_factor, reduce)[0]
 
 
