@@ -29,6 +29,29 @@ inline __m256 exp_nonpositive(__m256 x) {
   return _mm256_and_ps(keep, _mm256_mul_ps(y, _mm256_castsi256_ps(bits)));
 }
 
+// log(1 - p) for p in [0, 1/2], as in logits_avx512.cpp (Cephes logf polynomial).
+inline __m256 log_one_minus(__m256 p) {
+  const __m256 big = _mm256_cmp_ps(p, _mm256_set1_ps(0.29289321881f), _CMP_GE_OQ);
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 f = _mm256_blendv_ps(_mm256_sub_ps(_mm256_setzero_ps(), p),
+                                    _mm256_fnmadd_ps(_mm256_set1_ps(2.0f), p, one), big);
+  const __m256 e = _mm256_and_ps(big, _mm256_set1_ps(-1.0f));
+  const __m256 z = _mm256_mul_ps(f, f);
+  __m256 y = _mm256_set1_ps(7.0376836292e-2f);
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.1514610310e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.1676998740e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.2420140846e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.4249322787e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.6668057665e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(2.0000714765e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-2.4999993993e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(3.3333331174e-1f));
+  y = _mm256_mul_ps(_mm256_mul_ps(y, f), z);
+  y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
+  y = _mm256_fnmadd_ps(_mm256_set1_ps(0.5f), z, y);
+  return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(f, y));
+}
+
 inline __m256d widen_lo(__m256 v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
 inline __m256d widen_hi(__m256 v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }
 
@@ -108,8 +131,38 @@ double kl_dot(const float* row, const float* e, const float* log_d, int64_t n, f
   return acc;
 }
 
+// GEN terms of 8 values (lanes outside `live` give 0).
+inline __m256 gen_terms(__m256 x, __m256 live, __m256 vm, __m256 vls, __m256 vg, bool skip_max) {
+  if (skip_max) live = _mm256_and_ps(live, _mm256_cmp_ps(x, vm, _CMP_NEQ_UQ));
+  const __m256 log_p = _mm256_sub_ps(_mm256_sub_ps(x, vm), vls);  // <= 0
+  const __m256 p = exp_nonpositive(log_p);
+  return _mm256_and_ps(live, exp_nonpositive(_mm256_mul_ps(vg, _mm256_add_ps(log_p, log_one_minus(p)))));
+}
+
+double gen_sum(const float* v, int64_t n, float m, double log_s, double gamma, bool skip_max) {
+  const __m256 vm = _mm256_set1_ps(m), vls = _mm256_set1_ps(float(log_s)), vg = _mm256_set1_ps(float(gamma));
+  const __m256 all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 t = gen_terms(_mm256_loadu_ps(v + j), all, vm, vls, vg, skip_max);
+    a0 = _mm256_add_pd(a0, widen_lo(t));
+    a1 = _mm256_add_pd(a1, widen_hi(t));
+  }
+  if (j < n) {  // tail through a padded copy: unused lanes hold m (z = 0) and are dropped
+    alignas(32) float x[8];
+    for (int64_t t = 0; t < 8; ++t) x[t] = j + t < n ? v[j + t] : m;
+    const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(int(n - j)),
+                                                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+    const __m256 t = gen_terms(_mm256_load_ps(x), live, vm, vls, vg, skip_max);
+    a0 = _mm256_add_pd(a0, widen_lo(t));
+    a1 = _mm256_add_pd(a1, widen_hi(t));
+  }
+  return hsum(_mm256_add_pd(a0, a1));
+}
+
 }  // namespace
 
-LogitRowOpsF32 logit_row_ops_avx2() { return {row_max, exp_sum, kl_dot}; }
+LogitRowOpsF32 logit_row_ops_avx2() { return {row_max, exp_sum, kl_dot, gen_sum}; }
 
 }  // namespace gencore::ood

@@ -28,6 +28,31 @@ inline __m512 exp_nonpositive(__m512 x) {
   return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(y, n));
 }
 
+// log(1 - p) for p in [0, 1/2] with Cephes' logf polynomial on f in [-0.293, 0.415]:
+//   p < 1 - sqrt(1/2):  log1p(f), f = -p          (exact f: no rounding of 1 - p)
+//   otherwise:          log1p(f) - ln2, f = 1 - 2p
+inline __m512 log_one_minus(__m512 p) {
+  const __mmask16 big = _mm512_cmp_ps_mask(p, _mm512_set1_ps(0.29289321881f), _CMP_GE_OQ);
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 f = _mm512_mask_blend_ps(big, _mm512_sub_ps(_mm512_setzero_ps(), p),
+                                        _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), p, one));
+  const __m512 e = _mm512_maskz_mov_ps(big, _mm512_set1_ps(-1.0f));
+  const __m512 z = _mm512_mul_ps(f, f);
+  __m512 y = _mm512_set1_ps(7.0376836292e-2f);
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.1514610310e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.1676998740e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.2420140846e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.4249322787e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.6668057665e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.0000714765e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-2.4999993993e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(3.3333331174e-1f));
+  y = _mm512_mul_ps(_mm512_mul_ps(y, f), z);
+  y = _mm512_fmadd_ps(e, _mm512_set1_ps(-2.12194440e-4f), y);
+  y = _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), z, y);
+  return _mm512_fmadd_ps(e, _mm512_set1_ps(0.693359375f), _mm512_add_ps(f, y));
+}
+
 inline __m512d widen_lo(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
 inline __m512d widen_hi(__m512 v) {
   return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
@@ -92,8 +117,25 @@ double kl_dot(const float* row, const float* e, const float* log_d, int64_t n, f
   return _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
 }
 
+double gen_sum(const float* v, int64_t n, float m, double log_s, double gamma, bool skip_max) {
+  const __m512 vm = _mm512_set1_ps(m), vls = _mm512_set1_ps(float(log_s)), vg = _mm512_set1_ps(float(gamma));
+  __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+  for (int64_t j = 0; j < n; j += 16) {
+    __mmask16 live = n - j >= 16 ? __mmask16(0xffff) : tail_mask(n - j);
+    const __m512 x = _mm512_mask_loadu_ps(vm, live, v + j);  // unused lanes: z = 0, then dropped
+    if (skip_max) live &= _mm512_cmp_ps_mask(x, vm, _CMP_NEQ_UQ);
+    const __m512 log_p = _mm512_sub_ps(_mm512_sub_ps(x, vm), vls);  // <= 0
+    const __m512 p = exp_nonpositive(log_p);
+    const __m512 t = exp_nonpositive(_mm512_mul_ps(vg, _mm512_add_ps(log_p, log_one_minus(p))));
+    const __m512 kept = _mm512_maskz_mov_ps(live, t);
+    a0 = _mm512_add_pd(a0, widen_lo(kept));
+    a1 = _mm512_add_pd(a1, widen_hi(kept));
+  }
+  return _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+}
+
 }  // namespace
 
-LogitRowOpsF32 logit_row_ops_avx512() { return {row_max, exp_sum, kl_dot}; }
+LogitRowOpsF32 logit_row_ops_avx512() { return {row_max, exp_sum, kl_dot, gen_sum}; }
 
 }  // namespace gencore::ood

@@ -15,6 +15,7 @@
 // Rows are read 2-4 times (6 for GEN's select), from L1/L2 after the first.
 #include "ood/logits.cuh"
 
+#include <cfloat>
 #include <climits>
 #include <cmath>
 #include <stdexcept>
@@ -258,7 +259,7 @@ void logit_scores(const float* logits, int64_t N, int64_t C, int score, double t
   DeviceGuard guard(device);
   const bool tempered = kind == LogitScore::msp || kind == LogitScore::energy;
   const double t = tempered ? temperature : 1.0;
-  const float inv_t = float(1.0 / t);
+  const float inv_t = float(std::fmin(1.0 / t, double(FLT_MAX)));  // tiny T: no 0 * inf = NaN
   const unsigned blocks = blocks_for(N, "logit_scores");
   switch (kind) {
     case LogitScore::max_logit:

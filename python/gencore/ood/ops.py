@@ -451,6 +451,8 @@ def _logit_scores(op: str, logits: torch.Tensor, temperature: float = 1.0, gamma
     code, n = _LOGIT_CODES[op], logits.shape[0]
     if backend == "native-cpu":  # the kernel's max pass refuses NaN/inf itself
         dtype = reference.compute_dtype(logits.dtype)
+        if n == 0:  # numpy reports strides (0, 0) for empty arrays; nothing to compute
+            return torch.empty(0, dtype=dtype)
         x = _checks.native_rows(logits, dtype)
         log_t = None if templates is None else templates.detach().to(dtype).log().contiguous().numpy()
         out = torch.empty(n, dtype=dtype)
@@ -487,6 +489,8 @@ def _residual_scores(op: str, features, principal, center, logits=None, alpha: f
     _checks.finite(center, "center")
     if backend == "native-cpu":  # the kernels' norm and max passes refuse NaN/inf themselves
         dtype = reference.compute_dtype(features.dtype)
+        if n == 0:
+            return torch.empty(0, dtype=dtype)
         x, p = _checks.native_rows(features, dtype), _checks.native_rows(principal, dtype)
         u = center.detach().to(dtype).reshape(1, -1).contiguous()
         lg = None if logits is None else _checks.native_rows(logits, dtype).numpy()
@@ -715,8 +719,8 @@ _residual_op.register_autograd(_residual_backward, setup_context=_residual_setup
 _vim_op.register_autograd(_vim_backward, setup_context=_vim_setup)
 
 
-# --- public functions (scalars are checked here too, so a wrong type is a
-# TypeError naming the argument rather than the op schema's RuntimeError)
+# --- public functions (arguments are checked here too, before the op schema's
+# conversion, so a wrong type is a TypeError naming the argument, not a RuntimeError)
 
 def msp(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Maximum softmax probability (Hendrycks & Gimpel 2017, "A baseline for detecting
@@ -736,6 +740,7 @@ def msp(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     exp in float32 and sums in float64 for float32 input. Differentiable with
     respect to logits. NaN/inf in logits raise ValueError.
     """
+    _validate_logits(logits)
     temperature = _checks.real(temperature, "temperature", positive=True)
     return torch.ops.gencore.ood_msp(logits, temperature)
 
@@ -757,6 +762,7 @@ def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     stable for any logit range. Differentiable (gradient softmax(logits / T)).
     NaN/inf in logits raise ValueError.
     """
+    _validate_logits(logits)
     temperature = _checks.real(temperature, "temperature", positive=True)
     return torch.ops.gencore.ood_energy(logits, temperature)
 
@@ -776,6 +782,7 @@ def max_logit(logits: torch.Tensor) -> torch.Tensor:
     Differentiable: the gradient goes to the first maximal logit of each row.
     NaN/inf in logits raise ValueError.
     """
+    _validate_logits(logits)
     return torch.ops.gencore.ood_max_logit(logits)
 
 
@@ -804,8 +811,7 @@ def gen(logits: torch.Tensor, gamma: float = 0.1, top_m: int = 100) -> torch.Ten
     (gamma = 0.1 turns p = 1e-40 into 1e-4). Not differentiable (no autograd
     formula). NaN/inf in logits raise ValueError.
     """
-    gamma = _checks.real(gamma, "gamma", positive=True)
-    top_m = _checks.integer(top_m, "top_m", low=1)
+    gamma, top_m = _validate_gen(logits, gamma, top_m)
     return torch.ops.gencore.ood_gen(logits, gamma, top_m)
 
 
@@ -833,6 +839,8 @@ def kl_matching(logits: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
     Not differentiable (no autograd formula). NaN/inf in logits or templates
     and negative templates raise ValueError.
     """
+    _validate_logits(logits)
+    _validate_templates(logits, templates)
     return torch.ops.gencore.ood_kl_matching(logits, templates)
 
 
@@ -864,6 +872,7 @@ def residual(features: torch.Tensor, principal: torch.Tensor, center: torch.Tens
     -(I - P P^T)(x - u) / r, 0 where r = 0); principal must not require grad.
     NaN/inf in any input raise ValueError.
     """
+    _validate_residual(features, principal, center)
     return torch.ops.gencore.ood_residual(features, principal, center)
 
 
@@ -891,5 +900,6 @@ def vim(features: torch.Tensor, logits: torch.Tensor, principal: torch.Tensor, c
     Differentiable with respect to features, logits and center. NaN/inf in
     any input raise ValueError.
     """
+    _validate_residual(features, principal, center, logits)
     alpha = _checks.real(alpha, "alpha")
     return torch.ops.gencore.ood_vim(features, logits, principal, center, alpha)
