@@ -80,6 +80,8 @@ void knn(std::uintptr_t queries, std::uintptr_t bank, int64_t Q, int64_t N, int6
 
 }  // namespace
 
+void bind_ood_logits(py::module_& m);  // appended below
+
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "gencore CUDA kernels (raw device pointers, caller's stream)";
   m.def("device_count", &device_count, "Visible CUDA devices; 0 without a driver or a GPU.");
@@ -94,4 +96,37 @@ PYBIND11_MODULE(_cuda, m) {
         "int64, best first (metric 0: squared L2 ascending; 1: inner product descending); ties\n"
         "go to the lower index. Queued on `stream`, never synchronises.");
   gencore::gpu::bindings::bind_ood_mahalanobis(m);
+  bind_ood_logits(m);
+}
+
+// ---------------------------------------------------------------- ood: logit scores, residual / ViM
+#include "ood/logits.cuh"
+
+void bind_ood_logits(py::module_& m) {
+  m.def(
+      "logit_scores",
+      [](std::uintptr_t logits, int64_t N, int64_t C, int score, double temperature, double gamma, int64_t top_m,
+         std::uintptr_t log_templates, std::uintptr_t out, std::uintptr_t stream, int device) {
+        py::gil_scoped_release release;
+        gencore::gpu::logit_scores(device_ptr<const float>(logits), N, C, score, temperature, gamma, top_m,
+                                   device_ptr<const float>(log_templates), device_ptr<float>(out),
+                                   reinterpret_cast<cudaStream_t>(stream), device);
+      },
+      py::arg("logits_ptr"), py::arg("N"), py::arg("C"), py::arg("score"), py::arg("temperature"),
+      py::arg("gamma"), py::arg("top_m"), py::arg("log_templates_ptr"), py::arg("out_ptr"), py::arg("stream"),
+      py::arg("device"),
+      "Logit OOD scores, fp32: logits [N, C] -> out [N] (0 max logit, 1 MSP, 2 energy, 3 GEN, 4 KL\n"
+      "matching against log_templates [C, C]). Queued on `stream`, never synchronises.");
+  m.def(
+      "residual_scores",
+      [](std::uintptr_t residual, int64_t N, int64_t D, std::uintptr_t logits, int64_t C, double alpha,
+         std::uintptr_t out, std::uintptr_t stream, int device) {
+        py::gil_scoped_release release;
+        gencore::gpu::residual_scores(device_ptr<const float>(residual), N, D, device_ptr<const float>(logits), C,
+                                      alpha, device_ptr<float>(out), reinterpret_cast<cudaStream_t>(stream), device);
+      },
+      py::arg("residual_ptr"), py::arg("N"), py::arg("D"), py::arg("logits_ptr"), py::arg("C"), py::arg("alpha"),
+      py::arg("out_ptr"), py::arg("stream"), py::arg("device"),
+      "fp32: residual [N, D] -> out [N] = -||residual||, or with logits [N, C] (ptr != 0)\n"
+      "logsumexp(logits) - alpha ||residual|| (ViM). Queued on `stream`, never synchronises.");
 }

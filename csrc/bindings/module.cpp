@@ -11,6 +11,7 @@ namespace py = pybind11;
 namespace gencore::bindings {
 void bind_ood(py::module_& m);
 void bind_ood_mahalanobis(py::module_& m);
+void bind_ood_logits(py::module_& m);
 }
 
 namespace {
@@ -39,4 +40,5 @@ PYBIND11_MODULE(_core, m) {
   m.def("has_avx512_bf16", &cpu_has_avx512_bf16);
   bindings::bind_ood(m);
   bindings::bind_ood_mahalanobis(m);
+  bindings::bind_ood_logits(m);
 }

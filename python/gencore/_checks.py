@@ -2,6 +2,8 @@
 expected and received values; they run before any native code."""
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Iterable, Optional
 
 import torch
@@ -54,6 +56,18 @@ def integer(v, name: str, *, low: Optional[int] = None, high: Optional[int] = No
         raise ValueError(f"{name} must be >= {low}, got {v}")
     if high is not None and v > high:
         raise ValueError(f"{name} must be <= {high}, got {v}")
+    return v
+
+
+def real(v, name: str, *, positive: bool = False) -> float:
+    """A finite real number (int, float, numpy scalar; not bool), > 0 if ``positive``; as float."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if positive and v <= 0:
+        raise ValueError(f"{name} must be > 0, got {v}")
     return v
 
 

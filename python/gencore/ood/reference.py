@@ -112,3 +112,75 @@ def relative_mahalanobis(features: torch.Tensor, means: torch.Tensor, precision_
     d = mahalanobis(features, means, precision_factor, reduce)
     d_bg = mahalanobis(features, background_mean[None, :], background_factor, "min")
     return d - (d_bg[:, None] if reduce == "none" else d_bg)
+# ====================================================================== logit scores and ViM
+# Every score: higher = more in-distribution. logits [N, C] -> [N] in
+# compute_dtype(logits.dtype). The formulas avoid forming 1 - p by subtraction
+# and never exponentiate before taking logs, so float64 inputs give the oracle.
+
+def msp(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """max_c softmax(logits / T)_c (Hendrycks & Gimpel 2017)."""
+    x = logits.to(compute_dtype(logits.dtype))
+    return torch.softmax(x / temperature, dim=1).amax(dim=1)
+
+
+def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """T logsumexp(logits / T), the negative free energy (Liu et al. 2020)."""
+    x = logits.to(compute_dtype(logits.dtype))
+    return temperature * torch.logsumexp(x / temperature, dim=1)
+
+
+def max_logit(logits: torch.Tensor) -> torch.Tensor:
+    """max_c logits_c (Hendrycks et al. 2022)."""
+    return logits.to(compute_dtype(logits.dtype)).amax(dim=1)
+
+
+def _log_one_minus_max_p(x: torch.Tensor) -> torch.Tensor:
+    """[N, 1] log(1 - max_c p_c) = logsumexp of the other classes - logsumexp of all."""
+    k = x.argmax(dim=1, keepdim=True)
+    others = x.scatter(1, k, float("-inf"))
+    return (torch.logsumexp(others, dim=1) - torch.logsumexp(x, dim=1))[:, None]
+
+
+def gen(logits: torch.Tensor, gamma: float = 0.1, top_m: int = 100) -> torch.Tensor:
+    """-sum over the top-M classes of p^gamma (1 - p)^gamma, p = softmax(logits) (GEN, Liu et al. 2023).
+
+    Terms are exp(gamma (log p + log(1 - p))): log p from log_softmax, log(1 - p)
+    from the other classes' logsumexp for the largest p, log1p(-p) for the rest
+    (p <= 1/2 there), so confident rows and tiny probabilities stay exact.
+    """
+    x = logits.to(compute_dtype(logits.dtype))
+    m = min(top_m, x.shape[1])
+    log_p = torch.log_softmax(x, dim=1).topk(m, dim=1).values  # descending: column 0 is the max
+    log_1mp = torch.cat([_log_one_minus_max_p(x), torch.log1p(-log_p[:, 1:].exp())], dim=1)
+    return -torch.exp(gamma * (log_p + log_1mp)).sum(dim=1)
+
+
+def kl_matching(logits: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
+    """-KL(softmax(logits) || templates[argmax logits]) (Hendrycks et al. 2022).
+
+    Classes with p = 0 contribute 0; a template entry of 0 where p > 0 gives -inf.
+    """
+    x = logits.to(compute_dtype(logits.dtype))
+    log_p = torch.log_softmax(x, dim=1)
+    log_d = templates.to(x.dtype).log()[x.argmax(dim=1)]  # [N, C]
+    p = log_p.exp()
+    return -torch.where(p > 0, p * (log_p - log_d), torch.zeros_like(p)).sum(dim=1)
+
+
+def residual_vectors(features: torch.Tensor, principal: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """[N, D] (I - P P^T)(x - u), in compute_dtype(features.dtype)."""
+    dtype = compute_dtype(features.dtype)
+    xc = features.to(dtype) - center.to(dtype)
+    p = principal.to(dtype)
+    return xc - (xc @ p) @ p.T
+
+
+def residual(features: torch.Tensor, principal: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """-||(I - P P^T)(x - u)||: features [N, D], principal [D, R], center [D] -> [N]."""
+    return -torch.linalg.vector_norm(residual_vectors(features, principal, center), dim=1)
+
+
+def vim(features: torch.Tensor, logits: torch.Tensor, principal: torch.Tensor, center: torch.Tensor,
+        alpha: float) -> torch.Tensor:
+    """logsumexp(logits) - alpha ||(I - P P^T)(x - u)|| (ViM, Wang et al. 2022)."""
+    return energy(logits).to(compute_dtype(features.dtype)) + alpha * residual(features, principal, center)

@@ -1,0 +1,281 @@
+// Logit-based OOD scores, CPU driver: rows are split across OpenMP threads and
+// each row is handled start to finish while it sits in L1/L2:
+//   1. max (with a fused finiteness check) and the first argmax k,
+//   2. rest = sum_{j != k} exp((l_j - m) / T), accumulated in double
+//      (float32 rows: exp in float32 SIMD, see logits_avx2.cpp / logits_avx512.cpp),
+//   3. the score from (m, k, rest): msp and energy directly; GEN selects the
+//      top-M logits (a threshold-filtered heap, or nth_element for large M) and
+//      sums its terms (float32 SIMD exp/log, double sums); KL matching reuses the
+//      exps stored in step 2 against the log-template of k.
+// float64 rows run the portable loops below in double throughout.
+#include "ood/logits.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "gencore/check.h"
+#include "gencore/parallel.h"
+#include "gencore/simd.h"
+#include "ood/topk_heap.h"
+
+namespace gencore::ood {
+namespace {
+
+namespace lm = logit_math;
+
+// Rows smaller than this many elements per thread are not worth a thread.
+constexpr int64_t kElementsPerThread = int64_t(1) << 15;
+
+// ---------------------------------------------------------------- portable row primitives
+
+template <typename T>
+T max_portable(const T* row, int64_t n, bool* finite) {
+  T m = row[0];
+  T poison = 0;  // x * 0 is NaN exactly when x is NaN or inf
+  for (int64_t j = 0; j < n; ++j) {
+    m = row[j] > m ? row[j] : m;
+    poison += row[j] * T(0);
+  }
+  *finite = poison == T(0);
+  return m;
+}
+
+template <typename T>
+double exp_sum_portable(const T* row, int64_t n, T m, T inv_t, T* store) {
+  double acc = 0.0;
+  for (int64_t j = 0; j < n; ++j) {
+    const T e = std::exp((row[j] - m) * inv_t);
+    if (store) store[j] = e;
+    acc += double(e);
+  }
+  return acc;
+}
+
+template <typename T>
+double kl_dot_portable(const T* row, const T* e, const T* log_d, int64_t n, T m) {
+  double acc = 0.0;
+  for (int64_t j = 0; j < n; ++j)
+    if (e[j] > T(0)) acc += double(e[j]) * (double(row[j] - m) - double(log_d[j]));
+  return acc;
+}
+
+// GEN terms of values <= m with p <= 1/2 (see LogitRowOpsF32::gen_sum), in double.
+template <typename T>
+double gen_sum_portable(const T* v, int64_t n, T m, double log_s, double gamma, bool skip_max) {
+  double acc = 0.0;
+  for (int64_t j = 0; j < n; ++j)
+    if (!(skip_max && v[j] == m)) acc += lm::gen_term(double(v[j]) - double(m), log_s, 0.0, false, gamma);
+  return acc;
+}
+
+template <typename T>
+struct RowOps {
+  T (*max)(const T*, int64_t, bool*);
+  double (*exp_sum)(const T*, int64_t, T, T, T*);
+  double (*kl_dot)(const T*, const T*, const T*, int64_t, T);
+  double (*gen_sum)(const T*, int64_t, T, double, double, bool);
+};
+
+template <typename T>
+RowOps<T> pick_row_ops() {
+  if constexpr (std::is_same_v<T, float>) {
+#ifdef GENCORE_X86
+    LogitRowOpsF32 simd{};
+    switch (simd_level()) {
+      case SimdLevel::avx512: simd = logit_row_ops_avx512(); break;
+      case SimdLevel::avx2: simd = logit_row_ops_avx2(); break;
+      default: break;
+    }
+    if (simd.max) return {simd.max, simd.exp_sum, simd.kl_dot, simd.gen_sum};
+#endif
+  }
+  return {max_portable<T>, exp_sum_portable<T>, kl_dot_portable<T>, gen_sum_portable<T>};
+}
+
+// ---------------------------------------------------------------- per-row pieces
+
+template <typename T>
+struct RowSummary {
+  T m;          // max
+  int64_t k;    // first argmax
+  double rest;  // sum_{j != k} exp((l_j - m) / T)
+};
+
+// Steps 1 and 2. Returns false for a row with NaN/inf. `store` (may be null)
+// receives exp((l_j - m) / T) for every j, 1 at k.
+template <typename T>
+bool summarise(const T* row, int64_t C, T inv_t, bool need_rest, const RowOps<T>& ops, T* store,
+               RowSummary<T>& s) {
+  bool finite = true;
+  s.m = ops.max(row, C, &finite);
+  if (!finite) return false;
+  if (!need_rest) return true;
+  s.k = 0;
+  while (row[s.k] != s.m) ++s.k;
+  // Two segments around k: p_k's own term (exactly 1) stays out of `rest`.
+  s.rest = ops.exp_sum(row, s.k, s.m, inv_t, store) +
+           ops.exp_sum(row + s.k + 1, C - s.k - 1, s.m, inv_t, store ? store + s.k + 1 : nullptr);
+  if (store) store[s.k] = T(1);
+  return true;
+}
+
+// log(rest) of a unique max; rows whose rest is tiny are redone in log space
+// around the second-largest logit, where no term can underflow.
+template <typename T>
+double log_rest(const T* row, int64_t C, const RowSummary<T>& s) {
+  if (s.rest >= lm::kTinyRest) return std::log(s.rest);
+  if (C == 1) return -std::numeric_limits<double>::infinity();
+  double m2 = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < C; ++j)
+    if (j != s.k) m2 = std::max(m2, double(row[j]));
+  double rest2 = 0.0;
+  for (int64_t j = 0; j < C; ++j)
+    if (j != s.k) rest2 += std::exp(double(row[j]) - m2);
+  return lm::log_rest_from_second(double(s.m), m2, rest2);
+}
+
+// Per-thread buffers of GEN's top-M selection.
+template <typename T>
+struct GenScratch {
+  std::vector<T> values;      // [C]: candidates / row copy, or the heap's keys
+  std::vector<int64_t> ids;   // [C]: the heap's ids (TopKHeap wants them)
+  std::vector<T> sample;      // [kSample]
+};
+
+constexpr int64_t kHeapMaxM = 16;  // up to this M, a heap beats sorting
+constexpr int64_t kSample = 128;   // strided sample that places the selection threshold
+
+// The M largest values of row (1 <= M < C) into the returned array's [0, M).
+//  * M <= 16: one scan with a size-M heap of -value behind a threshold test
+//    (~C compares, ~M log(C/M) heap updates for rows in random order).
+//  * otherwise: a strided sample of 128 values gives a threshold t a little
+//    below the expected M-th largest (two standard deviations of the sample
+//    rank); one branch-free pass keeps the values >= t (~1.3 M of them), and
+//    nth_element runs on those only. If fewer than M pass (an unlucky sample)
+//    or most of the row does, nth_element runs on the whole row instead.
+// nth_element on all C values costs ~7 ns per value; the filtered path ~1-2.
+template <typename T>
+const T* select_top(const T* row, int64_t C, int64_t M, GenScratch<T>& scratch) {
+  T* out = scratch.values.data();
+  if (M <= kHeapMaxM) {
+    TopKHeap<T> heap{out, scratch.ids.data(), M, 0};
+    for (int64_t j = 0; j < C; ++j) {
+      const T key = -row[j];
+      if (key < heap_threshold(heap)) heap_offer(heap, key, j);
+    }
+    for (int64_t i = 0; i < M; ++i) out[i] = -out[i];
+    return out;
+  }
+  int64_t kept = C;
+  const int64_t stride = C / kSample;
+  if (stride >= 2) {
+    T* sample = scratch.sample.data();
+    for (int64_t i = 0; i < kSample; ++i) sample[i] = row[i * stride];
+    const double expected = double(M) / double(stride);  // sample rank of the M-th largest
+    const int64_t rank = std::clamp<int64_t>(int64_t(expected + 2.0 * std::sqrt(expected)) + 1, 0, kSample - 1);
+    std::nth_element(sample, sample + rank, sample + kSample, std::greater<T>());
+    const T threshold = sample[rank];
+    kept = 0;
+    for (int64_t j = 0; j < C; ++j) {  // branch-free compaction of the values >= threshold
+      out[kept] = row[j];
+      kept += row[j] >= threshold;
+    }
+  }
+  if (kept < M || kept > C / 2) {
+    std::copy(row, row + C, out);
+    kept = C;
+  }
+  std::nth_element(out, out + (M - 1), out + kept, std::greater<T>());
+  return out;
+}
+
+// -sum over the top-M classes of p^gamma (1 - p)^gamma (the M largest logits are
+// the M largest probabilities). Every term but the unique max's has p <= 1/2 and
+// goes through ops.gen_sum; the unique max's term needs log(1 - p) = log(rest) - log_s.
+template <typename T>
+double gen_score(const T* row, int64_t C, const RowSummary<T>& s, double gamma, int64_t top_m,
+                 const RowOps<T>& ops, GenScratch<T>& scratch) {
+  const T* top = top_m < C ? select_top(row, C, top_m, scratch) : row;
+  const int64_t count = std::min(top_m, C);
+  const bool unique = s.rest < 1.0;  // p_k > 1/2: no other class ties with k
+  const double log_s = std::log1p(s.rest);
+  double sum = ops.gen_sum(top, count, s.m, log_s, gamma, unique);
+  if (unique) sum += lm::gen_term(0.0, log_s, log_rest(row, C, s), true, gamma);
+  return -sum;
+}
+
+// -KL(softmax(l) || d_k), d_k the template of the predicted class k.
+template <typename T>
+double kl_score(const T* row, int64_t C, const RowSummary<T>& s, MatrixView<const T> log_templates,
+                const RowOps<T>& ops, const T* e) {
+  const double dot = ops.kl_dot(row, e, log_templates.row(s.k), C, s.m);
+  return -lm::kl_from_dot(dot, s.rest);
+}
+
+}  // namespace
+
+template <typename T>
+void logit_scores(MatrixView<const T> logits, LogitScore score, const LogitParams& params,
+                  MatrixView<const T> log_templates, T* out, int num_threads) {
+  const int64_t N = logits.rows, C = logits.cols;
+  GENCORE_CHECK(C >= 1, "logit scores: logits need at least one class");
+  GENCORE_CHECK(params.temperature > 0 && std::isfinite(params.temperature),
+                "logit scores: temperature must be finite and > 0, got ", params.temperature);
+  GENCORE_CHECK(score != LogitScore::gen || params.top_m >= 1, "gen: top_m must be >= 1, got ", params.top_m);
+  GENCORE_CHECK(score != LogitScore::kl || (log_templates.rows == C && log_templates.cols == C),
+                "kl_matching: templates must be [", C, ", ", C, "], got [", log_templates.rows, ", ",
+                log_templates.cols, "]");
+  if (N == 0) return;
+
+  const RowOps<T> ops = pick_row_ops<T>();
+  // Only msp and energy have a temperature; GEN and KL read softmax(l) itself.
+  const bool tempered = score == LogitScore::msp || score == LogitScore::energy;
+  const double temperature = tempered ? params.temperature : 1.0;
+  // 1/T is clamped to the largest finite T so a tiny T cannot turn 0 * (1/T) into NaN.
+  const T inv_t = T(std::min(1.0 / temperature, double(std::numeric_limits<T>::max())));
+  const bool need_rest = score != LogitScore::max_logit;
+  const bool need_gen = score == LogitScore::gen && params.top_m < C;
+  int64_t first_bad = std::numeric_limits<int64_t>::max();
+  const int threads = clamp_threads(num_threads, N * C / kElementsPerThread + 1);
+
+#pragma omp parallel num_threads(threads) reduction(min : first_bad)
+  {
+    std::vector<T> exps(score == LogitScore::kl ? C : 0);  // exp(l_j - m) of the row, for KL
+    T* store = score == LogitScore::kl ? exps.data() : nullptr;
+    GenScratch<T> scratch{std::vector<T>(need_gen ? C : 0),
+                          std::vector<int64_t>(need_gen && params.top_m <= kHeapMaxM ? params.top_m : 0),
+                          std::vector<T>(need_gen ? kSample : 0)};
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      const T* row = logits.row(i);
+      RowSummary<T> s{};
+      if (!summarise(row, C, inv_t, need_rest, ops, store, s)) {
+        first_bad = std::min(first_bad, i);
+        out[i] = std::numeric_limits<T>::quiet_NaN();
+        continue;
+      }
+      double v = 0.0;
+      switch (score) {
+        case LogitScore::max_logit: v = double(s.m); break;
+        case LogitScore::msp: v = lm::msp(s.rest); break;
+        case LogitScore::energy: v = lm::energy(double(s.m), s.rest, temperature); break;
+        case LogitScore::gen: v = gen_score(row, C, s, params.gamma, params.top_m, ops, scratch); break;
+        case LogitScore::kl: v = kl_score(row, C, s, log_templates, ops, store); break;
+      }
+      out[i] = T(v);
+    }
+  }
+  GENCORE_CHECK(first_bad == std::numeric_limits<int64_t>::max(), "logits contains NaN or inf (row ",
+                first_bad, "); inputs must be finite");
+}
+
+template void logit_scores<float>(MatrixView<const float>, LogitScore, const LogitParams&,
+                                  MatrixView<const float>, float*, int);
+template void logit_scores<double>(MatrixView<const double>, LogitScore, const LogitParams&,
+                                   MatrixView<const double>, double*, int);
+
+}  // namespace gencore::ood
