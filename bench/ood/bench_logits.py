@@ -18,13 +18,17 @@ features N x D with principal dimension R (quick 20k x 256, R 128; mid 100k x
 512, R 256; full 200k x 512, R 256). Every contender is checked against the
 float64 reference on the first 2000 rows before it is timed.
 
-Run (options follow bench/conftest.py where present; defaults otherwise):
+Run with bench/conftest.py's options where that file exists:
 
-    python -m pytest bench/ood/bench_logits.py --bench-size quick --bench-threads 2
+    python -m pytest bench/ood/bench_logits.py --bench-size quick|mid|full --bench-threads 2
+
+Without it the options are unknown to pytest; the environment variables
+GENCORE_BENCH_SIZE and GENCORE_BENCH_THREADS set them (defaults quick and 2).
 """
 from __future__ import annotations
 
-import numpy as np
+import os
+
 import pytest
 import torch
 
@@ -47,7 +51,7 @@ TEMPERATURE, GAMMA, TOP_M, ALPHA = 1.5, 0.1, 100, 0.8
 
 @pytest.fixture(scope="module")
 def size(request) -> str:
-    name = request.config.getoption("--bench-size", default="quick")
+    name = request.config.getoption("--bench-size", default=os.environ.get("GENCORE_BENCH_SIZE", "quick"))
     if name not in SIZES:
         raise pytest.UsageError(f"--bench-size must be one of {tuple(SIZES)}, got {name!r}")
     return name
@@ -56,7 +60,7 @@ def size(request) -> str:
 @pytest.fixture(scope="module")
 def threads(request):
     """One thread count for gencore and torch, restored afterwards."""
-    n = int(request.config.getoption("--bench-threads", default=2))
+    n = int(request.config.getoption("--bench-threads", default=os.environ.get("GENCORE_BENCH_THREADS", "2")))
     if n < 1:
         raise pytest.UsageError(f"--bench-threads must be >= 1, got {n}")
     old_torch, old_gencore = torch.get_num_threads(), gencore._native._num_threads

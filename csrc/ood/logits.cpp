@@ -4,9 +4,9 @@
 //   2. rest = sum_{j != k} exp((l_j - m) / T), accumulated in double
 //      (float32 rows: exp in float32 SIMD, see logits_avx2.cpp / logits_avx512.cpp),
 //   3. the score from (m, k, rest): msp and energy directly; GEN selects the
-//      top-M logits (a threshold-filtered heap, or nth_element for large M) and
-//      sums its terms (float32 SIMD exp/log, double sums); KL matching reuses the
-//      exps stored in step 2 against the log-template of k.
+//      top-M logits (a heap, or a sampled threshold and nth_element on the few
+//      values above it) and sums its terms (float32 SIMD exp/log, double sums);
+//      KL matching reuses the exps stored in step 2 against the log-template of k.
 // float64 rows run the portable loops below in double throughout.
 #include "ood/logits.h"
 
@@ -65,10 +65,11 @@ double kl_dot_portable(const T* row, const T* e, const T* log_d, int64_t n, T m)
 
 // GEN terms of values <= m with p <= 1/2 (see LogitRowOpsF32::gen_sum), in double.
 template <typename T>
-double gen_sum_portable(const T* v, int64_t n, T m, double log_s, double gamma, bool skip_max) {
+double gen_sum_portable(const T* v, int64_t n, T m, double log_s, double gamma, bool skip_max, T floor) {
   double acc = 0.0;
   for (int64_t j = 0; j < n; ++j)
-    if (!(skip_max && v[j] == m)) acc += lm::gen_term(double(v[j]) - double(m), log_s, 0.0, false, gamma);
+    if (v[j] > floor && !(skip_max && v[j] == m))
+      acc += lm::gen_term(double(v[j]) - double(m), log_s, 0.0, false, gamma);
   return acc;
 }
 
@@ -77,7 +78,7 @@ struct RowOps {
   T (*max)(const T*, int64_t, bool*);
   double (*exp_sum)(const T*, int64_t, T, T, T*);
   double (*kl_dot)(const T*, const T*, const T*, int64_t, T);
-  double (*gen_sum)(const T*, int64_t, T, double, double, bool);
+  double (*gen_sum)(const T*, int64_t, T, double, double, bool, T);
 };
 
 template <typename T>
@@ -141,69 +142,86 @@ double log_rest(const T* row, int64_t C, const RowSummary<T>& s) {
 // Per-thread buffers of GEN's top-M selection.
 template <typename T>
 struct GenScratch {
-  std::vector<T> values;      // [C]: candidates / row copy, or the heap's keys
-  std::vector<int64_t> ids;   // [C]: the heap's ids (TopKHeap wants them)
+  std::vector<T> values;      // [C]: candidates, or the heap's keys
+  std::vector<int64_t> ids;   // [kHeapMaxK]: the heap's ids (TopKHeap wants them)
   std::vector<T> sample;      // [kSample]
 };
 
-constexpr int64_t kHeapMaxM = 16;  // up to this M, a heap beats sorting
+constexpr int64_t kHeapMaxK = 8;  // up to this K, a heap beats sampling + nth_element
 constexpr int64_t kSample = 128;   // strided sample that places the selection threshold
 
-// The M largest values of row (1 <= M < C) into the returned array's [0, M).
-//  * M <= 16: one scan with a size-M heap of -value behind a threshold test
-//    (~C compares, ~M log(C/M) heap updates for rows in random order).
-//  * otherwise: a strided sample of 128 values gives a threshold t a little
-//    below the expected M-th largest (two standard deviations of the sample
-//    rank); one branch-free pass keeps the values >= t (~1.3 M of them), and
-//    nth_element runs on those only. If fewer than M pass (an unlucky sample)
-//    or most of the row does, nth_element runs on the whole row instead.
+// The K largest of sign * row (1 <= K <= C, sign = +-1) into scratch.values[0, K),
+// the K-th largest at [K - 1].
+//  * K <= 8: one scan with a size-K heap of -sign * value behind a threshold test
+//    (~C compares, ~K log(C/K) heap updates for rows in random order).
+//  * otherwise: a strided sample of 128 values gives a threshold a little below
+//    the expected K-th largest (two standard deviations of the sample rank); one
+//    branch-free pass keeps the values above it (~1.3 K of them) and nth_element
+//    runs on those only; if fewer than K pass (an unlucky sample), on the whole row.
 // nth_element on all C values costs ~7 ns per value; the filtered path ~1-2.
 template <typename T>
-const T* select_top(const T* row, int64_t C, int64_t M, GenScratch<T>& scratch) {
+void largest_of(const T* row, int64_t C, int64_t K, T sign, GenScratch<T>& scratch) {
   T* out = scratch.values.data();
-  if (M <= kHeapMaxM) {
-    TopKHeap<T> heap{out, scratch.ids.data(), M, 0};
+  if (K <= kHeapMaxK) {
+    TopKHeap<T> heap{out, scratch.ids.data(), K, 0};
     for (int64_t j = 0; j < C; ++j) {
-      const T key = -row[j];
+      const T key = -sign * row[j];
       if (key < heap_threshold(heap)) heap_offer(heap, key, j);
     }
-    for (int64_t i = 0; i < M; ++i) out[i] = -out[i];
-    return out;
+    for (int64_t i = 0; i < K; ++i) out[i] = -out[i];
+    std::nth_element(out, out + (K - 1), out + K, std::greater<T>());
+    return;
   }
-  int64_t kept = C;
+  int64_t kept = 0;
   const int64_t stride = C / kSample;
   if (stride >= 2) {
     T* sample = scratch.sample.data();
-    for (int64_t i = 0; i < kSample; ++i) sample[i] = row[i * stride];
-    const double expected = double(M) / double(stride);  // sample rank of the M-th largest
+    for (int64_t i = 0; i < kSample; ++i) sample[i] = sign * row[i * stride];
+    const double expected = double(K) / double(stride);  // sample rank of the K-th largest
     const int64_t rank = std::clamp<int64_t>(int64_t(expected + 2.0 * std::sqrt(expected)) + 1, 0, kSample - 1);
     std::nth_element(sample, sample + rank, sample + kSample, std::greater<T>());
     const T threshold = sample[rank];
-    kept = 0;
     for (int64_t j = 0; j < C; ++j) {  // branch-free compaction of the values >= threshold
-      out[kept] = row[j];
-      kept += row[j] >= threshold;
+      out[kept] = sign * row[j];
+      kept += out[kept] >= threshold;
     }
   }
-  if (kept < M || kept > C / 2) {
-    std::copy(row, row + C, out);
+  if (kept < K) {
+    for (int64_t j = 0; j < C; ++j) out[j] = sign * row[j];
     kept = C;
   }
-  std::nth_element(out, out + (M - 1), out + kept, std::greater<T>());
-  return out;
+  std::nth_element(out, out + (K - 1), out + kept, std::greater<T>());
 }
 
 // -sum over the top-M classes of p^gamma (1 - p)^gamma (the M largest logits are
 // the M largest probabilities). Every term but the unique max's has p <= 1/2 and
 // goes through ops.gen_sum; the unique max's term needs log(1 - p) = log(rest) - log_s.
+//  * M >= C: every class.
+//  * M <= C / 2: the M largest values themselves (largest_of).
+//  * larger M: the M-th largest t as the (C - M + 1)-th smallest (largest_of on
+//    -row, the smaller side), then one masked pass over the row: the values > t
+//    plus as many copies of t as complete the top M (ties at t).
 template <typename T>
 double gen_score(const T* row, int64_t C, const RowSummary<T>& s, double gamma, int64_t top_m,
                  const RowOps<T>& ops, GenScratch<T>& scratch) {
-  const T* top = top_m < C ? select_top(row, C, top_m, scratch) : row;
-  const int64_t count = std::min(top_m, C);
+  constexpr T kAll = -std::numeric_limits<T>::infinity();
   const bool unique = s.rest < 1.0;  // p_k > 1/2: no other class ties with k
   const double log_s = std::log1p(s.rest);
-  double sum = ops.gen_sum(top, count, s.m, log_s, gamma, unique);
+  double sum = 0.0;
+  if (top_m >= C) {
+    sum = ops.gen_sum(row, C, s.m, log_s, gamma, unique, kAll);
+  } else if (2 * top_m <= C) {
+    largest_of(row, C, top_m, T(1), scratch);
+    sum = ops.gen_sum(scratch.values.data(), top_m, s.m, log_s, gamma, unique, kAll);
+  } else {
+    largest_of(row, C, C - top_m + 1, T(-1), scratch);
+    const T t = -scratch.values[C - top_m];
+    int64_t above = 0;
+    for (int64_t j = 0; j < C; ++j) above += row[j] > t;
+    sum = ops.gen_sum(row, C, s.m, log_s, gamma, unique, t);
+    // t < m here when the max is unique (M > C / 2 >= 1), so its term is a plain one.
+    sum += double(top_m - above) * lm::gen_term(double(t) - double(s.m), log_s, 0.0, false, gamma);
+  }
   if (unique) sum += lm::gen_term(0.0, log_s, log_rest(row, C, s), true, gamma);
   return -sum;
 }
@@ -246,8 +264,7 @@ void logit_scores(MatrixView<const T> logits, LogitScore score, const LogitParam
   {
     std::vector<T> exps(score == LogitScore::kl ? C : 0);  // exp(l_j - m) of the row, for KL
     T* store = score == LogitScore::kl ? exps.data() : nullptr;
-    GenScratch<T> scratch{std::vector<T>(need_gen ? C : 0),
-                          std::vector<int64_t>(need_gen && params.top_m <= kHeapMaxM ? params.top_m : 0),
+    GenScratch<T> scratch{std::vector<T>(need_gen ? C : 0), std::vector<int64_t>(need_gen ? kHeapMaxK : 0),
                           std::vector<T>(need_gen ? kSample : 0)};
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < N; ++i) {

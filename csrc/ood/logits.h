@@ -20,7 +20,7 @@ struct LogitParams {
 // scores [N] for `score`. log_templates [C, C] (row c = log of class c's
 // template) is read by LogitScore::kl only. Throws std::invalid_argument naming
 // the first row with NaN/inf. Extra memory per thread: one row buffer [C] (gen with
-// top_m < C, kl) plus 128 samples and, for top_m <= 16, [top_m] heap ids (gen).
+// top_m < C, kl) plus 128 samples and 8 heap ids (gen).
 template <typename T>
 void logit_scores(MatrixView<const T> logits, LogitScore score, const LogitParams& params,
                   MatrixView<const T> log_templates, T* out, int num_threads);
@@ -36,9 +36,9 @@ struct LogitRowOpsF32 {
   // sum over j with e[j] > 0 of e[j] * ((row[j] - m) - log_d[j]), in double.
   double (*kl_dot)(const float* row, const float* e, const float* log_d, int64_t n, float m);
   // GEN terms: sum_j exp(gamma * (log p_j + log(1 - p_j))), log p_j = v[j] - m - log_s,
-  // over v[0, n) (values <= m, each with p_j <= 1/2), in double; entries equal to m
-  // are left out when skip_max (the caller adds the unique max's term itself).
-  double (*gen_sum)(const float* v, int64_t n, float m, double log_s, double gamma, bool skip_max);
+  // over the v[j] > floor of v[0, n) (values <= m, each with p_j <= 1/2), in double;
+  // entries equal to m are left out when skip_max (the caller adds the unique max's term).
+  double (*gen_sum)(const float* v, int64_t n, float m, double log_s, double gamma, bool skip_max, float floor);
 };
 
 LogitRowOpsF32 logit_row_ops_avx2();

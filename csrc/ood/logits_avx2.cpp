@@ -132,20 +132,22 @@ double kl_dot(const float* row, const float* e, const float* log_d, int64_t n, f
 }
 
 // GEN terms of 8 values (lanes outside `live` give 0).
-inline __m256 gen_terms(__m256 x, __m256 live, __m256 vm, __m256 vls, __m256 vg, bool skip_max) {
+inline __m256 gen_terms(__m256 x, __m256 live, __m256 vm, __m256 vls, __m256 vg, __m256 vfloor, bool skip_max) {
+  live = _mm256_and_ps(live, _mm256_cmp_ps(x, vfloor, _CMP_GT_OQ));
   if (skip_max) live = _mm256_and_ps(live, _mm256_cmp_ps(x, vm, _CMP_NEQ_UQ));
   const __m256 log_p = _mm256_sub_ps(_mm256_sub_ps(x, vm), vls);  // <= 0
   const __m256 p = exp_nonpositive(log_p);
   return _mm256_and_ps(live, exp_nonpositive(_mm256_mul_ps(vg, _mm256_add_ps(log_p, log_one_minus(p)))));
 }
 
-double gen_sum(const float* v, int64_t n, float m, double log_s, double gamma, bool skip_max) {
+double gen_sum(const float* v, int64_t n, float m, double log_s, double gamma, bool skip_max, float floor) {
   const __m256 vm = _mm256_set1_ps(m), vls = _mm256_set1_ps(float(log_s)), vg = _mm256_set1_ps(float(gamma));
+  const __m256 vfloor = _mm256_set1_ps(floor);
   const __m256 all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
   __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
-    const __m256 t = gen_terms(_mm256_loadu_ps(v + j), all, vm, vls, vg, skip_max);
+    const __m256 t = gen_terms(_mm256_loadu_ps(v + j), all, vm, vls, vg, vfloor, skip_max);
     a0 = _mm256_add_pd(a0, widen_lo(t));
     a1 = _mm256_add_pd(a1, widen_hi(t));
   }
@@ -154,7 +156,7 @@ double gen_sum(const float* v, int64_t n, float m, double log_s, double gamma, b
     for (int64_t t = 0; t < 8; ++t) x[t] = j + t < n ? v[j + t] : m;
     const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(int(n - j)),
                                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
-    const __m256 t = gen_terms(_mm256_load_ps(x), live, vm, vls, vg, skip_max);
+    const __m256 t = gen_terms(_mm256_load_ps(x), live, vm, vls, vg, vfloor, skip_max);
     a0 = _mm256_add_pd(a0, widen_lo(t));
     a1 = _mm256_add_pd(a1, widen_hi(t));
   }

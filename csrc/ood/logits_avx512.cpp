@@ -117,12 +117,14 @@ double kl_dot(const float* row, const float* e, const float* log_d, int64_t n, f
   return _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
 }
 
-double gen_sum(const float* v, int64_t n, float m, double log_s, double gamma, bool skip_max) {
+double gen_sum(const float* v, int64_t n, float m, double log_s, double gamma, bool skip_max, float floor) {
   const __m512 vm = _mm512_set1_ps(m), vls = _mm512_set1_ps(float(log_s)), vg = _mm512_set1_ps(float(gamma));
+  const __m512 vfloor = _mm512_set1_ps(floor);
   __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
   for (int64_t j = 0; j < n; j += 16) {
     __mmask16 live = n - j >= 16 ? __mmask16(0xffff) : tail_mask(n - j);
     const __m512 x = _mm512_mask_loadu_ps(vm, live, v + j);  // unused lanes: z = 0, then dropped
+    live &= _mm512_cmp_ps_mask(x, vfloor, _CMP_GT_OQ);
     if (skip_max) live &= _mm512_cmp_ps_mask(x, vm, _CMP_NEQ_UQ);
     const __m512 log_p = _mm512_sub_ps(_mm512_sub_ps(x, vm), vls);  // <= 0
     const __m512 p = exp_nonpositive(log_p);

@@ -229,11 +229,12 @@ def test_gen_top_m_around_c(rng, top_m):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("kind", ["random", "ascending", "descending", "sampled-high", "sampled-low", "ties"])
 def test_gen_selection_paths(rng, kind, dtype):
-    # The CPU kernel selects the top M with a heap (M <= 16), or a strided sample of
-    # 128 values that sets a threshold, then nth_element on the values above it,
-    # falling back to nth_element on the whole row when too few or too many pass.
-    # Rows whose sampled positions (multiples of C // 128 = 7) hold the largest or
-    # the smallest values force both fallbacks.
+    # The CPU kernel selects the K = M largest (M <= C/2) or, for larger M, the
+    # K = C - M + 1 smallest values, with a heap (K <= 8) or a strided sample of 128
+    # values that sets a threshold, then nth_element on the values past it, falling
+    # back to nth_element on the whole row when too few pass. Rows whose sampled
+    # positions (multiples of C // 128 = 7) hold the largest or the smallest values
+    # force the fallback on either side.
     c = 1000
     base = randn(rng, 6, c, dtype=torch.float64, scale=3.0)
     sampled = torch.zeros(c, dtype=torch.bool)
@@ -249,7 +250,7 @@ def test_gen_selection_paths(rng, kind, dtype):
     elif kind == "ties":
         base = torch.randint(-3, 4, (6, c), generator=rng).double()
     logits = base.to(dtype)
-    for m in (1, 2, 16, 17, 60, 100, 300, 499, 500, 999):
+    for m in (1, 2, 8, 9, 60, 100, 300, 499, 500, 501, 502, 600, 992, 993, 999):
         check_score("gen", logits, top_m=m, what=f"{kind} M={m}")
 
 
