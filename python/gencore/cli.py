@@ -1,6 +1,6 @@
 """Command line: ``gencore info | demo | bench`` (also ``python -m gencore``).
 
-Imports only the standard library, numpy and torch at import time; pytest and
+Imports only the standard library at import time; torch, pytest and
 scikit-learn are imported inside the commands that need them.
 """
 from __future__ import annotations
@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 
 __all__ = ["main"]
 
@@ -71,105 +70,25 @@ def cmd_info(args) -> int:
 
 # --- demo --------------------------------------------------------------------
 
-def auroc(pos_scores, neg_scores) -> float:
-    """Area under the ROC curve, positives scoring higher; ties count one half.
-
-    Exact Mann-Whitney U statistic from average ranks of the pooled scores.
-    """
-    pos, neg = np.asarray(pos_scores, np.float64), np.asarray(neg_scores, np.float64)
-    scores = np.concatenate([pos, neg])
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), np.float64)
-    # average rank over each run of equal scores
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    ends = np.r_[starts[1:], len(scores)]
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = 0.5 * (s + e - 1) + 1.0
-    u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2.0
-    return float(u / (len(pos) * len(neg)))
-
-
-def fpr_at_tpr(pos_scores, neg_scores, tpr: float = 0.95) -> float:
-    """Fraction of negatives at or above the highest threshold that keeps ``tpr`` of positives."""
-    pos = np.sort(np.asarray(pos_scores, np.float64))
-    neg = np.asarray(neg_scores, np.float64)
-    keep = max(1, int(np.ceil(tpr * len(pos) - 1e-9)))
-    threshold = pos[len(pos) - keep]
-    return float((neg >= threshold).mean())
-
-
-def _auroc_best_available(pos, neg) -> tuple[float, str]:
-    try:
-        from sklearn.metrics import roc_auc_score
-    except ImportError:
-        return auroc(pos, neg), "gencore.cli.auroc"
-    labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    return float(roc_auc_score(labels, np.r_[pos, neg])), "sklearn.metrics.roc_auc_score"
-
-
 class DemoUnavailable(Exception):
     """A demo's optional dependency is missing; the message says what to install."""
 
 
-def demo_ood_knn(args) -> None:
-    """kNN OOD detection (Sun et al. 2022) on scikit-learn's digits: 0-4 in, 5-9 out."""
-    import torch
+def demo_ood(args) -> None:
+    """OOD detectors (kNN, Mahalanobis, relative Mahalanobis, energy, MSP, ViM) on
+    scikit-learn's digits: a small MLP trained on digits 0-4, digits 5-9 as OOD."""
+    import importlib.util
 
-    import gencore
+    if importlib.util.find_spec("sklearn") is None:
+        raise DemoUnavailable("the ood demo uses scikit-learn's digits data set: pip install scikit-learn")
+    from gencore.ood import demo
 
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise DemoUnavailable("the ood demo uses scikit-learn's digits data set: "
-                              "pip install scikit-learn") from None
-
-    digits = load_digits()
-    x, y = digits.data.astype(np.float32), digits.target
-    rng = np.random.default_rng(args.seed)
-    inside = rng.permutation(np.flatnonzero(y < 5))
-    n_train = int(round(0.7 * len(inside)))
-    train, test_id, test_ood = x[inside[:n_train]], x[inside[n_train:]], x[y >= 5]
-
-    # standardize with in-distribution train statistics (constant pixels keep scale 1)
-    mean, std = train.mean(0), train.std(0)
-    std[std == 0] = 1.0
-
-    def features(a):
-        z = torch.from_numpy((a - mean) / std)
-        return torch.nn.functional.normalize(z, dim=1).contiguous()
-
-    bank, q_id, q_ood = features(train), features(test_id), features(test_ood)
-    k = args.k
-    if not 1 <= k <= len(bank):
-        raise ValueError(f"--k must be in [1, {len(bank)}], got {k}")
-
-    start = time.perf_counter()  # the first call pays one-time costs (op dispatch set-up, thread pool)
-    gencore.ood.knn(q_id[:1], bank, k, "l2")
-    first_call = time.perf_counter() - start
-    start = time.perf_counter()
-    d_id, _ = gencore.ood.knn(q_id, bank, k, "l2")
-    d_ood, _ = gencore.ood.knn(q_ood, bank, k, "l2")
-    elapsed = time.perf_counter() - start
-    # score: negative distance to the k-th neighbour (higher = more in-distribution)
-    s_id, s_ood = -d_id[:, -1].numpy(), -d_ood[:, -1].numpy()
-    area, how = _auroc_best_available(s_id, s_ood)
-    fpr = fpr_at_tpr(s_id, s_ood, 0.95)
-    backend = gencore.info()["backends"]["ood"]["cpu"]
-
-    print("ood: kNN out-of-distribution detection (Sun et al. 2022) on scikit-learn digits")
-    print(f"  in-distribution digits 0-4: bank {len(bank)}, test {len(q_id)};"
-          f"  OOD digits 5-9: {len(q_ood)};  D={bank.shape[1]}")
-    print(f"  features standardized on the bank, L2-normalized; score = -distance to the k-th neighbour, k={k}")
-    print(f"  AUROC          {area:.4f}   ({how})")
-    print(f"  FPR@95%TPR     {fpr:.4f}")
-    print(f"  kNN time       {elapsed * 1e3:.2f} ms for {len(q_id) + len(q_ood)} queries  (gencore.ood.knn, "
-          f"backend {backend}, {gencore.get_num_threads()} threads; first call {first_call * 1e3:.0f} ms)")
+    demo.run(seed=args.seed)
 
 
 # One entry per family that has a demo: (family, function). Each prints its own section.
 DEMOS: list[tuple[str, Callable]] = [
-    ("ood", demo_ood_knn),
+    ("ood", demo_ood),
 ]
 
 
@@ -333,8 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="small end-to-end demos of each family")
     p.add_argument("--family", choices=[f for f, _ in DEMOS], default=None, help="only this family's demo")
-    p.add_argument("--k", type=int, default=5, help="neighbours for the kNN OOD score (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the train/test split (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the training (default 0)")
     p.add_argument("--threads", type=int, default=None, help="gencore threads (default: torch's)")
     p.set_defaults(func=cmd_demo)
 

@@ -477,7 +477,7 @@ def test_bad_input(monkeypatch, backend):
         (ValueError, "precision_factor has no columns", lambda: mahalanobis(x, mu, f[:, :0])),
         (ValueError, "feature dimension 0", lambda: mahalanobis(x[:, :0], mu[:, :0], f[:0])),
         (ValueError, "reduce must be one of", lambda: mahalanobis(x, mu, f, "max")),
-        (ValueError, "reduce must be one of", lambda: mahalanobis(x, mu, f, None)),
+        (TypeError, "reduce must be a str", lambda: mahalanobis(x, mu, f, None)),
         (ValueError, "one device", lambda: mahalanobis(x, mu.to("meta"), f)),
     ]
     for exc, match, call in cases:
