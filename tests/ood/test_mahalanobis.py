@@ -11,7 +11,7 @@ can promise: float32 results within 1e-4 of ((||x - mu_bar|| + ||mu_c - mu_bar||
 
 Tiles of the CPU kernel (csrc/ood/mahalanobis.cpp): blocks of up to 256
 queries (fewer when Q / threads is smaller), class tiles of 1024, factor
-panels of 64 columns. The reference streams queries in blocks of 4096.
+panels of 16-64 rows. The reference streams queries in blocks of 4096.
 
 Inputs are drawn from a generator seeded by the test's node id, so each test
 sees fresh inputs yet a failure reproduces (GENCORE_TEST_SEED shifts them all).

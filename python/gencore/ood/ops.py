@@ -316,8 +316,10 @@ def mahalanobis(features: torch.Tensor, means: torch.Tensor, precision_factor: t
             ``L @ L.T == Sigma^-1`` works: the Cholesky factor of the precision
             (R = D), or ``V * lambda**-0.5`` from an eigendecomposition of the
             covariance restricted to the kept eigenvalues (R < D: the distance
-            in the kept subspace). Triangular factors run about twice as fast
-            on CPU (the zero half is skipped).
+            in the kept subspace). On CPU the zero half of a triangular factor
+            is skipped, about 2x faster for R = D: prefer
+            ``torch.linalg.cholesky(precision)`` (lower) or the inverse-transposed
+            Cholesky factor of the covariance (upper) to a dense factor.
         reduce: ``"min"`` (default): ``min_c d_c(x)``, shape [Q], the score of
             Lee et al. (larger = more anomalous); ``"none"``: every class, [Q, C].
 
@@ -345,7 +347,9 @@ def mahalanobis(features: torch.Tensor, means: torch.Tensor, precision_factor: t
     through the min.
 
     Gradients: to features, means and precision_factor (float64 gradcheck);
-    through reduce="min" the gradient goes to the nearest class.
+    through reduce="min" the gradient goes to the nearest class (found by the
+    forward pass; lowest index on ties). The backward is plain torch matmuls
+    with O(Q (D + R) + C R) memory, never Q x C x D.
     """
     # Checked here too: the dispatcher would refuse a non-tensor with a RuntimeError first.
     _validate_mahalanobis(features, means, precision_factor, reduce)
