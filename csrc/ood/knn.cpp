@@ -14,6 +14,7 @@
 #include "ood/knn_terms.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -109,6 +110,11 @@ void knn(MatrixView<const T> queries, MatrixView<const T> bank, int64_t k, KnnMe
                 " columns but bank has ", bank.cols);
   GENCORE_CHECK(k >= 1 && k <= N, "knn: k must be in [1, N=", N, "], got ", k);
   GENCORE_CHECK(bank.cols >= 1, "knn: feature dimension must be >= 1");
+  // Everything that could throw inside the OpenMP regions is checked here:
+  // an exception escaping a parallel region terminates the process.
+  GENCORE_CHECK(blas::available(), "knn: BLAS is not initialised (gencore._native sets it at import)");
+  GENCORE_CHECK(bank.cols <= INT_MAX && bank.row_stride <= INT_MAX && queries.row_stride <= INT_MAX,
+                "knn: rows longer than 2^31 - 1 elements are not supported by the BLAS interface");
   if (Q == 0) return;
 
   const MetricTerms<T> terms = metric_terms(queries, bank, metric, num_threads);

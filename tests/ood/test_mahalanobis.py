@@ -19,8 +19,6 @@ sees fresh inputs yet a failure reproduces (GENCORE_TEST_SEED shifts them all).
 from __future__ import annotations
 
 import math
-import os
-import zlib
 
 import pytest
 import torch
@@ -29,37 +27,12 @@ import gencore
 from gencore import _dispatch, _native
 from gencore.ood import mahalanobis, reference, relative_mahalanobis
 
-SIMD_LEVELS = ("scalar", "avx2", "avx512")
+from tests.conftest import cuda_only, native_cpu_only, supported_simd_levels  # noqa: E402
+
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 REDUCES = ("none", "min")
 
-native_cpu_only = pytest.mark.skipif(_native.core is None, reason="needs the compiled CPU module gencore._core")
-cuda_only = pytest.mark.skipif(not torch.cuda.is_available() or _native.cuda is None,
-                               reason="needs a CUDA device and the gencore._cuda module")
-
-
-# ====================================================================== fixtures
-
-@pytest.fixture
-def rng(request) -> torch.Generator:
-    seed = zlib.crc32(f"{os.environ.get('GENCORE_TEST_SEED', '0')}:{request.node.nodeid}".encode())
-    return torch.Generator().manual_seed(seed)
-
-
-@pytest.fixture(autouse=True)
-def _restore_runtime_settings():
-    threads = _native._num_threads
-    level = _native.core.simd_level() if _native.core is not None else None
-    yield
-    _native._num_threads = threads
-    if level is not None:
-        _native.core.set_simd_level(level)
-
-
-def supported_simd_levels() -> list[str]:
-    if _native.core is None:
-        return []
-    return list(SIMD_LEVELS[: SIMD_LEVELS.index(_native.core.detected_simd_level()) + 1])
+# The rng fixture and the restoring of threads / SIMD level come from tests/conftest.py.
 
 
 # ====================================================================== inputs and oracle

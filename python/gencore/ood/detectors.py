@@ -677,6 +677,16 @@ class ViMDetector(OODDetector):
 
 # ====================================================================== logit-based
 
+class _TemperatureMixin:
+    """Validates and stores the softmax temperature T > 0 of a logit score."""
+
+    def __init__(self, temperature: float = 1.0):
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+        super().__init__()
+
+
 class _LogitDetector(OODDetector):
     """Scores that read logits only: nothing to fit; score(logits=...) works without fit()."""
 
@@ -695,7 +705,7 @@ class _LogitDetector(OODDetector):
         return self._logit_score(_score_dtype(logits))
 
 
-class EnergyDetector(_LogitDetector):
+class EnergyDetector(_TemperatureMixin, _LogitDetector):
     """Liu et al. 2020, "Energy-based out-of-distribution detection".
 
     score = -E(x) = T logsumexp(logits / T) via ``gencore.ood.energy``.
@@ -704,27 +714,15 @@ class EnergyDetector(_LogitDetector):
         temperature: T > 0 (default 1, the paper's choice).
     """
 
-    def __init__(self, temperature: float = 1.0):
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
-        super().__init__()
-
     def _logit_score(self, logits):
         return ops.energy(logits, temperature=self.temperature)
 
 
-class MSPDetector(_LogitDetector):
+class MSPDetector(_TemperatureMixin, _LogitDetector):
     """Hendrycks & Gimpel 2017: maximum softmax probability, max_c softmax(logits / T)_c.
 
     Via ``gencore.ood.msp``. Args: temperature T > 0 (default 1).
     """
-
-    def __init__(self, temperature: float = 1.0):
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
-        super().__init__()
 
     def _logit_score(self, logits):
         return ops.msp(logits, temperature=self.temperature)
