@@ -12,6 +12,10 @@
 
 namespace py = pybind11;
 
+namespace gencore::gpu::bindings {
+void bind_ood_mahalanobis(py::module_& m);
+}
+
 namespace {
 
 // A failed query (no driver, no device) is cleared so it cannot surface later
@@ -91,6 +95,7 @@ PYBIND11_MODULE(_cuda, m) {
         "Exact kNN, fp32. queries [Q, D], bank [N, D] -> values [Q, k] float32, indices [Q, k]\n"
         "int64, best first (metric 0: squared L2 ascending; 1: inner product descending); ties\n"
         "go to the lower index. Queued on `stream`, never synchronises.");
+  gencore::gpu::bindings::bind_ood_mahalanobis(m);
   bind_ood_logits(m);
 }
 

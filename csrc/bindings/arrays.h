@@ -19,14 +19,16 @@ MatrixView<const T> matrix_in(const py::array& a, const char* name) {
   GENCORE_CHECK(py::dtype::of<T>().is(a.dtype()), name, ": expected dtype ",
                 std::string(py::str(py::dtype::of<T>())), ", got ", std::string(py::str(a.dtype())));
   const auto item = static_cast<py::ssize_t>(sizeof(T));
-  GENCORE_CHECK(a.shape(1) <= 1 || a.strides(1) == item, name, ": columns must be contiguous");
-  GENCORE_CHECK(a.shape(0) <= 1 || (a.strides(0) % item == 0 && a.strides(0) >= a.shape(1) * item),
+  // numpy gives empty arrays arbitrary strides (torch's [0, D] arrives as (0, 0)).
+  const bool empty = a.shape(0) == 0 || a.shape(1) == 0;
+  GENCORE_CHECK(empty || a.shape(1) <= 1 || a.strides(1) == item, name, ": columns must be contiguous");
+  GENCORE_CHECK(empty || a.shape(0) <= 1 || (a.strides(0) % item == 0 && a.strides(0) >= a.shape(1) * item),
                 name, ": unsupported row stride ", a.strides(0));
   MatrixView<const T> v;
   v.data = static_cast<const T*>(a.data());
   v.rows = a.shape(0);
   v.cols = a.shape(1);
-  v.row_stride = a.shape(0) <= 1 ? a.shape(1) : a.strides(0) / item;
+  v.row_stride = empty || a.shape(0) <= 1 ? a.shape(1) : a.strides(0) / item;
   if (v.row_stride < 1) v.row_stride = 1;
   return v;
 }

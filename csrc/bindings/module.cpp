@@ -10,6 +10,7 @@ namespace py = pybind11;
 
 namespace gencore::bindings {
 void bind_ood(py::module_& m);
+void bind_ood_mahalanobis(py::module_& m);
 void bind_ood_logits(py::module_& m);
 }
 
@@ -38,5 +39,6 @@ PYBIND11_MODULE(_core, m) {
         py::arg("level"), "Cap the SIMD level (clamped to what the CPU supports).");
   m.def("has_avx512_bf16", &cpu_has_avx512_bf16);
   bindings::bind_ood(m);
+  bindings::bind_ood_mahalanobis(m);
   bindings::bind_ood_logits(m);
 }

@@ -35,6 +35,8 @@ void bind_ood(py::module_& m) {
       py::arg("queries"), py::arg("bank"), py::arg("k"), py::arg("metric"), py::arg("values"),
       py::arg("indices"), py::arg("num_threads"),
       "Exact kNN; metric 0 = squared L2, 1 = inner product, 2 = cosine.");
+  m.def("last_knn_path", &ood::last_knn_path,
+        "Path of this thread's last knn call: 'blas' or 'bf16-screen' ('none' before any).");
 }
 
 }  // namespace gencore::bindings

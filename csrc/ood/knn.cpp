@@ -14,6 +14,7 @@
 #include "ood/knn_terms.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -95,7 +96,11 @@ void search_block(MatrixView<const T> queries, MatrixView<const T> bank, int64_t
   }
 }
 
+thread_local const char* last_path = "none";
+
 }  // namespace
+
+const char* last_knn_path() { return last_path; }
 
 template <typename T>
 void knn(MatrixView<const T> queries, MatrixView<const T> bank, int64_t k, KnnMetric metric,
@@ -105,15 +110,22 @@ void knn(MatrixView<const T> queries, MatrixView<const T> bank, int64_t k, KnnMe
                 " columns but bank has ", bank.cols);
   GENCORE_CHECK(k >= 1 && k <= N, "knn: k must be in [1, N=", N, "], got ", k);
   GENCORE_CHECK(bank.cols >= 1, "knn: feature dimension must be >= 1");
+  // Everything that could throw inside the OpenMP regions is checked here:
+  // an exception escaping a parallel region terminates the process.
+  GENCORE_CHECK(blas::available(), "knn: BLAS is not initialised (gencore._native sets it at import)");
+  GENCORE_CHECK(bank.cols <= INT_MAX && bank.row_stride <= INT_MAX && queries.row_stride <= INT_MAX,
+                "knn: rows longer than 2^31 - 1 elements are not supported by the BLAS interface");
   if (Q == 0) return;
 
   const MetricTerms<T> terms = metric_terms(queries, bank, metric, num_threads);
   if constexpr (std::is_same_v<T, float>) {
     if (knn_screen_applies(Q, bank.cols, terms, num_threads)) {
+      last_path = "bf16-screen";
       knn_screened(queries, bank, k, metric, terms, values, indices, num_threads);
       return;
     }
   }
+  last_path = "blas";
   const Plan plan = make_plan(Q, N, num_threads);
   const OfferFn<T> offer = pick_offer<T>();
   const int64_t items = plan.query_blocks * plan.bank_chunks;

@@ -11,8 +11,12 @@ namespace gencore::ood {
 enum class KnnMetric : int {
   sqeuclidean = 0,  // ||x - y||^2, ascending
   inner_product = 1,  // x . y, descending
-  cosine = 2,  // x . y / (||x|| ||y||), descending; a zero vector has similarity 0
+  cosine = 2,  // x . y / (max(||x||, 1e-12) max(||y||, 1e-12)), descending (F.normalize's eps)
 };
+
+// Which path the calling thread's last knn() call took ("blas" or
+// "bf16-screen"); lets tests prove each path is exercised.
+const char* last_knn_path();
 
 template <typename T>
 void knn(MatrixView<const T> queries, MatrixView<const T> bank, int64_t k, KnnMetric metric,

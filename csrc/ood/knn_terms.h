@@ -37,13 +37,16 @@ inline MetricTerms<T> metric_terms(MatrixView<const T> queries, MatrixView<const
   t.scale.assign(N, T(1));
   t.bias.assign(N, T(0));
   t.query_term.assign(Q, T(0));
-  const T tiny = std::numeric_limits<T>::min();
+  // Cosine normalizes rows like torch.nn.functional.normalize: norms below
+  // 1e-12 count as 1e-12, so tiny and zero rows give similarities near 0
+  // instead of dividing by an underflowed norm.
+  const T eps = T(1e-12);
   if (metric == KnnMetric::sqeuclidean) {
     t.bias = t.bank_sq;
     t.query_term = t.query_sq;
   } else if (metric == KnnMetric::cosine) {
-    for (int64_t j = 0; j < N; ++j) t.scale[j] = T(1) / std::max(std::sqrt(t.bank_sq[j]), tiny);
-    for (int64_t i = 0; i < Q; ++i) t.query_term[i] = T(1) / std::max(std::sqrt(t.query_sq[i]), tiny);
+    for (int64_t j = 0; j < N; ++j) t.scale[j] = T(1) / std::max(std::sqrt(t.bank_sq[j]), eps);
+    for (int64_t i = 0; i < Q; ++i) t.query_term[i] = T(1) / std::max(std::sqrt(t.query_sq[i]), eps);
   }
   return t;
 }

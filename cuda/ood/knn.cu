@@ -58,21 +58,6 @@ int next_pow2(int n) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// keys [qs, ldk] = tile(queries [qs, D], bank [nc, D]); few queries get a
-// 64-row tile so less of the block computes padding.
-void launch_tile(const float* queries, const float* bank, int qs, int nc, int D, bool l2,
-                 float* keys, int64_t ldk, cudaStream_t stream) {
-  if (qs <= 64) {
-    const dim3 grid(unsigned(ceil_div(nc, 128)), unsigned(ceil_div(qs, 64)));
-    knn_tile_kernel<1, 2><<<grid, kTileThreads, 0, stream>>>(queries, bank, qs, nc, D, l2, keys, ldk);
-    GENCORE_CUDA_CHECK_LAUNCH("knn_tile_kernel<64x128>");
-  } else {
-    const dim3 grid(unsigned(ceil_div(nc, 128)), unsigned(ceil_div(qs, 128)));
-    knn_tile_kernel<2, 2><<<grid, kTileThreads, 0, stream>>>(queries, bank, qs, nc, D, l2, keys, ldk);
-    GENCORE_CUDA_CHECK_LAUNCH("knn_tile_kernel<128x128>");
-  }
-}
-
 // run [qs, k] (have valid) + keys [qs, ldk] (nc valid, bank rows from chunk_start) -> run
 void launch_merge(const float* keys, int64_t ldk, int qs, int nc, int64_t chunk_start,
                   float* run_keys, int64_t* run_idx, int k, int have, cudaStream_t stream) {

@@ -17,6 +17,8 @@
 
 #include <cstdint>
 
+#include "common/check.cuh"
+
 namespace gencore::gpu::knn_detail {
 
 constexpr int kTileThreads = 256;
@@ -160,6 +162,23 @@ __global__ void __launch_bounds__(kTileThreads)
           if (g + j < nc) out[g + j] = v[j];
       }
     }
+  }
+}
+
+// keys [qs, ldk] = tile(queries [qs, D], bank [nc, D]); few queries get a
+// 64-row tile so less of the block computes padding. Shared by the kNN and
+// Mahalanobis drivers.
+inline void launch_tile(const float* queries, const float* bank, int qs, int nc, int D, bool l2,
+                        float* keys, int64_t ldk, cudaStream_t stream) {
+  const unsigned cols = unsigned((int64_t(nc) + 127) / 128);
+  if (qs <= 64) {
+    const dim3 grid(cols, unsigned((int64_t(qs) + 63) / 64));
+    knn_tile_kernel<1, 2><<<grid, kTileThreads, 0, stream>>>(queries, bank, qs, nc, D, l2, keys, ldk);
+    GENCORE_CUDA_CHECK_LAUNCH("knn_tile_kernel<64x128>");
+  } else {
+    const dim3 grid(cols, unsigned((int64_t(qs) + 127) / 128));
+    knn_tile_kernel<2, 2><<<grid, kTileThreads, 0, stream>>>(queries, bank, qs, nc, D, l2, keys, ldk);
+    GENCORE_CUDA_CHECK_LAUNCH("knn_tile_kernel<128x128>");
   }
 }
 

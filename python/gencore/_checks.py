@@ -33,8 +33,9 @@ def same_device(**named: torch.Tensor) -> torch.device:
 
 
 def same_size(dim_name: str, **named: int) -> None:
-    values = set(named.values())
-    if len(values) > 1:
+    # Pairwise != rather than a set: sizes may be SymInts (torch.compile, dynamic shapes).
+    values = list(named.values())
+    if any(v != values[0] for v in values[1:]):
         listing = ", ".join(f"{n}={v}" for n, v in named.items())
         raise ValueError(f"{dim_name} mismatch: {listing}")
 
@@ -72,6 +73,8 @@ def real(v, name: str, *, positive: bool = False) -> float:
 
 def choice(v, name: str, options: Iterable[str]) -> str:
     options = tuple(options)
+    if not isinstance(v, str):
+        raise TypeError(f"{name} must be a str, one of {options}, got {type(v).__name__}")
     if v not in options:
         raise ValueError(f"{name} must be one of {options}, got {v!r}")
     return v

@@ -28,8 +28,8 @@ def knn(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "l2") -
     """
     dtype = compute_dtype(queries.dtype)
     x, y = queries.to(dtype), bank.to(dtype)
-    if metric == "cosine":
-        x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+    if metric == "cosine":  # norms clamped at eps=1e-12, as every backend does
+        x, y = F.normalize(x, dim=1, eps=1e-12), F.normalize(y, dim=1, eps=1e-12)
     q = x.shape[0]
     # Running best as a "smaller is better" key; indices seen so far are all
     # lower than the next tile's, so a stable sort breaks ties by index.
@@ -53,6 +53,65 @@ def knn(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "l2") -
     return values, best_idx
 
 
+# ---------------------------------------------------------------- Mahalanobis
+
+MAHALANOBIS_REDUCTIONS = ("none", "min")
+_QUERY_BLOCK = 4096
+
+
+def mahalanobis(features: torch.Tensor, means: torch.Tensor, precision_factor: torch.Tensor,
+                reduce: str = "min") -> torch.Tensor:
+    """Squared Mahalanobis distances, whitened form: the spec of ``gencore.ood.mahalanobis``.
+
+    features [Q, D], means [C, D], precision_factor L [D, R] (Sigma^-1 = L L^T)
+    -> [Q, C] (reduce="none") or [Q] (reduce="min"), float64 for float64 input,
+    else float32.
+
+    d_c(x) = ||z - m_c||^2 = ||z||^2 + (||m_c||^2 - 2 z.m_c), clamped at 0, with
+    z = (x - mu_bar) L and m_c = (mu_c - mu_bar) L. Centring at the mean of the
+    class means mu_bar leaves d unchanged and keeps the expansion accurate for
+    features far from the origin. Queries stream in blocks of 4096, so memory is
+    O(4096 * (D + R + C) + C * R). NaN propagates (through the min too).
+    """
+    return mahalanobis_nearest(features, means, precision_factor, reduce)[0]
+
+
+def mahalanobis_nearest(features: torch.Tensor, means: torch.Tensor, precision_factor: torch.Tensor,
+                        reduce: str = "min") -> tuple[torch.Tensor, torch.Tensor]:
+    """``mahalanobis`` plus the nearest class [Q] int64: the argmin over classes of
+    ||m_c||^2 - 2 z.m_c (before the clamp, so clamped ties still pick the closest)."""
+    dtype = compute_dtype(features.dtype)
+    x, mu, factor = features.to(dtype), means.to(dtype), precision_factor.to(dtype)
+    center = mu.mean(0)
+    mt = (mu - center) @ factor                      # [C, R]
+    msq = (mt * mt).sum(1)                           # [C]
+    dists, nearest = [], []
+    for start in range(0, x.shape[0], _QUERY_BLOCK):
+        z = (x[start:start + _QUERY_BLOCK] - center) @ factor   # [B, R]
+        v = torch.addmm(msq[None, :], z, mt.T, alpha=-2)        # [B, C]
+        zsq = (z * z).sum(1, keepdim=True)
+        near = v.argmin(1)
+        if reduce == "min":
+            v = v.gather(1, near[:, None])[:, 0]
+            zsq = zsq[:, 0]
+        dists.append((zsq + v).clamp_min(0))
+        nearest.append(near)
+    if not dists:
+        shape = (0, mu.shape[0]) if reduce == "none" else (0,)
+        return x.new_empty(shape), torch.empty((0,), dtype=torch.int64, device=x.device)
+    return torch.cat(dists), torch.cat(nearest)
+
+
+def relative_mahalanobis(features: torch.Tensor, means: torch.Tensor, precision_factor: torch.Tensor,
+                         background_mean: torch.Tensor, background_factor: torch.Tensor,
+                         reduce: str = "min") -> torch.Tensor:
+    """Relative Mahalanobis distance (Ren et al. 2021): d_c(x) - d_bg(x).
+
+    background_mean [D], background_factor [D, R0]; [Q, C] or [Q] (min_c d_c - d_bg).
+    """
+    d = mahalanobis(features, means, precision_factor, reduce)
+    d_bg = mahalanobis(features, background_mean[None, :], background_factor, "min")
+    return d - (d_bg[:, None] if reduce == "none" else d_bg)
 # ====================================================================== logit scores and ViM
 # Every score: higher = more in-distribution. logits [N, C] -> [N] in
 # compute_dtype(logits.dtype). The formulas avoid forming 1 - p by subtraction

@@ -1,0 +1,117 @@
+// Mahalanobis driver on the GPU: the distance tile is the kNN's L2 tile kernel
+// (knn_tile.cuh: register-blocked fp32 FMA GEMM with the squared norms of both
+// operands fused, clamped at 0) applied to whitened queries and whitened means;
+// a second kernel copies the tile into the output (reduce none) and folds it
+// into each query's running (minimum, nearest class).
+//
+// For each slab of up to 4096 queries and each chunk of up to 16384 classes, in
+// increasing class order (the tie-break relies on it):
+//   1. knn_tile_kernel          : keys [qs, chunk] = d (clamped)
+//   2. mahalanobis_fold_kernel  : out rows (none), running best/nearest
+// Both run on the caller's stream; stream order makes the keys workspace safe
+// to reuse by the next chunk. The running minimum lives in out itself (reduce
+// min) or in a [slab] workspace (reduce none).
+#include "ood/mahalanobis.cuh"
+
+#include <algorithm>
+#include <climits>
+#include <stdexcept>
+#include <string>
+
+#include "common/check.cuh"
+#include "common/device.cuh"
+#include "ood/knn_tile.cuh"
+
+namespace gencore::gpu {
+namespace {
+
+constexpr int64_t kMaxSlab = 4096;
+constexpr int64_t kMaxChunk = 16384;  // 4096 x 16384 x 4 bytes = 256 MiB of keys
+constexpr int64_t kChunkAlign = 128;  // whole tiles; keeps key rows 16-byte aligned (float4 stores)
+constexpr int kFoldThreads = 256;
+constexpr int kFoldRowsPerBlock = kFoldThreads / 32;  // one warp per query row
+
+// (a, ia) ranks before (b, ib): NaN first, then smaller value, then lower index.
+__device__ __forceinline__ bool ranks_before(float a, int64_t ia, float b, int64_t ib) {
+  const bool a_nan = a != a, b_nan = b != b;
+  if (a_nan || b_nan) return a_nan && (!b_nan || ia < ib);
+  return a < b || (a == b && ia < ib);
+}
+
+// keys [qs, ldk] (columns [0, nc) = classes c0 + j)
+//   -> copy: out [qs, ldo] columns [c0, c0 + nc) = keys
+//      best [qs], nearest [qs]: running minimum and its class; set on the first chunk
+//      (`first`), otherwise replaced only by a strictly earlier rank, and earlier
+//      chunks hold lower classes, so ties keep the lowest class.
+__global__ void __launch_bounds__(kFoldThreads)
+    mahalanobis_fold_kernel(const float* __restrict__ keys, int64_t ldk, int qs, int nc, int64_t c0,
+                            bool first, bool copy, float* __restrict__ out, int64_t ldo,
+                            float* __restrict__ best, int64_t* __restrict__ nearest) {
+  const int lane = threadIdx.x % 32;
+  const int row = blockIdx.x * kFoldRowsPerBlock + threadIdx.x / 32;
+  if (row >= qs) return;  // whole warps leave together: the shuffles below stay full-warp
+  const float* k = keys + int64_t(row) * ldk;
+  float v = __int_as_float(0x7f800000);  // +inf
+  int64_t at = LLONG_MAX;
+  for (int j = lane; j < nc; j += 32) {
+    const float kv = k[j];
+    if (copy) out[int64_t(row) * ldo + c0 + j] = kv;
+    if (ranks_before(kv, c0 + j, v, at)) v = kv, at = c0 + j;
+  }
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const float ov = __shfl_down_sync(0xffffffffu, v, offset);
+    const int64_t oat = __shfl_down_sync(0xffffffffu, at, offset);
+    if (ranks_before(ov, oat, v, at)) v = ov, at = oat;
+  }
+  if (lane == 0 && (first || ranks_before(v, at, best[row], nearest[row]))) {
+    best[row] = v;
+    nearest[row] = at;
+  }
+}
+
+void check_args(const float* z, const float* mt, int64_t Q, int64_t C, int64_t R,
+                MahalanobisReduce reduce, const float* out, const int64_t* nearest) {
+  auto fail = [](const std::string& msg) {
+    throw std::invalid_argument("gencore._cuda.mahalanobis: " + msg);
+  };
+  if (reduce != MahalanobisReduce::none && reduce != MahalanobisReduce::min)
+    fail("reduce must be 0 (none) or 1 (min), got " + std::to_string(int(reduce)));
+  if (Q < 0) fail("Q must be >= 0, got " + std::to_string(Q));
+  if (C < 1) fail("C must be >= 1, got " + std::to_string(C));
+  if (R < 1 || R > INT_MAX) fail("R must be in [1, 2^31 - 1], got " + std::to_string(R));
+  if (Q > 0 && (!z || !mt || !out || !nearest)) fail("a data pointer is null");
+}
+
+}  // namespace
+
+void mahalanobis(const float* z, const float* mt, int64_t Q, int64_t C, int64_t R,
+                 MahalanobisReduce reduce, float* out, int64_t* nearest, cudaStream_t stream,
+                 int device) {
+  using knn_detail::launch_tile;
+  check_args(z, mt, Q, C, R, reduce, out, nearest);
+  if (Q == 0) return;
+  DeviceGuard guard(device);
+
+  const bool to_min = reduce == MahalanobisReduce::min;
+  const int64_t slab = std::min(Q, kMaxSlab);
+  const int64_t chunk = std::min((C + kChunkAlign - 1) / kChunkAlign * kChunkAlign, kMaxChunk);
+  StreamBuffer keys_buf(size_t(slab) * size_t(chunk) * sizeof(float), stream);  // [slab, chunk]
+  StreamBuffer best_buf(to_min ? 0 : size_t(slab) * sizeof(float), stream);     // [slab]
+  float* keys = keys_buf.as<float>();
+
+  for (int64_t q0 = 0; q0 < Q; q0 += slab) {
+    const int qs = int(std::min(slab, Q - q0));
+    float* best = to_min ? out + q0 : best_buf.as<float>();
+    for (int64_t c0 = 0; c0 < C; c0 += chunk) {
+      const int nc = int(std::min(chunk, C - c0));
+      launch_tile(z + q0 * R, mt + c0 * R, qs, nc, int(R), /*l2=*/true, keys, chunk, stream);
+      const unsigned blocks = unsigned((qs + kFoldRowsPerBlock - 1) / kFoldRowsPerBlock);
+      mahalanobis_fold_kernel<<<blocks, kFoldThreads, 0, stream>>>(
+          keys, chunk, qs, nc, c0, c0 == 0, !to_min, to_min ? nullptr : out + q0 * C, C, best,
+          nearest + q0);
+      GENCORE_CUDA_CHECK_LAUNCH("mahalanobis_fold_kernel");
+    }
+  }
+}
+
+}  // namespace gencore::gpu

@@ -1,0 +1,28 @@
+// Mahalanobis distances on the GPU, fp32, from already-whitened inputs.
+//   z [Q, R] = (features - mu_bar) L, mt [C, R] = (means - mu_bar) L
+//   (row-major, contiguous, device memory; the Python layer computes both with
+//   torch matmuls, i.e. cuBLAS on the caller's stream)
+//   -> out [Q, C] (reduce none) or [Q] (reduce min), nearest [Q] int64
+//   d_qc = max(||z_q||^2 + ||mt_c||^2 - 2 z_q.mt_c, 0)
+// Same contract as csrc/ood/mahalanobis.h, except that nearest breaks ties on the
+// clamped distance (the CPU kernel on the unclamped one): both are the lowest
+// index among equal values, they differ only where rounding clamps several
+// classes to 0. A NaN distance wins the min (and is the nearest).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace gencore::gpu {
+
+enum class MahalanobisReduce : int { none = 0, min = 1 };
+
+// Everything is queued on `stream` on `device`; the host is never synchronised.
+// Throws std::invalid_argument on bad sizes, std::runtime_error on CUDA errors.
+// Peak extra device memory: min(Q, 4096) * (chunk + 1) * 4 bytes with
+// chunk = min(round_up(C, 128), 16384): at most 256 MiB, independent of Q.
+void mahalanobis(const float* z, const float* mt, int64_t Q, int64_t C, int64_t R,
+                 MahalanobisReduce reduce, float* out, int64_t* nearest, cudaStream_t stream,
+                 int device);
+
+}  // namespace gencore::gpu

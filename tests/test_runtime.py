@@ -1,0 +1,242 @@
+"""Runtime layer: info(), threads, SIMD levels, backend selection, the CLI, _cuda."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import gencore
+from gencore import _dispatch, _native
+
+from tests.conftest import SIMD_LEVELS, native_cpu_only, supported_simd_levels
+
+INFO_KEYS = {"version", "modules", "module_errors", "simd", "threads", "openmp", "blas", "cuda",
+             "forced_backend", "backends"}
+
+
+def _subprocess(args, env_overrides=None, timeout=120):
+    env = dict(os.environ)
+    env.pop("GENCORE_BACKEND", None)
+    env.pop("GENCORE_SIMD", None)
+    env.update(env_overrides or {})
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+# ---------------------------------------------------------------- info()
+
+def test_info_keys_and_types():
+    info = gencore.info()
+    assert INFO_KEYS <= set(info), f"missing keys: {INFO_KEYS - set(info)}"
+    assert info["version"] == gencore.__version__
+    assert set(info["modules"]) == {"_core", "_cuda"}
+    assert all(isinstance(v, bool) for v in info["modules"].values())
+    assert info["modules"]["_core"] is (_native.core is not None)
+    assert info["modules"]["_cuda"] is (_native.cuda is not None)
+    assert isinstance(info["module_errors"], dict)
+    for name, present in info["modules"].items():
+        # a missing module says why; a present one reports no error
+        assert (name in info["module_errors"]) is (not present)
+        if not present:
+            assert isinstance(info["module_errors"][name], str) and info["module_errors"][name]
+    assert isinstance(info["threads"], int) and info["threads"] >= 1
+    assert isinstance(info["openmp"], bool)
+    assert set(info["simd"]) >= {"detected", "in_use", "avx512_bf16"}
+    assert isinstance(info["simd"]["avx512_bf16"], bool)
+    assert set(info["cuda"]) >= {"built", "devices", "runtime_version", "driver_version", "archs"}
+    assert isinstance(info["cuda"]["devices"], int) and info["cuda"]["devices"] >= 0
+    assert info["cuda"]["built"] is (_native.cuda is not None)
+    assert info["forced_backend"] in (None, os.environ.get("GENCORE_BACKEND"))
+
+
+@native_cpu_only
+def test_info_native_cpu_fields():
+    info = gencore.info()
+    assert info["simd"]["detected"] in SIMD_LEVELS
+    assert info["simd"]["in_use"] in supported_simd_levels()
+    assert isinstance(info["blas"], str) and info["blas"]
+    try:
+        import scipy
+        blas_name = scipy.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
+    except Exception:  # older SciPy without mode="dicts": the str check above stands
+        blas_name = ""
+    if "openblas" in blas_name.lower():
+        assert "openblas" in info["blas"].lower(), info["blas"]
+    if info["simd"]["avx512_bf16"]:
+        assert info["simd"]["detected"] == "avx512"
+
+
+def test_info_cuda_devices():
+    devices = gencore.info()["cuda"]["devices"]
+    if not torch.cuda.is_available():
+        assert devices == 0
+    elif _native.cuda is not None:
+        assert devices == torch.cuda.device_count()
+    else:
+        assert devices == 0  # no _cuda module: gencore sees no device it can use
+
+
+def test_info_backends_per_family():
+    backends = gencore.info()["backends"]
+    assert set(backends) == set(_dispatch.families())
+    assert "ood" in backends
+    for family, per_device in backends.items():
+        assert set(per_device) == {"cpu", "cuda"}
+        assert per_device["cpu"] == ("native-cpu" if _native.core is not None else "reference")
+        cuda_native = _native.cuda is not None and _native.cuda_device_count() > 0
+        assert per_device["cuda"] == ("native-cuda" if cuda_native else "reference")
+
+
+# ---------------------------------------------------------------- threads
+
+def test_num_threads_default_is_torch_setting(monkeypatch):
+    monkeypatch.setattr(_native, "_num_threads", None)
+    assert gencore.get_num_threads() == torch.get_num_threads()
+    assert gencore.info()["threads"] == torch.get_num_threads()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 17])
+def test_set_num_threads_roundtrip(n):
+    torch_threads = torch.get_num_threads()
+    gencore.set_num_threads(n)
+    assert gencore.get_num_threads() == n
+    assert gencore.info()["threads"] == n
+    assert torch.get_num_threads() == torch_threads, "gencore must not change torch's settings"
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, 2.0, True, False, "2", None])
+def test_set_num_threads_rejects_bad_values(bad):
+    before = gencore.get_num_threads()
+    with pytest.raises(ValueError, match="num_threads"):
+        gencore.set_num_threads(bad)
+    assert gencore.get_num_threads() == before
+
+
+# ---------------------------------------------------------------- SIMD
+
+@native_cpu_only
+@pytest.mark.parametrize("bad", ["sse", "AVX2", "", "avx-512", None, 2])
+def test_set_simd_level_rejects_bad_names(bad):
+    before = _native.core.simd_level()
+    with pytest.raises(ValueError, match="level"):
+        gencore.set_simd_level(bad)
+    assert _native.core.simd_level() == before
+
+
+@native_cpu_only
+@pytest.mark.parametrize("wanted", SIMD_LEVELS)
+def test_set_simd_level_clamps_to_cpu(wanted):
+    detected = _native.core.detected_simd_level()
+    expected = SIMD_LEVELS[min(SIMD_LEVELS.index(wanted), SIMD_LEVELS.index(detected))]
+    assert gencore.set_simd_level(wanted) == expected
+    assert _native.core.simd_level() == expected
+    assert gencore.info()["simd"]["in_use"] == expected
+    assert gencore.info()["simd"]["detected"] == detected
+
+
+@native_cpu_only
+def test_simd_level_fixture_restores(simd_level):
+    assert _native.core.simd_level() == simd_level
+
+
+@native_cpu_only
+def test_simd_env_caps_level_at_import():
+    proc = _subprocess(["-c", "import gencore; print(gencore.info()['simd']['in_use'])"],
+                       {"GENCORE_SIMD": "scalar"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "scalar"
+
+
+@native_cpu_only
+def test_simd_env_bad_value_raises_at_import():
+    proc = _subprocess(["-c", "import gencore"], {"GENCORE_SIMD": "sse9"})
+    assert proc.returncode != 0
+    assert "ValueError" in proc.stderr and "GENCORE_SIMD" in proc.stderr, proc.stderr
+
+
+# ---------------------------------------------------------------- backend selection
+
+def test_backend_forced_reference(reference_backend):
+    assert _dispatch.backend_name("cpu") == "reference"
+    assert _dispatch.backend_name("cuda") == "reference"
+    info = gencore.info()
+    assert info["forced_backend"] == "reference"
+    assert all(b == {"cpu": "reference", "cuda": "reference"} for b in info["backends"].values())
+
+
+@pytest.mark.parametrize("value", ["", "auto", "native", "AUTO", " reference "])
+def test_backend_accepted_values(monkeypatch, value):
+    monkeypatch.setenv("GENCORE_BACKEND", value)
+    forced = value.strip().lower() == "reference"
+    expected = "reference" if forced or _native.core is None else "native-cpu"
+    assert _dispatch.backend_name("cpu") == expected
+
+
+@pytest.mark.parametrize("value", ["cuda", "ref", "native-cpu", "1"])
+def test_backend_bad_value_raises(monkeypatch, value):
+    monkeypatch.setenv("GENCORE_BACKEND", value)
+    with pytest.raises(ValueError, match="GENCORE_BACKEND"):
+        _dispatch.backend_name("cpu")
+    with pytest.raises(ValueError, match="GENCORE_BACKEND"):
+        gencore.ood.knn(torch.zeros(2, 3), torch.zeros(4, 3), 1)
+
+
+@pytest.mark.parametrize("device_type", ["meta", "xla", "mps"])
+def test_backend_other_devices_use_reference(device_type):
+    assert _dispatch.backend_name(device_type) == "reference"
+
+
+@native_cpu_only
+def test_fallback_warns_once(monkeypatch):
+    # Pretend the CPU module failed to load: the reference runs, and says so once.
+    monkeypatch.setattr(_native, "core", None)
+    monkeypatch.setattr(_native, "core_error", "simulated: gencore._core not built")
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    x, y = torch.randn(3, 4), torch.randn(9, 4)
+    with pytest.warns(RuntimeWarning, match="reference") as record:
+        values, indices = gencore.ood.knn(x, y, 2)
+    assert any("simulated" in str(w.message) for w in record)
+    ref_values, ref_indices = gencore.ood.reference.knn(x, y, 2)
+    assert torch.equal(values, ref_values) and torch.equal(indices, ref_indices)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gencore.ood.knn(x, y, 2)  # the second call is quiet
+
+
+def test_forced_reference_does_not_warn(reference_backend, monkeypatch):
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gencore.ood.knn(torch.randn(3, 4), torch.randn(9, 4), 2)
+
+
+# ---------------------------------------------------------------- _cuda
+
+def test_cuda_module_absent_or_importable():
+    if _native.cuda is None:
+        assert isinstance(_native.cuda_error, str) and _native.cuda_error
+        assert _native.cuda_device_count() == 0
+        assert _dispatch.backend_name("cuda") == "reference"
+        return
+    count = _native.cuda.device_count()
+    assert isinstance(count, int) and count >= 0
+    if not torch.cuda.is_available():
+        assert count == 0
+    else:
+        assert count == torch.cuda.device_count()
+    assert isinstance(_native.cuda.max_k(), int) and _native.cuda.max_k() >= 1
+
+
+# ---------------------------------------------------------------- CLI
+
+@pytest.mark.skipif(importlib.util.find_spec("gencore.cli") is None,
+                    reason="python/gencore/cli.py is not written yet")
+def test_cli_info_prints_version():
+    proc = _subprocess(["-m", "gencore", "info"])
+    assert proc.returncode == 0, proc.stderr
+    assert gencore.__version__ in proc.stdout
