@@ -18,16 +18,11 @@ features N x D with principal dimension R (quick 20k x 256, R 128; mid 100k x
 512, R 256; full 200k x 512, R 256). Every contender is checked against the
 float64 reference on the first 2000 rows before it is timed.
 
-Run with bench/conftest.py's options where that file exists:
+Run (size and threads are bench/conftest.py's options):
 
     python -m pytest bench/ood/bench_logits.py --bench-size quick|mid|full --bench-threads 2
-
-Without it the options are unknown to pytest; the environment variables
-GENCORE_BENCH_SIZE and GENCORE_BENCH_THREADS set them (defaults quick and 2).
 """
 from __future__ import annotations
-
-import os
 
 import pytest
 import torch
@@ -41,35 +36,13 @@ SIZES = {
     "mid": {"n": 100_000, "c": 1000, "d": 512, "r": 256},
     "full": {"n": 200_000, "c": 1000, "d": 512, "r": 256},
 }
-PEDANTIC_ROUNDS = {"mid": 5, "full": 3}
 DATA_SEED = 20240611
 CHECK_ROWS = 2000
 TEMPERATURE, GAMMA, TOP_M, ALPHA = 1.5, 0.1, 100, 0.8
 
 
-# --- options, threads and data (bench/conftest.py's names, with defaults when it is absent)
-
-@pytest.fixture(scope="module")
-def size(request) -> str:
-    name = request.config.getoption("--bench-size", default=os.environ.get("GENCORE_BENCH_SIZE", "quick"))
-    if name not in SIZES:
-        raise pytest.UsageError(f"--bench-size must be one of {tuple(SIZES)}, got {name!r}")
-    return name
-
-
-@pytest.fixture(scope="module")
-def threads(request):
-    """One thread count for gencore and torch, restored afterwards."""
-    n = int(request.config.getoption("--bench-threads", default=os.environ.get("GENCORE_BENCH_THREADS", "2")))
-    if n < 1:
-        raise pytest.UsageError(f"--bench-threads must be >= 1, got {n}")
-    old_torch, old_gencore = torch.get_num_threads(), gencore._native._num_threads
-    torch.set_num_threads(n)
-    gencore.set_num_threads(n)
-    yield n
-    torch.set_num_threads(old_torch)
-    gencore._native._num_threads = old_gencore
-
+# --- data (size, threads and timing come from bench/conftest.py: bench_size,
+# bench_threads, run_timed)
 
 class Data:
     """Fixed-seed float32 logits, templates and ViM problem of one size."""
@@ -96,10 +69,10 @@ _data: dict = {}
 
 
 @pytest.fixture(scope="module")
-def data(size) -> Data:
-    if size not in _data:
-        _data[size] = Data(size, **SIZES[size])
-    return _data[size]
+def data(bench_size) -> Data:
+    if bench_size not in _data:
+        _data[bench_size] = Data(bench_size, **SIZES[bench_size])
+    return _data[bench_size]
 
 
 # --- contenders: name -> fn(data) -> [N] scores
@@ -195,19 +168,16 @@ def check(score, contender, dt):
 
 
 @pytest.mark.parametrize("score,contender", [(s, c) for s, cs in CONTENDERS.items() for c in cs])
-def test_logits(benchmark, request, size, threads, data, score, contender):
+def test_logits(benchmark, run_timed, bench_size, bench_threads, data, score, contender):
     check(score, contender, data)
     fn = CONTENDERS[score][contender]
-    benchmark.group = f"logits-{score}-{size}"
+    benchmark.group = f"logits-{score}-{bench_size}"
     benchmark.extra_info.update(data.sizes())
     benchmark.extra_info.update({
         "contender": contender,
-        "threads": threads,
+        "threads": bench_threads,
         "backend": gencore.info()["backends"]["ood"]["cpu"],
         "simd": gencore.info()["simd"]["in_use"],
         "temperature": TEMPERATURE if score in ("msp", "energy") else None,
     })
-    if size in PEDANTIC_ROUNDS:
-        benchmark.pedantic(fn, args=(data,), rounds=PEDANTIC_ROUNDS[size], iterations=1, warmup_rounds=1)
-    else:
-        benchmark(fn, data)
+    run_timed(lambda: fn(data))
