@@ -826,6 +826,16 @@ def test_inputs_untouched_and_outputs_fresh(rng, monkeypatch, backend, dtype, la
 
 # ====================================================================== cosine with tiny norms
 
+def _with_tiny_parallel_row(rng, side, dtype, scale):
+    """Queries [4, 8] and bank [50, 8] where one row is a tiny multiple of a row on the other side."""
+    x, y = randn(rng, 4, 8, dtype=dtype), randn(rng, 50, 8, dtype=dtype)
+    if side == "bank":
+        y[17] = x[0] * scale  # parallel to query 0
+    else:
+        x[2] = y[30] * scale  # parallel to bank row 30
+    return x, y
+
+
 @native_cpu_only
 @pytest.mark.parametrize("side", ["bank", "queries"])
 @pytest.mark.parametrize("dtype,scale", [
@@ -838,11 +848,7 @@ def test_inputs_untouched_and_outputs_fresh(rng, monkeypatch, backend, dtype, la
 ])
 def test_cosine_values_bounded_for_tiny_rows(rng, side, dtype, scale):
     """Cosine similarity is in [-1, 1] for every finite input, however small its norm."""
-    x, y = randn(rng, 4, 8, dtype=dtype), randn(rng, 50, 8, dtype=dtype)
-    if side == "bank":
-        y[17] = x[0] * scale  # parallel to query 0
-    else:
-        x[2] = y[30] * scale  # parallel to bank row 30
+    x, y = _with_tiny_parallel_row(rng, side, dtype, scale)
     values, _ = knn(x, y, 5, "cosine")
     assert (values.abs() <= 1 + 1e-5).all(), values
 
@@ -856,11 +862,7 @@ def test_cosine_values_bounded_for_tiny_rows(rng, side, dtype, scale):
     pytest.param(torch.float64, 1e-13, id="float64-1e-13"),
 ])
 def test_cosine_tiny_rows_match_reference(rng, side, dtype, scale):
-    x, y = randn(rng, 4, 8, dtype=dtype), randn(rng, 50, 8, dtype=dtype)
-    if side == "bank":
-        y[17] = x[0] * scale
-    else:
-        x[2] = y[30] * scale
+    x, y = _with_tiny_parallel_row(rng, side, dtype, scale)
     check_knn(*knn(x, y, 5, "cosine"), x, y, 5, "cosine")
 
 
