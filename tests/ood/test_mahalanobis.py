@@ -536,7 +536,7 @@ class _FakeCudaKernel:
 
 @pytest.mark.parametrize("reduce", REDUCES)
 def test_cuda_python_glue_with_fake_kernel(rng, monkeypatch, reduce):
-    from gencore.ood import ops
+    from gencore.ood.ops import _mahalanobis as ops
 
     class _Stream:
         cuda_stream = 0
