@@ -46,7 +46,7 @@ def finite(x: torch.Tensor, name: str) -> None:
         return
     if not bool(torch.isfinite(x).all()):
         bad = "NaN" if bool(torch.isnan(x).any()) else "inf"
-        raise ValueError(f"{name} contains {bad}; gencore ops require finite inputs")
+        raise ValueError(f"{name} contains {bad}: gencore ops refuse NaN or inf, inputs must be finite")
 
 
 def integer(v, name: str, *, low: Optional[int] = None, high: Optional[int] = None) -> int:

@@ -114,19 +114,29 @@ def relative_mahalanobis(features: torch.Tensor, means: torch.Tensor, precision_
     return d - (d_bg[:, None] if reduce == "none" else d_bg)
 # ====================================================================== logit scores and ViM
 # Every score: higher = more in-distribution. logits [N, C] -> [N] in
-# compute_dtype(logits.dtype). The formulas avoid forming 1 - p by subtraction
-# and never exponentiate before taking logs, so float64 inputs give the oracle.
+# compute_dtype(logits.dtype), computed in float64 (the kernels accumulate in
+# double too). The formulas avoid forming 1 - p by subtraction and never
+# exponentiate before taking logs.
+
+def _shifted_tempered(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 (row max [N], (logits - max) / T [N, C]) with 1/T clamped to the
+    largest double, so T -> 0 keeps tied maxima at 0 instead of 0 * inf = NaN."""
+    x = logits.double()
+    m = x.amax(dim=1)
+    inv_t = min(1.0 / temperature, torch.finfo(torch.float64).max)
+    return m, (x - m[:, None]) * inv_t
+
 
 def msp(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """max_c softmax(logits / T)_c (Hendrycks & Gimpel 2017)."""
-    x = logits.to(compute_dtype(logits.dtype))
-    return torch.softmax(x / temperature, dim=1).amax(dim=1)
+    _, z = _shifted_tempered(logits, temperature)
+    return (1.0 / torch.exp(z).sum(dim=1)).to(compute_dtype(logits.dtype))
 
 
 def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """T logsumexp(logits / T), the negative free energy (Liu et al. 2020)."""
-    x = logits.to(compute_dtype(logits.dtype))
-    return temperature * torch.logsumexp(x / temperature, dim=1)
+    m, z = _shifted_tempered(logits, temperature)
+    return (m + temperature * torch.logsumexp(z, dim=1)).to(compute_dtype(logits.dtype))
 
 
 def max_logit(logits: torch.Tensor) -> torch.Tensor:
@@ -148,11 +158,11 @@ def gen(logits: torch.Tensor, gamma: float = 0.1, top_m: int = 100) -> torch.Ten
     from the other classes' logsumexp for the largest p, log1p(-p) for the rest
     (p <= 1/2 there), so confident rows and tiny probabilities stay exact.
     """
-    x = logits.to(compute_dtype(logits.dtype))
+    x = logits.double()
     m = min(top_m, x.shape[1])
     log_p = torch.log_softmax(x, dim=1).topk(m, dim=1).values  # descending: column 0 is the max
     log_1mp = torch.cat([_log_one_minus_max_p(x), torch.log1p(-log_p[:, 1:].exp())], dim=1)
-    return -torch.exp(gamma * (log_p + log_1mp)).sum(dim=1)
+    return (-torch.exp(gamma * (log_p + log_1mp)).sum(dim=1)).to(compute_dtype(logits.dtype))
 
 
 def kl_matching(logits: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
@@ -160,11 +170,12 @@ def kl_matching(logits: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
 
     Classes with p = 0 contribute 0; a template entry of 0 where p > 0 gives -inf.
     """
-    x = logits.to(compute_dtype(logits.dtype))
+    x = logits.double()
     log_p = torch.log_softmax(x, dim=1)
-    log_d = templates.to(x.dtype).log()[x.argmax(dim=1)]  # [N, C]
+    log_d = templates.double().log()[x.argmax(dim=1)]  # [N, C]
     p = log_p.exp()
-    return -torch.where(p > 0, p * (log_p - log_d), torch.zeros_like(p)).sum(dim=1)
+    kl = torch.where(p > 0, p * (log_p - log_d), torch.zeros_like(p)).sum(dim=1)
+    return (-kl).to(compute_dtype(logits.dtype))
 
 
 def residual_vectors(features: torch.Tensor, principal: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
