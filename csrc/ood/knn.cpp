@@ -22,7 +22,6 @@
 #include "gencore/blas.h"
 #include "gencore/check.h"
 #include "gencore/parallel.h"
-#include "gencore/rows.h"
 #include "gencore/simd.h"
 
 namespace gencore::ood {

@@ -93,6 +93,18 @@ def exact_values(x64, y64, indices, metric):
     return (F.normalize(x, dim=-1) * F.normalize(y, dim=-1)).sum(-1)
 
 
+def best_by_key(key, k, metric):
+    """key [Q, N], smaller is better (squared distance or -similarity) -> the k best
+    (values, indices) by a stable sort, so ties go to the lower index."""
+    order = torch.sort(key, dim=1, stable=True).indices[:, :k]
+    values = key.gather(1, order)
+    if metric == "l2":
+        values = values.sqrt()
+    elif reference.LARGER_IS_BETTER[metric]:
+        values = -values
+    return values, order
+
+
 def brute_force(x64, y64, k, metric):
     """Full float64 distance matrix + stable sort: the spec, independently of the reference."""
     if metric in ("l2", "sqeuclidean"):
@@ -101,13 +113,7 @@ def brute_force(x64, y64, k, metric):
         key = -(x64 @ y64.T)
     else:
         key = -(F.normalize(x64, dim=1) @ F.normalize(y64, dim=1).T)
-    order = torch.sort(key, dim=1, stable=True).indices[:, :k]
-    values = key.gather(1, order)
-    if metric == "l2":
-        values = values.sqrt()
-    elif reference.LARGER_IS_BETTER[metric]:
-        values = -values
-    return values, order
+    return best_by_key(key, k, metric)
 
 
 def check_knn(values, indices, queries, bank, k, metric, *, ref=None, dtype=None, what="gencore"):
@@ -210,13 +216,7 @@ def tie_oracle(x, y, k, metric):
         key = -dots
     else:
         key = -dots / ((x64 * x64).sum(1, keepdim=True).sqrt() * (y64 * y64).sum(1).sqrt())
-    order = torch.sort(key, dim=1, stable=True).indices[:, :k]
-    values = key.gather(1, order)
-    if metric == "l2":
-        values = values.sqrt()
-    elif reference.LARGER_IS_BETTER[metric]:
-        values = -values
-    return values, order
+    return best_by_key(key, k, metric)
 
 
 # ====================================================================== parity with the reference
