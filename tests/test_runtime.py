@@ -1,7 +1,6 @@
 """Runtime layer: info(), threads, SIMD levels, backend selection, the CLI, _cuda."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,12 +10,13 @@ import pytest
 import torch
 
 import gencore
-from gencore import _dispatch, _native
+from gencore import _dispatch, _native, _op
+from gencore._checks import FLOATING
 
 from tests.conftest import SIMD_LEVELS, native_cpu_only, supported_simd_levels
 
 INFO_KEYS = {"version", "modules", "module_errors", "simd", "threads", "openmp", "blas", "cuda",
-             "forced_backend", "backends"}
+             "forced_backend", "check_finite", "backends", "ops"}
 
 
 def _subprocess(args, env_overrides=None, timeout=120):
@@ -83,7 +83,7 @@ def test_info_cuda_devices():
 
 def test_info_backends_per_family():
     backends = gencore.info()["backends"]
-    assert set(backends) == set(_dispatch.families())
+    assert set(backends) == {name.split(".")[0] for name in _op.REGISTRY}
     assert "ood" in backends
     for family, per_device in backends.items():
         assert set(per_device) == {"cpu", "cuda"}
@@ -161,12 +161,20 @@ def test_simd_env_bad_value_raises_at_import():
 
 # ---------------------------------------------------------------- backend selection
 
+def backend_of(device_type: str, dtype=torch.float32, **kw) -> str:
+    """The backend an op with native kernels for every float dtype would get (no warning)."""
+    device = torch.device(device_type, 0) if device_type == "cuda" else torch.device(device_type)
+    return _dispatch.choose(device, dtype, cpu_dtypes=FLOATING, cuda_dtypes=FLOATING, **kw)[0]
+
+
 def test_backend_forced_reference(reference_backend):
-    assert _dispatch.backend_name("cpu") == "reference"
-    assert _dispatch.backend_name("cuda") == "reference"
+    assert backend_of("cpu") == "reference"
+    assert backend_of("cuda") == "reference"
     info = gencore.info()
     assert info["forced_backend"] == "reference"
     assert all(b == {"cpu": "reference", "cuda": "reference"} for b in info["backends"].values())
+    assert all(backend == "reference" for table in info["ops"].values() for row in table.values()
+               for backend in row.values())
 
 
 @pytest.mark.parametrize("value", ["", "auto", "native", "AUTO", " reference "])
@@ -174,21 +182,95 @@ def test_backend_accepted_values(monkeypatch, value):
     monkeypatch.setenv("GENCORE_BACKEND", value)
     forced = value.strip().lower() == "reference"
     expected = "reference" if forced or _native.core is None else "native-cpu"
-    assert _dispatch.backend_name("cpu") == expected
+    assert backend_of("cpu") == expected
 
 
 @pytest.mark.parametrize("value", ["cuda", "ref", "native-cpu", "1"])
 def test_backend_bad_value_raises(monkeypatch, value):
     monkeypatch.setenv("GENCORE_BACKEND", value)
     with pytest.raises(ValueError, match="GENCORE_BACKEND"):
-        _dispatch.backend_name("cpu")
+        backend_of("cpu")
     with pytest.raises(ValueError, match="GENCORE_BACKEND"):
         gencore.ood.knn(torch.zeros(2, 3), torch.zeros(4, 3), 1)
 
 
 @pytest.mark.parametrize("device_type", ["meta", "xla", "mps"])
 def test_backend_other_devices_use_reference(device_type):
-    assert _dispatch.backend_name(device_type) == "reference"
+    assert backend_of(device_type) == "reference"
+
+
+def test_info_ops_table_covers_every_op_device_and_dtype():
+    ops = gencore.info()["ops"]
+    assert set(ops) == set(_op.REGISTRY) and "ood.knn" in ops
+    for name, table in ops.items():
+        op = _op.REGISTRY[name]
+        assert set(table) == {"cpu", "cuda"}
+        for device, row in table.items():
+            assert set(row) == {"float16", "bfloat16", "float32", "float64"}
+            for dtype_name, backend in row.items():
+                dtype = getattr(torch, dtype_name)
+                native = dtype in (op.cpu_dtypes if device == "cpu" else op.cuda_dtypes)
+                want = backend_of(device, dtype) if native else "reference"
+                assert backend == want, (name, device, dtype_name)
+
+
+class _FakeCuda:
+    """A _cuda module that sees one device of compute capability 7.5 and has no image for it."""
+
+    @staticmethod
+    def device_count():
+        return 1
+
+    @staticmethod
+    def has_kernel_image(device):
+        return False
+
+    @staticmethod
+    def device_capability(device):
+        return (7, 5)
+
+    @staticmethod
+    def compiled_archs():
+        return "80;90"
+
+
+def test_cuda_without_kernel_image_falls_back_naming_the_capability(monkeypatch):
+    monkeypatch.setattr(_native, "cuda", _FakeCuda())
+    monkeypatch.setattr(_native, "_cuda_devices", None)
+    monkeypatch.setattr(_native, "_kernel_images", {})
+    backend, reason = _dispatch.choose(torch.device("cuda", 0), torch.float32, cpu_dtypes=FLOATING,
+                                       cuda_dtypes=FLOATING)
+    assert backend == "reference"
+    assert "7.5" in reason and "sm_80" in reason and "GENCORE_CUDA_ARCHS" in reason
+
+
+def test_cuda_dtype_and_limit_fallbacks_give_reasons(monkeypatch):
+    fake = _FakeCuda()
+    fake.has_kernel_image = lambda device: True
+    monkeypatch.setattr(_native, "cuda", fake)
+    monkeypatch.setattr(_native, "_cuda_devices", None)
+    monkeypatch.setattr(_native, "_kernel_images", {})
+    cuda0 = torch.device("cuda", 0)
+    assert _dispatch.choose(cuda0, torch.float32, cpu_dtypes=FLOATING, cuda_dtypes=FLOATING) == ("native-cuda", None)
+    backend, reason = _dispatch.choose(cuda0, torch.float64, cpu_dtypes=FLOATING, cuda_dtypes=(torch.float32,))
+    assert backend == "reference" and "float64" in reason
+    backend, reason = _dispatch.choose(cuda0, torch.float32, cpu_dtypes=FLOATING, cuda_dtypes=FLOATING,
+                                       cuda_limit=lambda: "k=5000 exceeds the limit")
+    assert backend == "reference" and reason == "k=5000 exceeds the limit"
+    backend, reason = _dispatch.choose(torch.device("cuda", 3), torch.float32, cpu_dtypes=FLOATING,
+                                       cuda_dtypes=FLOATING)
+    assert backend == "reference" and "device 3" in reason
+
+
+def test_fallback_warns_once_per_reason(monkeypatch):
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="gencore.ood.knn: reason A; running the pure-torch reference"):
+        _dispatch.warn_fallback("ood.knn", "cuda", "reason A")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _dispatch.warn_fallback("ood.knn", "cuda", "reason A")
+    with pytest.warns(RuntimeWarning, match="reason B"):
+        _dispatch.warn_fallback("ood.knn", "cuda", "reason B")
 
 
 @native_cpu_only
@@ -221,7 +303,7 @@ def test_cuda_module_absent_or_importable():
     if _native.cuda is None:
         assert isinstance(_native.cuda_error, str) and _native.cuda_error
         assert _native.cuda_device_count() == 0
-        assert _dispatch.backend_name("cuda") == "reference"
+        assert backend_of("cuda") == "reference"
         return
     count = _native.cuda.device_count()
     assert isinstance(count, int) and count >= 0
@@ -229,13 +311,12 @@ def test_cuda_module_absent_or_importable():
         assert count == 0
     else:
         assert count == torch.cuda.device_count()
-    assert isinstance(_native.cuda.max_k(), int) and _native.cuda.max_k() >= 1
+    assert isinstance(_native.cuda.knn_max_k(), int) and _native.cuda.knn_max_k() >= 1
+    assert _native.cuda_archs() and all(a.startswith("sm_") for a in _native.cuda_archs())
 
 
 # ---------------------------------------------------------------- CLI
 
-@pytest.mark.skipif(importlib.util.find_spec("gencore.cli") is None,
-                    reason="python/gencore/cli.py is not written yet")
 def test_cli_info_prints_version():
     proc = _subprocess(["-m", "gencore", "info"])
     assert proc.returncode == 0, proc.stderr

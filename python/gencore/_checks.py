@@ -50,8 +50,10 @@ def finite(x: torch.Tensor, name: str) -> None:
 
 
 def integer(v, name: str, *, low: Optional[int] = None, high: Optional[int] = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
+    """An integer (int or numpy integer; not bool) within [low, high], as int."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    v = int(v)
     if low is not None and v < low:
         raise ValueError(f"{name} must be >= {low}, got {v}")
     if high is not None and v > high:
@@ -78,15 +80,3 @@ def choice(v, name: str, options: Iterable[str]) -> str:
     if v not in options:
         raise ValueError(f"{name} must be one of {options}, got {v!r}")
     return v
-
-
-def native_rows(x: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
-    """x as ``compute_dtype`` with unit column stride (copies only if needed)."""
-    x = x.detach()
-    if x.dtype != compute_dtype:
-        x = x.to(compute_dtype)
-    if x.dim() == 2 and x.size(1) > 1 and x.stride(1) != 1:
-        x = x.contiguous()
-    if x.dim() == 2 and x.size(0) > 1 and x.stride(0) < x.size(1):
-        x = x.contiguous()  # overlapping or broadcast rows
-    return x

@@ -8,10 +8,12 @@ handed to ``_core`` here, once.
 from __future__ import annotations
 
 import importlib
+import numbers
 import os
 from typing import Any, Optional
 
-__all__ = ["core", "cuda", "info", "set_num_threads", "get_num_threads", "set_simd_level"]
+__all__ = ["core", "cuda", "runtime_info", "set_num_threads", "get_num_threads", "set_simd_level",
+           "cuda_device_count", "cuda_unavailable_reason"]
 
 
 def _load(name: str) -> tuple[Optional[Any], Optional[str]]:
@@ -37,10 +39,10 @@ _num_threads: Optional[int] = None
 
 def set_num_threads(n: int) -> None:
     """Set the thread count the CPU kernels use (per call; torch's own setting is untouched)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"num_threads must be a positive int, got {n!r}")
     global _num_threads
-    _num_threads = n
+    _num_threads = int(n)
 
 
 def get_num_threads() -> int:
@@ -67,16 +69,47 @@ def set_simd_level(level: str) -> str:
 
 
 def cuda_device_count() -> int:
-    return cuda.device_count() if cuda is not None else 0
+    """CUDA devices gencore._cuda sees (0 without the module, a driver or a GPU)."""
+    global _cuda_devices
+    if _cuda_devices is None:
+        _cuda_devices = cuda.device_count() if cuda is not None else 0
+    return _cuda_devices
 
 
-def info() -> dict:
-    """What this installation can do: modules, SIMD, threads, BLAS, CUDA, backends per family."""
-    from . import __version__
-    from ._dispatch import backend_name, families
+_cuda_devices: Optional[int] = None
+_kernel_images: dict[int, bool] = {}
 
+
+def cuda_archs() -> list[str]:
+    """Architectures the CUDA module holds device code for, e.g. ['sm_80', 'sm_90']."""
+    if cuda is None:
+        return []
+    return [f"sm_{a}" for a in cuda.compiled_archs().split(";") if a.strip().isdigit()]
+
+
+def cuda_unavailable_reason(index: int) -> Optional[str]:
+    """None when gencore._cuda can run kernels on cuda:index, else why not."""
+    if cuda is None:
+        return f"gencore._cuda is not available ({cuda_error})"
+    if cuda_device_count() <= index:
+        return f"gencore._cuda sees no CUDA device {index}"
+    if index not in _kernel_images:
+        _kernel_images[index] = bool(cuda.has_kernel_image(index)) if hasattr(cuda, "has_kernel_image") else True
+    if not _kernel_images[index]:
+        major, minor = cuda.device_capability(index)
+        return (f"gencore._cuda has no kernel image for cuda:{index} (compute capability {major}.{minor}; "
+                f"built for {', '.join(cuda_archs()) or 'unknown'}: rebuild with GENCORE_CUDA_ARCHS)")
+    return None
+
+
+def _version(v: Optional[int]) -> Optional[str]:
+    """CUDA's integer versions (13000) as text ("13.0")."""
+    return f"{v // 1000}.{v % 1000 // 10}" if v else None
+
+
+def runtime_info() -> dict:
+    """What the compiled modules report: SIMD, threads, BLAS, CUDA (gencore.info() adds the ops)."""
     return {
-        "version": __version__,
         "modules": {"_core": core is not None, "_cuda": cuda is not None},
         "module_errors": {k: v for k, v in (("_core", core_error), ("_cuda", cuda_error)) if v},
         "simd": {
@@ -90,10 +123,8 @@ def info() -> dict:
         "cuda": {
             "built": cuda is not None,
             "devices": cuda_device_count(),
-            "runtime_version": cuda.runtime_version() if cuda else None,
-            "driver_version": cuda.driver_version() if cuda else None,
-            "archs": cuda.compiled_archs() if cuda else None,
+            "runtime_version": _version(cuda.runtime_version()) if cuda else None,
+            "driver_version": _version(cuda.driver_version()) if cuda else None,
+            "archs": cuda_archs(),
         },
-        "forced_backend": os.environ.get("GENCORE_BACKEND") or None,
-        "backends": {fam: {dev: backend_name(dev) for dev in ("cpu", "cuda")} for fam in families()},
     }

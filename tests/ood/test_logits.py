@@ -782,7 +782,7 @@ def _with(t, index, value):
 BAD_INPUT = [
     # logits
     pytest.param(lambda: msp(_L.long()), TypeError, "logits", id="logits-int"),
-    pytest.param(lambda: energy(_L.numpy()), TypeError, "logits", id="logits-numpy"),
+    pytest.param(lambda: kl_matching(_L.numpy(), _T), TypeError, "logits", id="logits-numpy-templates-torch"),
     pytest.param(lambda: max_logit(_L[0]), ValueError, "logits", id="logits-1d"),
     pytest.param(lambda: gen(_L[:, None]), ValueError, "logits", id="logits-3d"),
     pytest.param(lambda: msp(_L[:, :0]), ValueError, "logits", id="logits-no-classes"),

@@ -291,7 +291,7 @@ def test_reference_backend_agrees(rng, monkeypatch):
     x, mu, f = cast(torch.float32, features, means, factor)
     native = {r: mahalanobis(x, mu, f, r) for r in REDUCES}
     monkeypatch.setenv("GENCORE_BACKEND", "reference")
-    assert _dispatch.backend_name("cpu") == "reference"
+    assert gencore.info()["ops"]["ood.mahalanobis"]["cpu"]["float32"] == "reference"
     for reduce in REDUCES:
         got = mahalanobis(x, mu, f, reduce)
         assert_distances(got, x, mu, f, reduce, torch.float32, "reference backend")
@@ -436,7 +436,8 @@ def test_bad_input(monkeypatch, backend):
         monkeypatch.setenv("GENCORE_BACKEND", "reference")
     x, mu, f = _good()
     cases = [
-        (TypeError, "features must be a torch.Tensor", lambda: mahalanobis(x.numpy(), mu, f)),
+        (TypeError, "features is a numpy.ndarray but means is a torch.Tensor", lambda: mahalanobis(x.numpy(), mu, f)),
+            (TypeError, "features must be a torch.Tensor", lambda: mahalanobis(x.tolist(), mu, f)),
         (TypeError, "features must have dtype", lambda: mahalanobis(x.int(), mu, f)),
         (TypeError, "means must have the dtype of features", lambda: mahalanobis(x, mu.double(), f)),
         (TypeError, "precision_factor must have the dtype", lambda: mahalanobis(x, mu, f.half())),
@@ -517,7 +518,12 @@ class _FakeCudaKernel:
     def __init__(self):
         self.calls = 0
 
-    def mahalanobis(self, z_ptr, mt_ptr, q, c, r, reduce, out_ptr, nearest_ptr, stream, device):
+    @staticmethod
+    def mahalanobis_workspace_bytes(q, c, r, reduce):
+        return 4 * q
+
+    def mahalanobis(self, z_ptr, mt_ptr, q, c, r, reduce, out_ptr, nearest_ptr, workspace_ptr, workspace_bytes,
+                    stream, device):
         import ctypes
 
         import numpy as np
@@ -527,6 +533,7 @@ class _FakeCudaKernel:
             return np.ctypeslib.as_array((ctype * n).from_address(ptr)).view(dtype).reshape(shape)
 
         self.calls += 1
+        assert workspace_ptr and workspace_bytes >= self.mahalanobis_workspace_bytes(q, c, r, reduce)
         z = view(z_ptr, (q, r), ctypes.c_float, np.float32).astype(np.float64)
         mt = view(mt_ptr, (c, r), ctypes.c_float, np.float32).astype(np.float64)
         d = np.maximum((z * z).sum(1)[:, None] + (mt * mt).sum(1)[None, :] - 2 * z @ mt.T, 0)
@@ -536,18 +543,16 @@ class _FakeCudaKernel:
 
 @pytest.mark.parametrize("reduce", REDUCES)
 def test_cuda_python_glue_with_fake_kernel(rng, monkeypatch, reduce):
+    from gencore import _native_call
     from gencore.ood.ops import _mahalanobis as ops
 
-    class _Stream:
-        cuda_stream = 0
-
     fake = _FakeCudaKernel()
-    monkeypatch.setattr(ops._native, "cuda", fake)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _Stream())
+    monkeypatch.setattr(_native, "cuda", fake)
+    monkeypatch.setattr(_native_call, "cuda_stream", lambda device: 0)
     monkeypatch.setattr(ops, "_CUDA_SLAB_ELEMENTS", 64 * (12 + 12))  # 64 queries a slab
     features, means, factor = problem(rng, 300, 5, 12, "lower")
     x, mu, f = cast(torch.float32, features, means, factor)
-    out, nearest = ops._mahalanobis_cuda(x, mu, f, reduce)
+    out, nearest = ops.MAHALANOBIS.implementation("native-cuda")(x, mu, f, reduce)
     assert fake.calls == 5  # ceil(300 / 64) slabs
     assert_distances(out, x, mu, f, reduce, torch.float32, "cuda glue")
     assert_nearest(nearest, x, mu, f)

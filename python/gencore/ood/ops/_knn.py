@@ -1,16 +1,20 @@
-"""ood kNN op: registration (custom op, fake, autograd) and the public wrapper."""
+"""ood kNN op: one definition (gencore._op.Op) and the public function."""
 
 from __future__ import annotations
 
 import torch
 
-from ... import _checks, _dispatch, _native
+from ... import _arrays, _checks, _native, _native_call
+from ..._op import Op
 from .. import reference
 
 _KNN_CODES = {"l2": 0, "sqeuclidean": 0, "ip": 1, "cosine": 2}
+# Rows whose squared norm exceeds this could overflow float32 distances
+# (||x||^2 + ||y||^2 + 2|x.y| <= 4 * this = FLT_MAX): refused, not returned as inf/NaN.
+MAX_SQUARED_NORM = torch.finfo(torch.float32).max / 4
 
 
-def _validate_knn(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str) -> None:
+def _check(queries, bank, k, metric):
     _checks.tensor(queries, "queries", ndim=2)
     _checks.tensor(bank, "bank", ndim=2)
     _checks.same_device(queries=queries, bank=bank)
@@ -20,74 +24,75 @@ def _validate_knn(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str
         raise ValueError("bank is empty (shape [0, D]); kNN needs at least k rows")
     if queries.shape[1] == 0:
         raise ValueError("queries and bank have feature dimension 0")
-    _checks.integer(k, "k", low=1)
+    k = _checks.integer(k, "k", low=1)
     if k > bank.shape[0]:
         raise ValueError(f"k={k} exceeds the bank size N={bank.shape[0]}")
     if queries.dtype != bank.dtype:
         raise TypeError(f"queries and bank must share a dtype, got {queries.dtype} and {bank.dtype}")
+    return queries, bank, k, metric
 
 
-def _knn_cpu(queries, bank, k, metric):
+def _fake(queries, bank, k, metric):
     dtype = reference.compute_dtype(queries.dtype)
-    x, y = _checks.native_rows(queries, dtype), _checks.native_rows(bank, dtype)
-    values = torch.empty((x.shape[0], k), dtype=dtype)
-    indices = torch.empty((x.shape[0], k), dtype=torch.int64)
-    _native.core.knn(x.numpy(), y.numpy(), k, _KNN_CODES[metric], values.numpy(), indices.numpy(),
-                     _native.get_num_threads())
+    return (queries.new_empty((queries.shape[0], k), dtype=dtype),
+            queries.new_empty((queries.shape[0], k), dtype=torch.int64))
+
+
+def _check_norms(backend, queries, bank, k, metric):
+    """The float32 range (the native CPU kernel refuses it in its norm pass)."""
+    if backend == "native-cpu" or queries.dtype == torch.float64:
+        return
+    for name, t in (("queries", queries), ("bank", bank)):
+        if t.numel() and float(t.detach().double().square().sum(1).max()) > MAX_SQUARED_NORM:
+            raise ValueError(f"{name} has a row with squared norm above {MAX_SQUARED_NORM:.3g}: float32 "
+                             "distances would overflow; scale the data down or pass float64")
+
+
+def _cpu(queries, bank, k, metric):
+    dtype = reference.compute_dtype(queries.dtype)
+    values = _native_call.output((queries.shape[0], k), dtype, "cpu")
+    indices = _native_call.output((queries.shape[0], k), torch.int64, "cpu")
+    _native.core.knn(_native_call.cpu_array(queries, dtype), _native_call.cpu_array(bank, dtype), k,
+                     _KNN_CODES[metric], values.numpy(), indices.numpy(), _native_call.threads())
     if metric == "l2":
         values.sqrt_()
     return values, indices
 
 
-def _knn_cuda(queries, bank, k, metric):
-    x, y = queries.detach().float(), bank.detach().float()
+def _cuda(queries, bank, k, metric):
+    x, y = _native_call.cuda_input(queries), _native_call.cuda_input(bank)
     if metric == "cosine":  # the CUDA kernel has L2 and IP; cosine is IP on unit rows
-        x, y = torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(y, dim=1)
-    x, y = x.contiguous(), y.contiguous()
-    if k > _native.cuda.max_k():
-        raise ValueError(f"k={k} exceeds the CUDA kernel's limit {_native.cuda.max_k()}")
-    values = torch.empty((x.shape[0], k), dtype=torch.float32, device=x.device)
-    indices = torch.empty((x.shape[0], k), dtype=torch.int64, device=x.device)
-    _native.cuda.knn(x.data_ptr(), y.data_ptr(), x.shape[0], y.shape[0], x.shape[1], k,
-                     0 if _KNN_CODES[metric] == 0 else 1, values.data_ptr(), indices.data_ptr(),
-                     torch.cuda.current_stream(x.device).cuda_stream, x.device.index)
+        x = torch.nn.functional.normalize(x, dim=1).contiguous()
+        y = torch.nn.functional.normalize(y, dim=1).contiguous()
+    (q, d), n = x.shape, y.shape[0]
+    values = _native_call.output((q, k), torch.float32, x.device)
+    indices = _native_call.output((q, k), torch.int64, x.device)
+    workspace = _native_call.cuda_workspace(_native.cuda.knn_workspace_bytes(q, n, d, k), x.device)
+    _native.cuda.knn(x.data_ptr(), y.data_ptr(), q, n, d, k, 0 if _KNN_CODES[metric] == 0 else 1,
+                     values.data_ptr(), indices.data_ptr(), workspace.data_ptr(), workspace.numel(),
+                     _native_call.cuda_stream(x.device), _native_call.device_index(x.device))
     if metric == "l2":
         values.sqrt_()
     return values, indices
 
 
-@torch.library.custom_op("gencore::ood_knn", mutates_args=())
-def _knn_op(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
-    _validate_knn(queries, bank, k, metric)
-    backend = _dispatch.select("ood.knn", queries)
-    if backend == "native-cpu":  # the native norm pass refuses NaN/inf itself
-        return _knn_cpu(queries, bank, k, metric)
-    _checks.finite(queries, "queries")
-    _checks.finite(bank, "bank")
-    if backend == "native-cuda" and queries.dtype != torch.float64:
-        return _knn_cuda(queries, bank, k, metric)
-    if backend == "native-cuda":
-        _dispatch.warn_once("ood.knn:cuda:float64", "gencore.ood.knn: the CUDA kernel is float32; "
-                            "float64 CUDA tensors run on the pure-torch reference")
-    values, indices = reference.knn(queries.detach(), bank.detach(), k, metric)
-    return values.contiguous(), indices.contiguous()
+def _cuda_limit(queries, bank, k, metric):
+    limit = _native.cuda.knn_max_k()
+    return f"k={k} exceeds the CUDA kernel's largest k ({limit})" if k > limit else None
 
 
-@_knn_op.register_fake
-def _(queries, bank, k, metric):
-    _validate_knn(queries, bank, k, metric)
-    dtype = reference.compute_dtype(queries.dtype)
-    return queries.new_empty((queries.shape[0], k), dtype=dtype), queries.new_empty((queries.shape[0], k), dtype=torch.int64)
+def _reference(queries, bank, k, metric):
+    return reference.knn(queries.detach(), bank.detach(), k, metric)
 
 
-def _knn_setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output):
     queries, bank, k, metric = inputs
     values, indices = output
     ctx.save_for_backward(queries, bank, values, indices)
     ctx.metric = metric
 
 
-def _knn_backward(ctx, grad_values, grad_indices):
+def _backward(ctx, grad_values, grad_indices):
     # d value_ij / d x_i and d / d y_j for the selected pairs; indices are constant.
     queries, bank, values, indices = ctx.saved_tensors
     dtype = values.dtype
@@ -118,15 +123,35 @@ def _knn_backward(ctx, grad_values, grad_indices):
     return grad_q, grad_b, None, None
 
 
-_knn_op.register_autograd(_knn_backward, setup_context=_knn_setup_context)
+def _samples(gen):
+    def randn(*shape, dtype=torch.float32):
+        return torch.randn(*shape, generator=gen, dtype=dtype)
+    return [
+        (randn(7, 5), randn(13, 5), 3, "l2"),
+        (randn(1, 1, dtype=torch.float64), randn(1, 1, dtype=torch.float64), 1, "sqeuclidean"),
+        (randn(0, 4), randn(6, 4), 2, "ip"),
+        (randn(9, 33, dtype=torch.float64), randn(300, 33, dtype=torch.float64), 17, "cosine"),
+        (randn(5, 8), randn(40, 8), 40, "ip"),
+    ]
 
 
+KNN = Op(
+    "ood.knn", "(Tensor queries, Tensor bank, int k, str metric) -> (Tensor, Tensor)",
+    check=_check, fake=_fake, reference=_reference, cpu=_cpu, cuda=_cuda,
+    finite=("queries", "bank"), cpu_kernel_checks=("queries", "bank"), check_values=_check_norms,
+    cuda_limit=_cuda_limit, empty=lambda queries, bank, k, metric: queries.shape[0] == 0,
+    backward=_backward, setup_context=_setup_context, samples=_samples,
+)
+
+
+@_arrays.accepts_arrays
 def knn(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:
     """Exact k-nearest neighbours of each query in ``bank``.
 
     Args:
         queries: [Q, D] float tensor (float32 fast path; float64 on CPU;
-            float16/bfloat16 accepted and computed in float32).
+            float16/bfloat16 accepted and computed in float32), or a numpy /
+            CuPy array (results then come back as the same kind).
         bank: [N, D] tensor of the same dtype and device, N >= k.
         k: neighbours per query, 1 <= k <= N.
         metric: ``"l2"`` (Euclidean distance), ``"sqeuclidean"`` (its square),
@@ -144,11 +169,19 @@ def knn(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "l2") -
     as in faiss; float32 rounding makes very close pairs (distance below
     ~1e-3 of the norms) imprecise, exactly like every GEMM-based kNN.
 
+    Range: in float32 (and fp16/bf16) every row's squared norm must be at most
+    FLT_MAX / 4 ~ 8.5e37 (norm ~ 9.2e18), so no distance or product can
+    overflow; larger rows raise ValueError (pass float64 for such data).
+
     Memory: the bank streams in tiles; peak extra memory is O(N) norms plus
     per-thread tiles of 256 x 1024 and the [Q, k] outputs, never Q x N.
+    CUDA: a workspace of at most 256 MiB from torch's caching allocator;
+    k above the CUDA kernel's largest k (``gencore._cuda.knn_max_k()``, 4096)
+    runs the reference, with a warning.
 
     Gradients flow to ``queries`` and ``bank`` through ``values`` (indices
-    are piecewise constant). Inputs must be finite: NaN/inf raise ValueError.
+    are piecewise constant). NaN/inf inputs raise ValueError on the CPU; on
+    CUDA they are not checked (that would synchronise the host; see
+    ``gencore.set_check_finite``): a non-finite distance ranks last.
     """
-    _validate_knn(queries, bank, k, metric)  # before torch's schema casts (k=True -> 1)
-    return torch.ops.gencore.ood_knn(queries, bank, k, metric)
+    return KNN(queries, bank, k, metric)

@@ -1,45 +1,71 @@
-"""ood logit-score and residual/ViM ops: registration and the public wrappers."""
+"""ood logit-score and residual/ViM ops: one definition each (gencore._op.Op) and the public functions.
+
+Every score: higher = more in-distribution. The score ops (gencore::ood_msp,
+_energy, _max_logit, _gen, _kl_matching) share their checks and native
+kernels: csrc/ood/logits.cpp on the CPU, cuda/ood/logits.cu on CUDA; residual
+and ViM (gencore::ood_residual, _vim) run csrc/ood/vim.cpp and the CUDA
+residual epilogue. The CPU kernels refuse NaN/inf logits and features in
+their first pass; the kit checks the small inputs (templates, principal,
+center) on the CPU; CUDA checks nothing (see gencore._op's policy).
+"""
 
 from __future__ import annotations
 
 import torch
 
-from ... import _checks, _dispatch, _native
+from ... import _arrays, _checks, _native, _native_call
+from ..._op import Op
 from .. import reference
 
-# ====================================================================== logit scores and ViM
-# Every score: higher = more in-distribution. One custom op per score
-# (gencore::ood_msp, _energy, _max_logit, _gen, _kl_matching, _residual, _vim);
-# they share validation, dispatch and the native kernels: csrc/ood/logits.cpp and
-# csrc/ood/vim.cpp on the CPU, cuda/ood/logits.cu on CUDA. The CPU kernels refuse
-# NaN/inf in their first pass; elsewhere _checks.finite does, which on CUDA is one
-# device-to-host sync per checked tensor (the CUDA kernels themselves never sync).
-
-_LOGIT_CODES = {"max_logit": 0, "msp": 1, "energy": 2, "gen": 3, "kl_matching": 4}
+_SCORE_CODES = {"max_logit": 0, "msp": 1, "energy": 2, "gen": 3, "kl_matching": 4}
 
 
-def _validate_logits(logits: torch.Tensor, name: str = "logits") -> None:
+# ====================================================================== checks
+
+def _check_logits(logits: torch.Tensor, name: str = "logits") -> None:
     _checks.tensor(logits, name, ndim=2)
     if logits.shape[1] == 0:
         raise ValueError(f"{name} has no classes (shape {tuple(logits.shape)}); scores need C >= 1")
 
 
-def _validate_templates(logits: torch.Tensor, templates: torch.Tensor) -> None:
+def _check_tempered(logits, temperature):
+    _check_logits(logits)
+    return logits, _checks.real(temperature, "temperature", positive=True)
+
+
+def _check_max_logit(logits):
+    _check_logits(logits)
+    return (logits,)
+
+
+def _check_gen(logits, gamma, top_m):
+    _check_logits(logits)
+    return logits, _checks.real(gamma, "gamma", positive=True), _checks.integer(top_m, "top_m", low=1)
+
+
+def _check_kl(logits, templates):
+    _check_logits(logits)
     _checks.tensor(templates, "templates", ndim=2)
     _checks.same_device(logits=logits, templates=templates)
     c = logits.shape[1]
     if templates.shape[0] != c or templates.shape[1] != c:
         raise ValueError(f"templates must be [C, C] = [{c}, {c}] for logits of shape {tuple(logits.shape)}, "
                          f"got {tuple(templates.shape)}")
+    return logits, templates
 
 
-def _validate_residual(features, principal, center, logits=None) -> None:
+def _check_templates_nonnegative(backend, logits, templates):
+    if templates.numel() and bool((templates < 0).any()):
+        raise ValueError("templates must be >= 0 (rows are class-mean softmax distributions)")
+
+
+def _check_residual_inputs(features, principal, center, logits=None) -> None:
     _checks.tensor(features, "features", ndim=2)
     _checks.tensor(principal, "principal", ndim=2)
     _checks.tensor(center, "center", ndim=1)
     named = {"features": features, "principal": principal, "center": center}
     if logits is not None:
-        _validate_logits(logits)
+        _check_logits(logits)
         named["logits"] = logits
     _checks.same_device(**named)
     for name, t in named.items():
@@ -58,146 +84,78 @@ def _validate_residual(features, principal, center, logits=None) -> None:
                          f"logits {tuple(logits.shape)}")
 
 
-def _backend(op: str, x: torch.Tensor) -> str:
-    """_dispatch.select, plus: float64 CUDA tensors run the reference (no float64 CUDA kernel)."""
-    backend = _dispatch.select(f"ood.{op}", x)
-    if backend == "native-cuda" and x.dtype == torch.float64:
-        _dispatch.warn_once(f"ood.{op}:cuda-float64",
-                            f"gencore.ood.{op}: no float64 CUDA kernel; float64 CUDA tensors run the torch reference")
-        return "reference"
-    return backend
+def _check_residual(features, principal, center):
+    _check_residual_inputs(features, principal, center)
+    return features, principal, center
 
 
-def _cuda_stream(x: torch.Tensor) -> int:
-    return torch.cuda.current_stream(x.device).cuda_stream
+def _check_vim(features, logits, principal, center, alpha):
+    _check_residual_inputs(features, principal, center, logits)
+    return features, logits, principal, center, _checks.real(alpha, "alpha")
 
 
-def _logit_scores(op: str, logits: torch.Tensor, temperature: float = 1.0, gamma: float = 0.1, top_m: int = 1,
-                  templates=None) -> torch.Tensor:
-    """[N] scores of ``op`` from the native kernel, or from the reference."""
-    backend = _backend(op, logits)
-    code, n = _LOGIT_CODES[op], logits.shape[0]
-    if backend == "native-cpu":  # the kernel's max pass refuses NaN/inf itself
-        dtype = reference.compute_dtype(logits.dtype)
-        if n == 0:  # numpy reports strides (0, 0) for empty arrays; nothing to compute
-            return torch.empty(0, dtype=dtype)
-        x = _checks.native_rows(logits, dtype)
-        log_t = None if templates is None else templates.detach().to(dtype).log().contiguous().numpy()
-        out = torch.empty(n, dtype=dtype)
-        _native.core.logit_scores(x.numpy(), code, temperature, gamma, top_m, log_t, out.view(n, 1).numpy(),
-                                  _native.get_num_threads())
-        return out
-    _checks.finite(logits, "logits")
-    if backend == "native-cuda":
-        x = logits.detach().float().contiguous()
-        log_t = None if templates is None else templates.detach().float().log().contiguous()
-        out = torch.empty(n, dtype=torch.float32, device=x.device)
-        if n > 0:
-            _native.cuda.logit_scores(x.data_ptr(), n, x.shape[1], code, temperature, gamma, top_m,
-                                      0 if log_t is None else log_t.data_ptr(), out.data_ptr(),
-                                      _cuda_stream(x), x.device.index)
-        return out
-    x = logits.detach()
-    if op == "msp":
-        return reference.msp(x, temperature)
-    if op == "energy":
-        return reference.energy(x, temperature)
-    if op == "max_logit":
-        return reference.max_logit(x)
-    if op == "gen":
-        return reference.gen(x, gamma, top_m)
-    return reference.kl_matching(x, templates.detach())
-
-
-def _residual_scores(op: str, features, principal, center, logits=None, alpha: float = 0.0) -> torch.Tensor:
-    """[N] residual (logits None) or ViM scores from the native kernel, or from the reference."""
-    backend = _backend(op, features)
-    n = features.shape[0]
-    _checks.finite(principal, "principal")
-    _checks.finite(center, "center")
-    if backend == "native-cpu":  # the kernels' norm and max passes refuse NaN/inf themselves
-        dtype = reference.compute_dtype(features.dtype)
-        if n == 0:
-            return torch.empty(0, dtype=dtype)
-        x, p = _checks.native_rows(features, dtype), _checks.native_rows(principal, dtype)
-        u = center.detach().to(dtype).reshape(1, -1).contiguous()
-        lg = None if logits is None else _checks.native_rows(logits, dtype).numpy()
-        out = torch.empty(n, dtype=dtype)
-        _native.core.residual_scores(x.numpy(), p.numpy(), u.numpy(), lg, alpha, out.view(n, 1).numpy(),
-                                     _native.get_num_threads())
-        return out
-    _checks.finite(features, "features")
-    if logits is not None:
-        _checks.finite(logits, "logits")
-    if backend == "native-cuda":
-        # The projection is two GEMMs by torch (xc P, then xc - (xc P) P^T in one
-        # addmm): on the GPU they are cheap, and guarding the one-GEMM form of the
-        # CPU kernel row by row would need a host sync. The kernel fuses ||e||,
-        # logsumexp(logits) and the combination.
-        p = principal.detach().float()
-        xc = features.detach().float() - center.detach().float()
-        e = torch.addmm(xc, xc @ p, p.T, alpha=-1).contiguous()
-        lg = None if logits is None else logits.detach().float().contiguous()
-        out = torch.empty(n, dtype=torch.float32, device=xc.device)
-        if n > 0:
-            _native.cuda.residual_scores(e.data_ptr(), n, e.shape[1], 0 if lg is None else lg.data_ptr(),
-                                         0 if lg is None else lg.shape[1], alpha, out.data_ptr(),
-                                         _cuda_stream(xc), xc.device.index)
-        return out
-    if logits is None:
-        return reference.residual(features.detach(), principal.detach(), center.detach())
-    return reference.vim(features.detach(), logits.detach(), principal.detach(), center.detach(), alpha)
-
-
-def _scores_like(x: torch.Tensor) -> torch.Tensor:
+def _scores_like(x: torch.Tensor, *rest) -> torch.Tensor:
     """Fake output: [N] in the compute dtype of x."""
     return x.new_empty((x.shape[0],), dtype=reference.compute_dtype(x.dtype))
 
 
+def _no_rows(x: torch.Tensor, *rest) -> bool:
+    return x.shape[0] == 0
+
+
+# ====================================================================== native glue
+
+def _cpu_scores(score: str, logits, temperature=1.0, gamma=0.1, top_m=1, templates=None) -> torch.Tensor:
+    dtype = reference.compute_dtype(logits.dtype)
+    n = logits.shape[0]
+    log_t = None if templates is None else templates.detach().to(dtype).log().contiguous().numpy()
+    out = _native_call.output(n, dtype, "cpu")
+    _native.core.logit_scores(_native_call.cpu_array(logits, dtype), _SCORE_CODES[score], temperature, gamma, top_m,
+                              log_t, out.view(n, 1).numpy(), _native_call.threads())
+    return out
+
+
+def _cuda_scores(score: str, logits, temperature=1.0, gamma=0.1, top_m=1, templates=None) -> torch.Tensor:
+    x = _native_call.cuda_input(logits)
+    log_t = None if templates is None else _native_call.cuda_input(templates).log()
+    out = _native_call.output(x.shape[0], torch.float32, x.device)
+    _native.cuda.logit_scores(x.data_ptr(), x.shape[0], x.shape[1], _SCORE_CODES[score], temperature, gamma, top_m,
+                              0 if log_t is None else log_t.data_ptr(), out.data_ptr(),
+                              _native_call.cuda_stream(x.device), _native_call.device_index(x.device))
+    return out
+
+
+def _cpu_residual(features, principal, center, logits=None, alpha=0.0) -> torch.Tensor:
+    dtype = reference.compute_dtype(features.dtype)
+    n = features.shape[0]
+    lg = None if logits is None else _native_call.cpu_array(logits, dtype)
+    out = _native_call.output(n, dtype, "cpu")
+    _native.core.residual_scores(_native_call.cpu_array(features, dtype), _native_call.cpu_array(principal, dtype),
+                                 _native_call.cpu_array(center, dtype).reshape(1, -1), lg, alpha,
+                                 out.view(n, 1).numpy(), _native_call.threads())
+    return out
+
+
+def _cuda_residual(features, principal, center, logits=None, alpha=0.0) -> torch.Tensor:
+    # The projection is two GEMMs by torch (xc P, then xc - (xc P) P^T in one
+    # addmm): on the GPU they are cheap, and guarding the one-GEMM form of the
+    # CPU kernel row by row would need a host sync. The kernel fuses ||e||,
+    # logsumexp(logits) and the combination.
+    p = _native_call.cuda_input(principal)
+    xc = _native_call.cuda_input(features) - _native_call.cuda_input(center)
+    e = torch.addmm(xc, xc @ p, p.T, alpha=-1).contiguous()
+    lg = None if logits is None else _native_call.cuda_input(logits)
+    out = _native_call.output(e.shape[0], torch.float32, e.device)
+    _native.cuda.residual_scores(e.data_ptr(), e.shape[0], e.shape[1], 0 if lg is None else lg.data_ptr(),
+                                 0 if lg is None else lg.shape[1], alpha, out.data_ptr(),
+                                 _native_call.cuda_stream(e.device), _native_call.device_index(e.device))
+    return out
+
+
+# ====================================================================== autograd
+
 def _grad_to(grad: torch.Tensor, like: torch.Tensor):
     return grad.to(like.dtype)
-
-
-# --- msp / energy / max_logit
-
-@torch.library.custom_op("gencore::ood_msp", mutates_args=())
-def _msp_op(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    _validate_logits(logits)
-    temperature = _checks.real(temperature, "temperature", positive=True)
-    return _logit_scores("msp", logits, temperature=temperature)
-
-
-@torch.library.custom_op("gencore::ood_energy", mutates_args=())
-def _energy_op(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    _validate_logits(logits)
-    temperature = _checks.real(temperature, "temperature", positive=True)
-    return _logit_scores("energy", logits, temperature=temperature)
-
-
-@torch.library.custom_op("gencore::ood_max_logit", mutates_args=())
-def _max_logit_op(logits: torch.Tensor) -> torch.Tensor:
-    _validate_logits(logits)
-    return _logit_scores("max_logit", logits)
-
-
-@_msp_op.register_fake
-def _(logits, temperature):
-    _validate_logits(logits)
-    _checks.real(temperature, "temperature", positive=True)
-    return _scores_like(logits)
-
-
-@_energy_op.register_fake
-def _(logits, temperature):
-    _validate_logits(logits)
-    _checks.real(temperature, "temperature", positive=True)
-    return _scores_like(logits)
-
-
-@_max_logit_op.register_fake
-def _(logits):
-    _validate_logits(logits)
-    return _scores_like(logits)
 
 
 def _save_logits(ctx, inputs, output):
@@ -228,77 +186,6 @@ def _max_logit_backward(ctx, grad):
     logits, out = ctx.saved_tensors
     g = torch.zeros(logits.shape, dtype=out.dtype, device=logits.device)
     return _grad_to(g.scatter_(1, logits.argmax(dim=1, keepdim=True), grad[:, None]), logits)
-
-
-_msp_op.register_autograd(_msp_backward, setup_context=_save_logits)
-_energy_op.register_autograd(_energy_backward, setup_context=_save_logits)
-_max_logit_op.register_autograd(_max_logit_backward, setup_context=_save_logits)
-
-
-# --- GEN / KL matching (no gradients: these scores rank inputs, and GEN's
-# p^gamma has an unbounded derivative at p -> 0)
-
-def _validate_gen(logits, gamma, top_m):
-    _validate_logits(logits)
-    return _checks.real(gamma, "gamma", positive=True), _checks.integer(top_m, "top_m", low=1)
-
-
-@torch.library.custom_op("gencore::ood_gen", mutates_args=())
-def _gen_op(logits: torch.Tensor, gamma: float, top_m: int) -> torch.Tensor:
-    gamma, top_m = _validate_gen(logits, gamma, top_m)
-    return _logit_scores("gen", logits, gamma=gamma, top_m=top_m)
-
-
-@_gen_op.register_fake
-def _(logits, gamma, top_m):
-    _validate_gen(logits, gamma, top_m)
-    return _scores_like(logits)
-
-
-@torch.library.custom_op("gencore::ood_kl_matching", mutates_args=())
-def _kl_matching_op(logits: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
-    _validate_logits(logits)
-    _validate_templates(logits, templates)
-    _checks.finite(templates, "templates")
-    if templates.numel() and bool((templates < 0).any()):
-        raise ValueError("templates must be >= 0 (rows are class-mean softmax distributions)")
-    return _logit_scores("kl_matching", logits, templates=templates)
-
-
-@_kl_matching_op.register_fake
-def _(logits, templates):
-    _validate_logits(logits)
-    _validate_templates(logits, templates)
-    return _scores_like(logits)
-
-
-# --- residual / ViM
-
-@torch.library.custom_op("gencore::ood_residual", mutates_args=())
-def _residual_op(features: torch.Tensor, principal: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
-    _validate_residual(features, principal, center)
-    return _residual_scores("residual", features, principal, center)
-
-
-@_residual_op.register_fake
-def _(features, principal, center):
-    _validate_residual(features, principal, center)
-    return _scores_like(features)
-
-
-@torch.library.custom_op("gencore::ood_vim", mutates_args=())
-def _vim_op(features: torch.Tensor, logits: torch.Tensor, principal: torch.Tensor, center: torch.Tensor,
-            alpha: float) -> torch.Tensor:
-    _validate_residual(features, principal, center, logits)
-    alpha = _checks.real(alpha, "alpha")
-    return _residual_scores("vim", features, principal, center, logits, alpha)
-
-
-@_vim_op.register_fake
-def _(features, logits, principal, center, alpha):
-    _validate_residual(features, principal, center, logits)
-    _checks.real(alpha, "alpha")
-    return _scores_like(features)
 
 
 def _residual_grads(ctx, scale):
@@ -343,13 +230,96 @@ def _vim_backward(ctx, grad):
     return grad_features, grad_logits, None, grad_center, None
 
 
-_residual_op.register_autograd(_residual_backward, setup_context=_residual_setup)
-_vim_op.register_autograd(_vim_backward, setup_context=_vim_setup)
+# ====================================================================== samples for the contract tests
+
+def _randn(gen, *shape, dtype=torch.float32, scale=1.0):
+    return torch.randn(*shape, generator=gen, dtype=dtype) * scale
+
+
+def _logit_samples(gen, *extra):
+    """Logit matrices of a few shapes (empty, one element, odd sizes, float64), each with ``extra``."""
+    shapes = [((9, 7), torch.float32), ((1, 1), torch.float32), ((0, 3), torch.float32),
+              ((33, 17), torch.float64), ((5, 1000), torch.float32)]
+    return [(_randn(gen, *shape, dtype=dtype, scale=3.0), *extra) for shape, dtype in shapes]
+
+
+def _kl_samples(gen):
+    out = []
+    for (logits,) in _logit_samples(gen):
+        c = logits.shape[1]
+        out.append((logits, torch.softmax(_randn(gen, c, c, dtype=logits.dtype, scale=2.0), dim=1)))
+    return out
+
+
+def _residual_samples(gen, with_logits: bool):
+    out = []
+    for n, d, r, dtype in [(9, 6, 2, torch.float32), (1, 1, 0, torch.float32), (0, 5, 2, torch.float32),
+                           (40, 17, 5, torch.float64), (130, 8, 8, torch.float32)]:
+        x = _randn(gen, n, d, dtype=dtype)
+        principal = torch.linalg.qr(_randn(gen, d, d, dtype=torch.float64))[0][:, :r].to(dtype).contiguous()
+        center = _randn(gen, d, dtype=dtype)
+        if with_logits:
+            out.append((x, _randn(gen, n, 4, dtype=dtype), principal, center, 0.7))
+        else:
+            out.append((x, principal, center))
+    return out
+
+
+# ====================================================================== the op definitions
+
+def _score_op(score: str, schema: str, check, reference_fn, *, backward=None, samples, **kit):
+    """One logit-score op: the kernels take (logits, score code, parameters)."""
+    names = schema[1:schema.index(")")].split(", ")
+    params = [n.split()[1] for n in names[1:]]
+
+    def native(glue):
+        return lambda logits, *rest: glue(score, logits, **dict(zip(params, rest)))
+    return Op(f"ood.{score}", schema, check=check, fake=_scores_like,
+              reference=lambda logits, *rest: reference_fn(logits.detach(), *(
+                  r.detach() if isinstance(r, torch.Tensor) else r for r in rest)),
+              cpu=native(_cpu_scores), cuda=native(_cuda_scores),
+              finite=("logits", *kit.pop("finite", ())), cpu_kernel_checks=("logits",), empty=_no_rows,
+              backward=backward, setup_context=_save_logits if backward else None, samples=samples, **kit)
+
+
+MSP = _score_op("msp", "(Tensor logits, float temperature) -> Tensor", _check_tempered, reference.msp,
+                backward=_msp_backward, samples=lambda gen: _logit_samples(gen, 1.5))
+ENERGY = _score_op("energy", "(Tensor logits, float temperature) -> Tensor", _check_tempered, reference.energy,
+                   backward=_energy_backward, samples=lambda gen: _logit_samples(gen, 0.5))
+MAX_LOGIT = _score_op("max_logit", "(Tensor logits) -> Tensor", _check_max_logit, reference.max_logit,
+                      backward=_max_logit_backward, samples=_logit_samples)
+# GEN and KL matching have no gradient: they rank inputs, and GEN's p^gamma
+# has an unbounded derivative at p -> 0.
+GEN = _score_op("gen", "(Tensor logits, float gamma, int top_m) -> Tensor", _check_gen, reference.gen,
+                samples=lambda gen: _logit_samples(gen, 0.1, 5))
+KL_MATCHING = _score_op("kl_matching", "(Tensor logits, Tensor templates) -> Tensor", _check_kl,
+                        reference.kl_matching, samples=_kl_samples, finite=("templates",),
+                        check_values=_check_templates_nonnegative)
+
+RESIDUAL = Op(
+    "ood.residual", "(Tensor features, Tensor principal, Tensor center) -> Tensor",
+    check=_check_residual, fake=_scores_like,
+    reference=lambda x, p, u: reference.residual(x.detach(), p.detach(), u.detach()),
+    cpu=_cpu_residual, cuda=_cuda_residual,
+    finite=("features", "principal", "center"), cpu_kernel_checks=("features",), empty=_no_rows,
+    backward=_residual_backward, setup_context=_residual_setup,
+    samples=lambda gen: _residual_samples(gen, False),
+)
+VIM = Op(
+    "ood.vim", "(Tensor features, Tensor logits, Tensor principal, Tensor center, float alpha) -> Tensor",
+    check=_check_vim, fake=_scores_like,
+    reference=lambda x, lg, p, u, alpha: reference.vim(x.detach(), lg.detach(), p.detach(), u.detach(), alpha),
+    cpu=lambda x, lg, p, u, alpha: _cpu_residual(x, p, u, lg, alpha),
+    cuda=lambda x, lg, p, u, alpha: _cuda_residual(x, p, u, lg, alpha),
+    finite=("features", "logits", "principal", "center"), cpu_kernel_checks=("features", "logits"), empty=_no_rows,
+    backward=_vim_backward, setup_context=_vim_setup, samples=lambda gen: _residual_samples(gen, True),
+)
 
 
 # --- public functions (arguments are checked here too, before the op schema's
 # conversion, so a wrong type is a TypeError naming the argument, not a RuntimeError)
 
+@_arrays.accepts_arrays
 def msp(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Maximum softmax probability (Hendrycks & Gimpel 2017, "A baseline for detecting
     misclassified and out-of-distribution examples").
@@ -368,13 +338,12 @@ def msp(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     exp in float32 and sums in float64 for float32 input. Peak extra memory:
     none beyond the output (the torch expression materializes softmax [N, C]).
     Differentiable with respect to logits. NaN/inf in logits raise ValueError
-    (on CUDA, after one host sync).
+    (not checked on CUDA; see gencore.set_check_finite).
     """
-    _validate_logits(logits)
-    temperature = _checks.real(temperature, "temperature", positive=True)
-    return torch.ops.gencore.ood_msp(logits, temperature)
+    return MSP(logits, temperature)
 
 
+@_arrays.accepts_arrays
 def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Energy score (Liu et al. 2020, "Energy-based out-of-distribution detection"):
     the negative free energy
@@ -391,13 +360,12 @@ def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     Computed as l_k + T log1p(sum_{j != k} exp((l_j - l_k) / T)) (k the argmax),
     stable for any logit range. Peak extra memory: none beyond the output.
     Differentiable (gradient softmax(logits / T)).
-    NaN/inf in logits raise ValueError (on CUDA, after one host sync).
+    NaN/inf in logits raise ValueError (not checked on CUDA; see gencore.set_check_finite).
     """
-    _validate_logits(logits)
-    temperature = _checks.real(temperature, "temperature", positive=True)
-    return torch.ops.gencore.ood_energy(logits, temperature)
+    return ENERGY(logits, temperature)
 
 
+@_arrays.accepts_arrays
 def max_logit(logits: torch.Tensor) -> torch.Tensor:
     """Maximum logit (Hendrycks et al. 2022, "Scaling out-of-distribution detection
     for real-world settings"):
@@ -411,12 +379,12 @@ def max_logit(logits: torch.Tensor) -> torch.Tensor:
         [N], float64 for float64 logits, else float32 (exact: the max of the inputs).
 
     Differentiable: the gradient goes to the first maximal logit of each row.
-    NaN/inf in logits raise ValueError (on CUDA, after one host sync).
+    NaN/inf in logits raise ValueError (not checked on CUDA; see gencore.set_check_finite).
     """
-    _validate_logits(logits)
-    return torch.ops.gencore.ood_max_logit(logits)
+    return MAX_LOGIT(logits)
 
 
+@_arrays.accepts_arrays
 def gen(logits: torch.Tensor, gamma: float = 0.1, top_m: int = 100) -> torch.Tensor:
     """GEN (Liu et al. 2023, "GEN: Pushing the limits of softmax-based
     out-of-distribution detection"): the negative generalized entropy of the M
@@ -442,12 +410,12 @@ def gen(logits: torch.Tensor, gamma: float = 0.1, top_m: int = 100) -> torch.Ten
     (gamma = 0.1 turns p = 1e-40 into 1e-4). The top M come from a quickselect
     per row (CPU) or a radix select (CUDA); peak extra memory one [C] row buffer
     per CPU thread, no [N, C] intermediate. Not differentiable (no autograd
-    formula). NaN/inf in logits raise ValueError (on CUDA, after one host sync).
+    formula). NaN/inf in logits raise ValueError (not checked on CUDA; see gencore.set_check_finite).
     """
-    gamma, top_m = _validate_gen(logits, gamma, top_m)
-    return torch.ops.gencore.ood_gen(logits, gamma, top_m)
+    return GEN(logits, gamma, top_m)
 
 
+@_arrays.accepts_arrays
 def kl_matching(logits: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
     """KL matching (Hendrycks et al. 2022, "Scaling out-of-distribution detection
     for real-world settings"):
@@ -471,13 +439,12 @@ def kl_matching(logits: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
 
     Peak extra memory: log(templates) [C, C] and one [C] row buffer per CPU
     thread. Not differentiable (no autograd formula). NaN/inf in logits or templates
-    and negative templates raise ValueError (on CUDA, after host syncs).
+    and negative templates raise ValueError (not checked on CUDA; see gencore.set_check_finite).
     """
-    _validate_logits(logits)
-    _validate_templates(logits, templates)
-    return torch.ops.gencore.ood_kl_matching(logits, templates)
+    return KL_MATCHING(logits, templates)
 
 
+@_arrays.accepts_arrays
 def residual(features: torch.Tensor, principal: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
     """Residual score (Wang et al. 2022, "ViM", section 3): minus the norm of the
     part of the centred feature outside the principal subspace,
@@ -504,12 +471,12 @@ def residual(features: torch.Tensor, principal: torch.Tensor, center: torch.Tens
 
     Differentiable with respect to features and center (gradient
     -(I - P P^T)(x - u) / r, 0 where r = 0); principal must not require grad.
-    NaN/inf in any input raise ValueError (on CUDA, after host syncs).
+    NaN/inf in any input raise ValueError (not checked on CUDA; see gencore.set_check_finite).
     """
-    _validate_residual(features, principal, center)
-    return torch.ops.gencore.ood_residual(features, principal, center)
+    return RESIDUAL(features, principal, center)
 
 
+@_arrays.accepts_arrays
 def vim(features: torch.Tensor, logits: torch.Tensor, principal: torch.Tensor, center: torch.Tensor,
         alpha: float) -> torch.Tensor:
     """ViM (Wang et al. 2022, "ViM: Out-of-distribution with virtual-logit matching"):
@@ -532,8 +499,6 @@ def vim(features: torch.Tensor, logits: torch.Tensor, principal: torch.Tensor, c
 
     Same kernels and memory as ``residual`` plus the ``energy`` kernel on logits.
     Differentiable with respect to features, logits and center. NaN/inf in
-    any input raise ValueError (on CUDA, after host syncs).
+    any input raise ValueError (not checked on CUDA; see gencore.set_check_finite).
     """
-    _validate_residual(features, principal, center, logits)
-    alpha = _checks.real(alpha, "alpha")
-    return torch.ops.gencore.ood_vim(features, logits, principal, center, alpha)
+    return VIM(features, logits, principal, center, alpha)

@@ -1,126 +1,101 @@
-"""ood Mahalanobis ops: registration (custom op, fake, autograd) and the public wrappers."""
+"""ood Mahalanobis ops: one definition (gencore._op.Op) and the public functions."""
 
 from __future__ import annotations
 
 import torch
 
-from ... import _checks, _dispatch, _native
+from ... import _arrays, _checks, _native, _native_call
+from ..._op import Op
 from .. import reference
 
-# ---------------------------------------------------------------- Mahalanobis
-
-_MAHALANOBIS_CODES = {"none": 0, "min": 1}
+_REDUCE_CODES = {"none": 0, "min": 1}
 _CUDA_SLAB_ELEMENTS = 1 << 24  # whitened queries per CUDA slab: slab * (D + R) floats (64 MiB)
 
 
-def _same_feature_dim(**named) -> None:
-    # Like _checks.same_size, which hashes its values and so fails on the SymInts
-    # of dynamic-shape tracing (the kNN op's known bug); == works on both.
-    values = list(named.values())
-    if any(v != values[0] for v in values[1:]):
-        listing = ", ".join(f"{n}={v}" for n, v in named.items())
-        raise ValueError(f"feature dimension mismatch: {listing}")
+def _same_dtype(features: torch.Tensor, **named: torch.Tensor) -> None:
+    for name, t in named.items():
+        if t.dtype != features.dtype:
+            raise TypeError(f"{name} must have the dtype of features ({features.dtype}), got {t.dtype}")
 
 
-def _validate_mahalanobis(features: torch.Tensor, means: torch.Tensor, precision_factor: torch.Tensor,
-                          reduce: str) -> None:
+def _check(features, means, precision_factor, reduce):
     _checks.tensor(features, "features", ndim=2)
     _checks.tensor(means, "means", ndim=2)
     _checks.tensor(precision_factor, "precision_factor", ndim=2)
     _checks.same_device(features=features, means=means, precision_factor=precision_factor)
     _checks.choice(reduce, "reduce", reference.MAHALANOBIS_REDUCTIONS)
-    for name, t in (("means", means), ("precision_factor", precision_factor)):
-        if t.dtype != features.dtype:
-            raise TypeError(f"{name} must have the dtype of features ({features.dtype}), got {t.dtype}")
-    _same_feature_dim(**{"features.shape[1]": features.shape[1], "means.shape[1]": means.shape[1],
-                         "precision_factor.shape[0]": precision_factor.shape[0]})
+    _same_dtype(features, means=means, precision_factor=precision_factor)
+    _checks.same_size("feature dimension", **{"features.shape[1]": features.shape[1],
+                                              "means.shape[1]": means.shape[1],
+                                              "precision_factor.shape[0]": precision_factor.shape[0]})
     if features.shape[1] == 0:
         raise ValueError("features, means and precision_factor have feature dimension 0")
     if means.shape[0] == 0:
         raise ValueError("means is empty (shape [0, D]); Mahalanobis scores need at least one class")
     if precision_factor.shape[1] == 0:
         raise ValueError("precision_factor has no columns (shape [D, 0]); its rank R must be >= 1")
+    return features, means, precision_factor, reduce
 
 
-def _mahalanobis_shapes(features, means, reduce):
+def _shapes(features, means, reduce):
+    """(distances, nearest) shapes: [Q, C] or [Q], and [Q]."""
     q, c = features.shape[0], means.shape[0]
     return ((q, c) if reduce == "none" else (q,)), (q,)
 
 
-def _mahalanobis_cpu(features, means, precision_factor, reduce):
+def _fake(features, means, precision_factor, reduce):
+    out_shape, nearest_shape = _shapes(features, means, reduce)
+    return (features.new_empty(out_shape, dtype=reference.compute_dtype(features.dtype)),
+            features.new_empty(nearest_shape, dtype=torch.int64))
+
+
+def _cpu(features, means, precision_factor, reduce):
     dtype = reference.compute_dtype(features.dtype)
-    x, mu, factor = (_checks.native_rows(t, dtype) for t in (features, means, precision_factor))
-    q = x.shape[0]
-    out_shape, _ = _mahalanobis_shapes(x, mu, reduce)
-    out = torch.empty(out_shape, dtype=dtype)
-    nearest = torch.empty((q,), dtype=torch.int64)
-    if q == 0:  # numpy gives empty arrays zero strides, which matrix_in refuses
-        _checks.finite(mu, "means")
-        _checks.finite(factor, "precision_factor")
-        return out, nearest
-    _native.core.mahalanobis(x.numpy(), mu.numpy(), factor.numpy(), _MAHALANOBIS_CODES[reduce],
-                             out.numpy().reshape(q, mu.shape[0] if reduce == "none" else 1),
-                             nearest.numpy().reshape(q, 1), _native.get_num_threads())
+    out_shape, nearest_shape = _shapes(features, means, reduce)
+    out, nearest = _native_call.output(out_shape, dtype, "cpu"), _native_call.output(nearest_shape, torch.int64, "cpu")
+    q = features.shape[0]
+    _native.core.mahalanobis(*(_native_call.cpu_array(t, dtype) for t in (features, means, precision_factor)),
+                             _REDUCE_CODES[reduce], out.numpy().reshape(q, means.shape[0] if reduce == "none" else 1),
+                             nearest.numpy().reshape(q, 1), _native_call.threads())
     return out, nearest
 
 
-def _mahalanobis_cuda(features, means, precision_factor, reduce):
+def _cuda(features, means, precision_factor, reduce):
     # z = (x - mu_bar) L by torch (cuBLAS, the caller's stream and matmul precision
     # settings), one slab of queries at a time so memory stays bounded; the
-    # distance tile, clamp, argmin and min run in gencore's kernel. No host sync:
-    # non-finite inputs are not refused here, they come out as NaN/inf rows.
-    x, mu, factor = (t.detach().float() for t in (features, means, precision_factor))
-    out_shape, _ = _mahalanobis_shapes(x, mu, reduce)
-    out = torch.empty(out_shape, dtype=torch.float32, device=x.device)
-    nearest = torch.empty((x.shape[0],), dtype=torch.int64, device=x.device)
+    # distance tile, clamp, argmin and min run in gencore's kernel.
+    x, mu, factor = (_native_call.cuda_input(t) for t in (features, means, precision_factor))
+    out_shape, nearest_shape = _shapes(x, mu, reduce)
+    out = _native_call.output(out_shape, torch.float32, x.device)
+    nearest = _native_call.output(nearest_shape, torch.int64, x.device)
     q, c, r = x.shape[0], mu.shape[0], factor.shape[1]
-    if q == 0:
-        return out, nearest
     center = mu.mean(0)
     mt = ((mu - center) @ factor).contiguous()                 # [C, R]
-    stream = torch.cuda.current_stream(x.device).cuda_stream
+    stream, device = _native_call.cuda_stream(x.device), _native_call.device_index(x.device)
     slab = max(1, _CUDA_SLAB_ELEMENTS // (x.shape[1] + r))
+    code = _REDUCE_CODES[reduce]
     for q0 in range(0, q, slab):
         z = ((x[q0:q0 + slab] - center) @ factor).contiguous()  # [slab, R]
-        _native.cuda.mahalanobis(z.data_ptr(), mt.data_ptr(), z.shape[0], c, r, _MAHALANOBIS_CODES[reduce],
-                                 out[q0:].data_ptr(), nearest[q0:].data_ptr(), stream, x.device.index)
+        workspace = _native_call.cuda_workspace(_native.cuda.mahalanobis_workspace_bytes(z.shape[0], c, r, code),
+                                                x.device)
+        _native.cuda.mahalanobis(z.data_ptr(), mt.data_ptr(), z.shape[0], c, r, code,
+                                 out[q0:].data_ptr(), nearest[q0:].data_ptr(), workspace.data_ptr(),
+                                 workspace.numel(), stream, device)
     return out, nearest
 
 
-@torch.library.custom_op("gencore::ood_mahalanobis", mutates_args=())
-def _mahalanobis_op(features: torch.Tensor, means: torch.Tensor, precision_factor: torch.Tensor,
-                    reduce: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(distances [Q, C] or [Q], nearest class [Q] int64); see ``mahalanobis``."""
-    _validate_mahalanobis(features, means, precision_factor, reduce)
-    backend = _dispatch.select("ood.mahalanobis", features)
-    if backend == "native-cpu":  # the kernel refuses NaN/inf itself, features for free
-        return _mahalanobis_cpu(features, means, precision_factor, reduce)
-    if backend == "native-cuda" and features.dtype != torch.float64:  # the kernel is fp32
-        return _mahalanobis_cuda(features, means, precision_factor, reduce)
-    if features.device.type != "cuda":  # on CUDA the check would synchronise the host
-        for name, t in (("features", features), ("means", means), ("precision_factor", precision_factor)):
-            _checks.finite(t, name)
-    distances, nearest = reference.mahalanobis_nearest(
-        features.detach(), means.detach(), precision_factor.detach(), reduce)
-    return distances.contiguous(), nearest.contiguous()
+def _reference(features, means, precision_factor, reduce):
+    return reference.mahalanobis_nearest(features.detach(), means.detach(), precision_factor.detach(), reduce)
 
 
-@_mahalanobis_op.register_fake
-def _(features, means, precision_factor, reduce):
-    _validate_mahalanobis(features, means, precision_factor, reduce)
-    out_shape, nearest_shape = _mahalanobis_shapes(features, means, reduce)
-    dtype = reference.compute_dtype(features.dtype)
-    return features.new_empty(out_shape, dtype=dtype), features.new_empty(nearest_shape, dtype=torch.int64)
-
-
-def _mahalanobis_setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output):
     features, means, precision_factor, reduce = inputs
     _, nearest = output
     ctx.save_for_backward(features, means, precision_factor, nearest)
     ctx.reduce = reduce
 
 
-def _mahalanobis_backward(ctx, grad_distances, grad_nearest):
+def _backward(ctx, grad_distances, grad_nearest):
     # With r_qc = (x_q - mu_c) L and d_qc = ||r_qc||^2:
     #   dd/dx_q = 2 L r_qc,  dd/dmu_c = -2 L r_qc,  dd/dL = 2 (x_q - mu_c) r_qc^T.
     # Summed against the incoming gradient g they need only
@@ -150,9 +125,32 @@ def _mahalanobis_backward(ctx, grad_distances, grad_nearest):
     return grads[0], grads[1], grads[2], None
 
 
-_mahalanobis_op.register_autograd(_mahalanobis_backward, setup_context=_mahalanobis_setup_context)
+def _samples(gen):
+    def randn(*shape, dtype=torch.float32):
+        return torch.randn(*shape, generator=gen, dtype=dtype)
+    lower = torch.linalg.cholesky(torch.eye(6, dtype=torch.float64) * 2 + 0.1)
+    return [
+        (randn(11, 6), randn(3, 6), lower.float(), "min"),
+        (randn(11, 6, dtype=torch.float64), randn(4, 6, dtype=torch.float64), lower, "none"),
+        (randn(0, 5), randn(2, 5), randn(5, 3), "none"),
+        (randn(1, 1), randn(1, 1), randn(1, 1), "min"),
+        (randn(37, 9, dtype=torch.float64), randn(5, 9, dtype=torch.float64), randn(9, 4, dtype=torch.float64),
+         "none"),
+    ]
 
 
+MAHALANOBIS = Op(
+    "ood.mahalanobis",
+    "(Tensor features, Tensor means, Tensor precision_factor, str reduce) -> (Tensor, Tensor)",
+    check=_check, fake=_fake, reference=_reference, cpu=_cpu, cuda=_cuda,
+    finite=("features", "means", "precision_factor"),
+    cpu_kernel_checks=("features", "means", "precision_factor"),
+    empty=lambda features, means, precision_factor, reduce: features.shape[0] == 0,
+    backward=_backward, setup_context=_setup_context, samples=_samples,
+)
+
+
+@_arrays.accepts_arrays
 def mahalanobis(features: torch.Tensor, means: torch.Tensor, precision_factor: torch.Tensor,
                 reduce: str = "min") -> torch.Tensor:
     """Squared Mahalanobis distances to class Gaussians with a shared covariance.
@@ -196,7 +194,8 @@ def mahalanobis(features: torch.Tensor, means: torch.Tensor, precision_factor: t
 
     NaN policy: on CPU (and the reference) NaN/inf in any input raise
     ValueError naming the argument; on CUDA, where that check would cost a
-    host synchronisation, non-finite inputs give NaN/inf in the affected rows.
+    host synchronisation, non-finite inputs give NaN/inf in the affected rows
+    (``gencore.set_check_finite("always")`` checks there too).
     Values that overflow float32 come out as inf or NaN; a NaN propagates
     through the min.
 
@@ -205,11 +204,10 @@ def mahalanobis(features: torch.Tensor, means: torch.Tensor, precision_factor: t
     forward pass; lowest index on ties). The backward is plain torch matmuls
     with O(Q (D + R) + C R) memory, never Q x C x D.
     """
-    # Checked here too: the dispatcher would refuse a non-tensor with a RuntimeError first.
-    _validate_mahalanobis(features, means, precision_factor, reduce)
-    return torch.ops.gencore.ood_mahalanobis(features, means, precision_factor, reduce)[0]
+    return MAHALANOBIS(features, means, precision_factor, reduce)[0]
 
 
+@_arrays.accepts_arrays
 def relative_mahalanobis(features: torch.Tensor, means: torch.Tensor, precision_factor: torch.Tensor,
                          background_mean: torch.Tensor, background_factor: torch.Tensor,
                          reduce: str = "min") -> torch.Tensor:
@@ -234,10 +232,8 @@ def relative_mahalanobis(features: torch.Tensor, means: torch.Tensor, precision_
     _checks.tensor(background_factor, "background_factor", ndim=2)
     _checks.tensor(features, "features", ndim=2)
     _checks.same_device(features=features, background_mean=background_mean, background_factor=background_factor)
-    for name, t in (("background_mean", background_mean), ("background_factor", background_factor)):
-        if t.dtype != features.dtype:
-            raise TypeError(f"{name} must have the dtype of features ({features.dtype}), got {t.dtype}")
-    _same_feature_dim(**{"features.shape[1]": features.shape[1],
+    _same_dtype(features, background_mean=background_mean, background_factor=background_factor)
+    _checks.same_size("feature dimension", **{"features.shape[1]": features.shape[1],
                          "background_mean.shape[0]": background_mean.shape[0],
                          "background_factor.shape[0]": background_factor.shape[0]})
     d = mahalanobis(features, means, precision_factor, reduce)
