@@ -321,3 +321,22 @@ def test_cli_info_prints_version():
     proc = _subprocess(["-m", "gencore", "info"])
     assert proc.returncode == 0, proc.stderr
     assert gencore.__version__ in proc.stdout
+
+
+# ---------------------------------------------------------------- finiteness policy
+
+def test_check_finite_modes(monkeypatch):
+    from gencore import _op
+    monkeypatch.setattr(_op, "_finite_mode", None)
+    assert _op.check_finite_mode() == "auto" and gencore.info()["check_finite"] == "auto"
+    monkeypatch.setenv("GENCORE_CHECK_FINITE", "always")
+    assert _op.check_finite_mode() == "always"
+    monkeypatch.setenv("GENCORE_CHECK_FINITE", "sometimes")
+    with pytest.raises(ValueError, match="GENCORE_CHECK_FINITE"):
+        _op.check_finite_mode()
+    gencore.set_check_finite("auto")  # the setting wins over the environment
+    assert _op.check_finite_mode() == "auto"
+    with pytest.raises(ValueError, match="mode"):
+        gencore.set_check_finite("never")
+    with pytest.raises(TypeError, match="mode"):
+        gencore.set_check_finite(True)

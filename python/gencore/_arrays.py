@@ -101,7 +101,8 @@ def _convert_back(result: Any, kind: str, module) -> Any:
 
 
 def _foreign(value: Any) -> bool:
-    return not isinstance(value, torch.Tensor) and _kind(value) is not None
+    """An array that is not a torch tensor."""
+    return not isinstance(value, torch.Tensor) and (isinstance(value, np.ndarray) or hasattr(value, "__dlpack__"))
 
 
 def _single_kind(named: list[tuple[str, Any]]) -> tuple[str, Any]:
@@ -128,8 +129,12 @@ def accepts_arrays(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if not any(_foreign(v) for v in args) and not any(_foreign(v) for v in kwargs.values()):
-            return fn(*args, **kwargs)
+        for v in args:  # a plain loop: this runs on every call of every public function
+            if _foreign(v):
+                break
+        else:
+            if not kwargs or not any(_foreign(v) for v in kwargs.values()):
+                return fn(*args, **kwargs)
         names = [params[i] if i < len(params) else f"argument {i}" for i in range(len(args))]
         first_name, first = _single_kind(list(zip(names, args)) + list(kwargs.items()))
         kind = _kind(first)

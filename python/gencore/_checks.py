@@ -13,8 +13,7 @@ FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def tensor(x, name: str, *, ndim: Optional[int] = None, dtypes: Iterable[torch.dtype] = FLOATING) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    dtypes = tuple(dtypes)
+        raise TypeError(f"{name} must be a torch.Tensor (or a numpy / CuPy array), got {type(x).__name__}")
     if x.dtype not in dtypes:
         names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         raise TypeError(f"{name} must have dtype in ({names}), got {str(x.dtype).replace('torch.', '')}")
@@ -51,9 +50,10 @@ def finite(x: torch.Tensor, name: str) -> None:
 
 def integer(v, name: str, *, low: Optional[int] = None, high: Optional[int] = None) -> int:
     """An integer (int or numpy integer; not bool) within [low, high], as int."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    v = int(v)
+    if type(v) is not int:  # the common case skips the (slow) abstract-class check
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+        v = int(v)
     if low is not None and v < low:
         raise ValueError(f"{name} must be >= {low}, got {v}")
     if high is not None and v > high:
@@ -63,9 +63,10 @@ def integer(v, name: str, *, low: Optional[int] = None, high: Optional[int] = No
 
 def real(v, name: str, *, positive: bool = False) -> float:
     """A finite real number (int, float, numpy scalar; not bool), > 0 if ``positive``; as float."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
-    v = float(v)
+    if type(v) is not float:  # the common case skips the (slow) abstract-class check
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+        v = float(v)
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
     if positive and v <= 0:

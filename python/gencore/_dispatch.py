@@ -16,7 +16,6 @@ Rules, in order, for one call of an op (``gencore._op.Op`` asks here):
 """
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Callable, Iterable, Optional
 
@@ -31,7 +30,7 @@ _warned: set[tuple[str, str, str]] = set()
 
 def forced_reference() -> bool:
     """True when GENCORE_BACKEND=reference (read on every call, so tests may set it)."""
-    value = os.environ.get("GENCORE_BACKEND")
+    value = _native.env("GENCORE_BACKEND")
     if not value:
         return False
     value = value.strip().lower()

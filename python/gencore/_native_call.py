@@ -28,13 +28,17 @@ def threads() -> int:
     return _native.get_num_threads()
 
 
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64}
+
+
 def rows(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``t`` detached, as ``dtype``, with unit column stride and non-overlapping rows.
 
     Copies only when it has to: a cast, a transposed or column-strided view,
     broadcast (stride 0) rows. A 1-D tensor becomes contiguous.
     """
-    t = t.detach()
+    if t.requires_grad:
+        t = t.detach()
     if t.dtype != dtype:
         t = t.to(dtype)
     if t.dim() == 1:
@@ -48,7 +52,21 @@ def rows(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def cpu_array(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     """A CPU tensor as the numpy view ``_core`` reads (see ``rows``)."""
+    if t.dtype is dtype and not t.requires_grad and t.is_contiguous():
+        return t.numpy()
     return rows(t, dtype).numpy()
+
+
+def cpu_output(shape, dtype: torch.dtype, kernel_shape=None) -> tuple[torch.Tensor, np.ndarray]:
+    """(tensor of ``shape``, the numpy view ``_core`` writes, of ``kernel_shape``): one buffer.
+
+    Allocated by numpy (cheaper than torch.empty + .numpy() for the small
+    outputs where per-call overhead matters); poisoned when ``POISON`` is set.
+    """
+    array = np.empty(kernel_shape if kernel_shape is not None else shape, _NUMPY_DTYPES[dtype])
+    if POISON:
+        array.fill(np.nan if dtype.is_floating_point else np.iinfo(array.dtype).min)
+    return torch.from_numpy(array.reshape(shape)), array
 
 
 def output(shape, dtype: torch.dtype, device) -> torch.Tensor:

@@ -43,12 +43,11 @@ checks on CUDA too, at one host sync per checked tensor.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
-from . import _checks, _dispatch
+from . import _checks, _dispatch, _native
 from ._dispatch import NATIVE_CPU, NATIVE_CUDA, REFERENCE
 
 __all__ = ["Op", "REGISTRY", "set_check_finite", "check_finite_mode"]
@@ -66,7 +65,7 @@ def check_finite_mode() -> str:
     """'auto' (refuse NaN/inf on CPU only) or 'always' (on CUDA too, with host syncs)."""
     if _finite_mode is not None:
         return _finite_mode
-    value = os.environ.get("GENCORE_CHECK_FINITE", "auto").strip().lower() or "auto"
+    value = (_native.env("GENCORE_CHECK_FINITE") or "auto").strip().lower() or "auto"
     if value not in _FINITE_MODES:
         raise ValueError(f"GENCORE_CHECK_FINITE must be one of {_FINITE_MODES}, got {value!r}")
     return value
@@ -174,7 +173,7 @@ class Op:
             t = args[i]
             if t is None:
                 continue
-            if type(t) is not torch.Tensor or (grad and t.requires_grad) or t.device.type not in ("cpu", "cuda"):
+            if type(t) is not torch.Tensor or (grad and t.requires_grad) or not (t.is_cpu or t.is_cuda):
                 return False
         return True
 
@@ -188,6 +187,8 @@ class Op:
     def backend(self, args: tuple, *, warn: bool = True) -> str:
         """The backend a call with ``args`` (checked) runs on."""
         t = args[self.anchor]
+        if t.is_cpu and t.dtype in self.cpu_dtypes and _native.core is not None and not _dispatch.forced_reference():
+            return NATIVE_CPU  # the common case, decided without building a torch.device
         limit = None
         if self._cuda_limit is not None and t.device.type == "cuda":
             limit = lambda: self._cuda_limit(*args)  # noqa: E731 - asked only once a CUDA kernel is possible
@@ -219,7 +220,7 @@ class Op:
     # --- policy ------------------------------------------------------------------------
 
     def _refuse_bad_values(self, backend: str, args: tuple, everything: bool) -> None:
-        if args[self.anchor].device.type == "cuda" and check_finite_mode() != "always":
+        if args[self.anchor].is_cuda and check_finite_mode() != "always":
             return
         positions = self.finite if backend != NATIVE_CPU or everything else self._finite_after_cpu_kernel
         for i in positions:

@@ -906,17 +906,43 @@ def test_cuda_exact_ties(rng, metric, q):
 
 
 @cuda_only
-def test_cuda_non_default_stream(rng):
+def test_cuda_runs_on_the_callers_stream(rng):
+    # The side stream is kept busy first (torch.cuda._sleep), then fills the
+    # queries, then runs knn. A kernel launched on any other stream would read
+    # the queries before they are written and return the neighbours of zeros.
     x, y = randn(rng, 300, 32).cuda(), randn(rng, 20000, 32).cuda()
     expected = knn(x, y, 10, "l2")
     torch.cuda.synchronize()
+    queries = torch.zeros_like(x)
     stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        values, indices = knn(x, y, 10, "l2")
-        values, indices = values * 1, indices.clone()  # consumed on the same stream
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU cycles queued ahead on this stream
+        queries.copy_(x)
+        values, indices = knn(queries, y, 10, "l2")
     stream.synchronize()
     assert torch.equal(values, expected[0]) and torch.equal(indices, expected[1])
+
+
+@cuda_only
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_cuda_multi_slab_multi_chunk_merge(rng, metric):
+    # 4100 queries = two slabs of <= 4096; 20000 bank rows = two chunks of
+    # 16384 at that slab size (knn.cu): the running top-k merge across chunks
+    # and the slab offsets both run.
+    x, y = randn(rng, 4100, 8), randn(rng, 20000, 8)
+    values, indices = knn(x.cuda(), y.cuda(), 37, metric)
+    check_knn(values.cpu(), indices.cpu(), x, y, 37, metric, dtype=torch.float32, what="cuda merge")
+
+
+@cuda_only
+def test_cuda_k_above_kernel_limit_falls_back_with_a_warning(rng, monkeypatch):
+    from gencore import _dispatch
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    limit = gencore._native.cuda.knn_max_k()
+    x, y = randn(rng, 3, 4), randn(rng, limit + 10, 4)
+    with pytest.warns(RuntimeWarning, match="largest k"):
+        values, indices = knn(x.cuda(), y.cuda(), limit + 1, "l2")
+    check_knn(values.cpu(), indices.cpu(), x, y, limit + 1, "l2", what="cuda fallback")
 
 
 @cuda_only
@@ -932,7 +958,13 @@ def test_cuda_device_mix_raises():
 def test_cuda_bad_input(rng):
     x, y = randn(rng, 4, 8).cuda(), randn(rng, 20, 8).cuda()
     y[7, 3] = float("nan")
-    with pytest.raises(ValueError, match="bank"):
-        knn(x, y, 3)
+    values, indices = knn(x, y, 3)  # not checked on CUDA (no host sync): the NaN row ranks last
+    assert not (indices == 7).any()
+    gencore.set_check_finite("always")
+    try:
+        with pytest.raises(ValueError, match="bank"):
+            knn(x, y, 3)
+    finally:
+        gencore.set_check_finite("auto")
     with pytest.raises(ValueError, match=r"\bk\b"):
         knn(x, y, 21)

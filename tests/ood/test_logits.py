@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 
+import gencore
 from gencore import _native
 from gencore.ood import (energy, gen, kl_matching, kl_matching_templates, max_logit, msp, reference, residual, vim,
                          vim_fit)
@@ -990,7 +991,13 @@ def test_cuda_bad_input(rng):
     logits = randn(rng, 4, 6).cuda()
     with pytest.raises(ValueError, match="device"):
         kl_matching(logits, torch.full((6, 6), 1 / 6))
-    with pytest.raises(ValueError, match="logits"):
-        msp(_with(logits, (0, 0), float("nan")))
+    bad = _with(logits, (0, 0), float("nan"))
+    assert torch.isnan(msp(bad)[0]) and torch.isfinite(msp(bad)[1:]).all()  # unchecked on CUDA: propagates
+    gencore.set_check_finite("always")
+    try:
+        with pytest.raises(ValueError, match="logits"):
+            msp(bad)
+    finally:
+        gencore.set_check_finite("auto")
     with pytest.raises(ValueError, match="device"):
         residual(_X.cuda(), _P, _U.cuda())

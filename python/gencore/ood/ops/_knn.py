@@ -50,10 +50,10 @@ def _check_norms(backend, queries, bank, k, metric):
 
 def _cpu(queries, bank, k, metric):
     dtype = reference.compute_dtype(queries.dtype)
-    values = _native_call.output((queries.shape[0], k), dtype, "cpu")
-    indices = _native_call.output((queries.shape[0], k), torch.int64, "cpu")
+    values, values_array = _native_call.cpu_output((queries.shape[0], k), dtype)
+    indices, indices_array = _native_call.cpu_output((queries.shape[0], k), torch.int64)
     _native.core.knn(_native_call.cpu_array(queries, dtype), _native_call.cpu_array(bank, dtype), k,
-                     _KNN_CODES[metric], values.numpy(), indices.numpy(), _native_call.threads())
+                     _KNN_CODES[metric], values_array, indices_array, _native_call.threads())
     if metric == "l2":
         values.sqrt_()
     return values, indices

@@ -109,9 +109,9 @@ def _cpu_scores(score: str, logits, temperature=1.0, gamma=0.1, top_m=1, templat
     dtype = reference.compute_dtype(logits.dtype)
     n = logits.shape[0]
     log_t = None if templates is None else templates.detach().to(dtype).log().contiguous().numpy()
-    out = _native_call.output(n, dtype, "cpu")
+    out, out_array = _native_call.cpu_output((n,), dtype, (n, 1))
     _native.core.logit_scores(_native_call.cpu_array(logits, dtype), _SCORE_CODES[score], temperature, gamma, top_m,
-                              log_t, out.view(n, 1).numpy(), _native_call.threads())
+                              log_t, out_array, _native_call.threads())
     return out
 
 
@@ -129,10 +129,10 @@ def _cpu_residual(features, principal, center, logits=None, alpha=0.0) -> torch.
     dtype = reference.compute_dtype(features.dtype)
     n = features.shape[0]
     lg = None if logits is None else _native_call.cpu_array(logits, dtype)
-    out = _native_call.output(n, dtype, "cpu")
+    out, out_array = _native_call.cpu_output((n,), dtype, (n, 1))
     _native.core.residual_scores(_native_call.cpu_array(features, dtype), _native_call.cpu_array(principal, dtype),
                                  _native_call.cpu_array(center, dtype).reshape(1, -1), lg, alpha,
-                                 out.view(n, 1).numpy(), _native_call.threads())
+                                 out_array, _native_call.threads())
     return out
 
 
@@ -267,33 +267,39 @@ def _residual_samples(gen, with_logits: bool):
 
 # ====================================================================== the op definitions
 
-def _score_op(score: str, schema: str, check, reference_fn, *, backward=None, samples, **kit):
-    """One logit-score op: the kernels take (logits, score code, parameters)."""
-    names = schema[1:schema.index(")")].split(", ")
-    params = [n.split()[1] for n in names[1:]]
+def _score_op(score: str, schema: str, check, reference_fn, kernel_params, *, backward=None, samples, **kit):
+    """One logit-score op; ``kernel_params(*args after logits)`` gives the kernels'
+    (temperature, gamma, top_m, templates)."""
+    def cpu(logits, *rest):
+        return _cpu_scores(score, logits, *kernel_params(*rest))
 
-    def native(glue):
-        return lambda logits, *rest: glue(score, logits, **dict(zip(params, rest)))
-    return Op(f"ood.{score}", schema, check=check, fake=_scores_like,
-              reference=lambda logits, *rest: reference_fn(logits.detach(), *(
-                  r.detach() if isinstance(r, torch.Tensor) else r for r in rest)),
-              cpu=native(_cpu_scores), cuda=native(_cuda_scores),
+    def cuda(logits, *rest):
+        return _cuda_scores(score, logits, *kernel_params(*rest))
+
+    def reference_impl(logits, *rest):
+        return reference_fn(logits.detach(), *(r.detach() if isinstance(r, torch.Tensor) else r for r in rest))
+
+    return Op(f"ood.{score}", schema, check=check, fake=_scores_like, reference=reference_impl, cpu=cpu, cuda=cuda,
               finite=("logits", *kit.pop("finite", ())), cpu_kernel_checks=("logits",), empty=_no_rows,
               backward=backward, setup_context=_save_logits if backward else None, samples=samples, **kit)
 
 
-MSP = _score_op("msp", "(Tensor logits, float temperature) -> Tensor", _check_tempered, reference.msp,
+def _tempered(temperature):
+    return temperature, 0.1, 1, None
+
+
+MSP = _score_op("msp", "(Tensor logits, float temperature) -> Tensor", _check_tempered, reference.msp, _tempered,
                 backward=_msp_backward, samples=lambda gen: _logit_samples(gen, 1.5))
 ENERGY = _score_op("energy", "(Tensor logits, float temperature) -> Tensor", _check_tempered, reference.energy,
-                   backward=_energy_backward, samples=lambda gen: _logit_samples(gen, 0.5))
+                   _tempered, backward=_energy_backward, samples=lambda gen: _logit_samples(gen, 0.5))
 MAX_LOGIT = _score_op("max_logit", "(Tensor logits) -> Tensor", _check_max_logit, reference.max_logit,
-                      backward=_max_logit_backward, samples=_logit_samples)
+                      lambda: (1.0, 0.1, 1, None), backward=_max_logit_backward, samples=_logit_samples)
 # GEN and KL matching have no gradient: they rank inputs, and GEN's p^gamma
 # has an unbounded derivative at p -> 0.
 GEN = _score_op("gen", "(Tensor logits, float gamma, int top_m) -> Tensor", _check_gen, reference.gen,
-                samples=lambda gen: _logit_samples(gen, 0.1, 5))
+                lambda gamma, top_m: (1.0, gamma, top_m, None), samples=lambda gen: _logit_samples(gen, 0.1, 5))
 KL_MATCHING = _score_op("kl_matching", "(Tensor logits, Tensor templates) -> Tensor", _check_kl,
-                        reference.kl_matching, samples=_kl_samples, finite=("templates",),
+                        reference.kl_matching, lambda templates: (1.0, 0.1, 1, templates), samples=_kl_samples, finite=("templates",),
                         check_values=_check_templates_nonnegative)
 
 RESIDUAL = Op(

@@ -52,11 +52,11 @@ def _fake(features, means, precision_factor, reduce):
 def _cpu(features, means, precision_factor, reduce):
     dtype = reference.compute_dtype(features.dtype)
     out_shape, nearest_shape = _shapes(features, means, reduce)
-    out, nearest = _native_call.output(out_shape, dtype, "cpu"), _native_call.output(nearest_shape, torch.int64, "cpu")
     q = features.shape[0]
+    out, out_array = _native_call.cpu_output(out_shape, dtype, (q, means.shape[0] if reduce == "none" else 1))
+    nearest, nearest_array = _native_call.cpu_output(nearest_shape, torch.int64, (q, 1))
     _native.core.mahalanobis(*(_native_call.cpu_array(t, dtype) for t in (features, means, precision_factor)),
-                             _REDUCE_CODES[reduce], out.numpy().reshape(q, means.shape[0] if reduce == "none" else 1),
-                             nearest.numpy().reshape(q, 1), _native_call.threads())
+                             _REDUCE_CODES[reduce], out_array, nearest_array, _native_call.threads())
     return out, nearest
 
 
