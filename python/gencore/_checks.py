@@ -31,6 +31,13 @@ def same_device(**named: torch.Tensor) -> torch.device:
     return first
 
 
+def same_dtype(anchor_name: str, anchor: torch.Tensor, **named: torch.Tensor) -> None:
+    """Every tensor in ``named`` has the dtype of ``anchor``."""
+    for name, t in named.items():
+        if t.dtype != anchor.dtype:
+            raise TypeError(f"{name} must have the dtype of {anchor_name} ({anchor.dtype}), got {t.dtype}")
+
+
 def same_size(dim_name: str, **named: int) -> None:
     # Pairwise != rather than a set: sizes may be SymInts (torch.compile, dynamic shapes).
     values = list(named.values())

@@ -102,7 +102,10 @@ class Op:
         fake: (*args) -> outputs allocated with ``new_empty`` on the inputs'
             device: shapes and dtypes only.
         reference, cpu, cuda: (*args) -> outputs, for each backend (cpu/cuda
-            None: no native kernel on that device).
+            None: no native kernel on that device). They run where autograd
+            records nothing (below the registered op's autograd, or eagerly
+            without grad), so torch code needs no detach; ``.numpy()`` does
+            (``_native_call`` takes care of it).
         cpu_dtypes, cuda_dtypes: dtypes of the anchor tensor each native
             backend takes (fp16/bf16 usually convert to float32 in the glue).
         anchor: position of the tensor whose device and dtype choose the backend.

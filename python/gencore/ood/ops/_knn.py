@@ -81,10 +81,6 @@ def _cuda_limit(queries, bank, k, metric):
     return f"k={k} exceeds the CUDA kernel's largest k ({limit})" if k > limit else None
 
 
-def _reference(queries, bank, k, metric):
-    return reference.knn(queries.detach(), bank.detach(), k, metric)
-
-
 def _setup_context(ctx, inputs, output):
     queries, bank, k, metric = inputs
     values, indices = output
@@ -137,7 +133,7 @@ def _samples(gen):
 
 KNN = Op(
     "ood.knn", "(Tensor queries, Tensor bank, int k, str metric) -> (Tensor, Tensor)",
-    check=_check, fake=_fake, reference=_reference, cpu=_cpu, cuda=_cuda,
+    check=_check, fake=_fake, reference=reference.knn, cpu=_cpu, cuda=_cuda,
     finite=("queries", "bank"), cpu_kernel_checks=("queries", "bank"), check_values=_check_norms,
     cuda_limit=_cuda_limit, empty=lambda queries, bank, k, metric: queries.shape[0] == 0,
     backward=_backward, setup_context=_setup_context, samples=_samples,

@@ -68,9 +68,7 @@ def _check_residual_inputs(features, principal, center, logits=None) -> None:
         _check_logits(logits)
         named["logits"] = logits
     _checks.same_device(**named)
-    for name, t in named.items():
-        if t.dtype != features.dtype:
-            raise TypeError(f"{name} must have the dtype of features ({features.dtype}), got {t.dtype}")
+    _checks.same_dtype("features", features, **named)
     d = features.shape[1]
     if d == 0:
         raise ValueError("features have feature dimension 0")
@@ -154,10 +152,6 @@ def _cuda_residual(features, principal, center, logits=None, alpha=0.0) -> torch
 
 # ====================================================================== autograd
 
-def _grad_to(grad: torch.Tensor, like: torch.Tensor):
-    return grad.to(like.dtype)
-
-
 def _save_logits(ctx, inputs, output):
     ctx.save_for_backward(inputs[0], output)
     ctx.temperature = inputs[1] if len(inputs) > 1 else 1.0
@@ -172,20 +166,20 @@ def _msp_backward(ctx, grad):
     # d p_k / d l = p_k (onehot_k - p) / T, k = argmax (piecewise constant)
     p, logits, out = _softmax_of(ctx)
     onehot = torch.zeros_like(p).scatter_(1, logits.argmax(dim=1, keepdim=True), 1.0)
-    return _grad_to((grad * out / ctx.temperature)[:, None] * (onehot - p), logits), None
+    return ((grad * out / ctx.temperature)[:, None] * (onehot - p)).to(logits.dtype), None
 
 
 def _energy_backward(ctx, grad):
     # d T logsumexp(l / T) / d l = softmax(l / T)
     p, logits, _ = _softmax_of(ctx)
-    return _grad_to(grad[:, None] * p, logits), None
+    return (grad[:, None] * p).to(logits.dtype), None
 
 
 def _max_logit_backward(ctx, grad):
     # the gradient goes to the first argmax, as torch.max(dim) does
     logits, out = ctx.saved_tensors
     g = torch.zeros(logits.shape, dtype=out.dtype, device=logits.device)
-    return _grad_to(g.scatter_(1, logits.argmax(dim=1, keepdim=True), grad[:, None]), logits)
+    return g.scatter_(1, logits.argmax(dim=1, keepdim=True), grad[:, None]).to(logits.dtype)
 
 
 def _residual_grads(ctx, scale):
@@ -198,8 +192,8 @@ def _residual_grads(ctx, scale):
     r = torch.linalg.vector_norm(e, dim=1, keepdim=True)
     unit = torch.where(r > 0, e / torch.where(r > 0, r, torch.ones_like(r)), torch.zeros_like(e))
     grad_x = -scale[:, None] * unit  # the norm's subgradient 0 at r = 0, as torch.linalg.norm
-    grad_features = _grad_to(grad_x, features) if ctx.needs_input_grad[0] else None
-    grad_center = _grad_to(-grad_x.sum(dim=0), center) if ctx.needs_input_grad[ctx.principal_index + 1] else None
+    grad_features = grad_x.to(features.dtype) if ctx.needs_input_grad[0] else None
+    grad_center = (-grad_x.sum(dim=0)).to(center.dtype) if ctx.needs_input_grad[ctx.principal_index + 1] else None
     return grad_features, grad_center
 
 
@@ -225,7 +219,7 @@ def _vim_backward(ctx, grad):
     logits = ctx.saved_tensors[3]
     grad_logits = None
     if ctx.needs_input_grad[1]:  # d logsumexp(l) / d l = softmax(l)
-        grad_logits = _grad_to(grad[:, None] * torch.softmax(logits.to(grad.dtype), dim=1), logits)
+        grad_logits = (grad[:, None] * torch.softmax(logits.to(grad.dtype), dim=1)).to(logits.dtype)
     grad_features, grad_center = _residual_grads(ctx, grad * ctx.alpha)
     return grad_features, grad_logits, None, grad_center, None
 
@@ -276,10 +270,7 @@ def _score_op(score: str, schema: str, check, reference_fn, kernel_params, *, ba
     def cuda(logits, *rest):
         return _cuda_scores(score, logits, *kernel_params(*rest))
 
-    def reference_impl(logits, *rest):
-        return reference_fn(logits.detach(), *(r.detach() if isinstance(r, torch.Tensor) else r for r in rest))
-
-    return Op(f"ood.{score}", schema, check=check, fake=_scores_like, reference=reference_impl, cpu=cpu, cuda=cuda,
+    return Op(f"ood.{score}", schema, check=check, fake=_scores_like, reference=reference_fn, cpu=cpu, cuda=cuda,
               finite=("logits", *kit.pop("finite", ())), cpu_kernel_checks=("logits",), empty=_no_rows,
               backward=backward, setup_context=_save_logits if backward else None, samples=samples, **kit)
 
@@ -304,17 +295,14 @@ KL_MATCHING = _score_op("kl_matching", "(Tensor logits, Tensor templates) -> Ten
 
 RESIDUAL = Op(
     "ood.residual", "(Tensor features, Tensor principal, Tensor center) -> Tensor",
-    check=_check_residual, fake=_scores_like,
-    reference=lambda x, p, u: reference.residual(x.detach(), p.detach(), u.detach()),
-    cpu=_cpu_residual, cuda=_cuda_residual,
+    check=_check_residual, fake=_scores_like, reference=reference.residual, cpu=_cpu_residual, cuda=_cuda_residual,
     finite=("features", "principal", "center"), cpu_kernel_checks=("features",), empty=_no_rows,
     backward=_residual_backward, setup_context=_residual_setup,
     samples=lambda gen: _residual_samples(gen, False),
 )
 VIM = Op(
     "ood.vim", "(Tensor features, Tensor logits, Tensor principal, Tensor center, float alpha) -> Tensor",
-    check=_check_vim, fake=_scores_like,
-    reference=lambda x, lg, p, u, alpha: reference.vim(x.detach(), lg.detach(), p.detach(), u.detach(), alpha),
+    check=_check_vim, fake=_scores_like, reference=reference.vim,
     cpu=lambda x, lg, p, u, alpha: _cpu_residual(x, p, u, lg, alpha),
     cuda=lambda x, lg, p, u, alpha: _cuda_residual(x, p, u, lg, alpha),
     finite=("features", "logits", "principal", "center"), cpu_kernel_checks=("features", "logits"), empty=_no_rows,

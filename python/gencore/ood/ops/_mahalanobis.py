@@ -12,19 +12,13 @@ _REDUCE_CODES = {"none": 0, "min": 1}
 _CUDA_SLAB_ELEMENTS = 1 << 24  # whitened queries per CUDA slab: slab * (D + R) floats (64 MiB)
 
 
-def _same_dtype(features: torch.Tensor, **named: torch.Tensor) -> None:
-    for name, t in named.items():
-        if t.dtype != features.dtype:
-            raise TypeError(f"{name} must have the dtype of features ({features.dtype}), got {t.dtype}")
-
-
 def _check(features, means, precision_factor, reduce):
     _checks.tensor(features, "features", ndim=2)
     _checks.tensor(means, "means", ndim=2)
     _checks.tensor(precision_factor, "precision_factor", ndim=2)
     _checks.same_device(features=features, means=means, precision_factor=precision_factor)
     _checks.choice(reduce, "reduce", reference.MAHALANOBIS_REDUCTIONS)
-    _same_dtype(features, means=means, precision_factor=precision_factor)
+    _checks.same_dtype("features", features, means=means, precision_factor=precision_factor)
     _checks.same_size("feature dimension", **{"features.shape[1]": features.shape[1],
                                               "means.shape[1]": means.shape[1],
                                               "precision_factor.shape[0]": precision_factor.shape[0]})
@@ -84,10 +78,6 @@ def _cuda(features, means, precision_factor, reduce):
     return out, nearest
 
 
-def _reference(features, means, precision_factor, reduce):
-    return reference.mahalanobis_nearest(features.detach(), means.detach(), precision_factor.detach(), reduce)
-
-
 def _setup_context(ctx, inputs, output):
     features, means, precision_factor, reduce = inputs
     _, nearest = output
@@ -142,7 +132,7 @@ def _samples(gen):
 MAHALANOBIS = Op(
     "ood.mahalanobis",
     "(Tensor features, Tensor means, Tensor precision_factor, str reduce) -> (Tensor, Tensor)",
-    check=_check, fake=_fake, reference=_reference, cpu=_cpu, cuda=_cuda,
+    check=_check, fake=_fake, reference=reference.mahalanobis_nearest, cpu=_cpu, cuda=_cuda,
     finite=("features", "means", "precision_factor"),
     cpu_kernel_checks=("features", "means", "precision_factor"),
     empty=lambda features, means, precision_factor, reduce: features.shape[0] == 0,
@@ -232,7 +222,7 @@ def relative_mahalanobis(features: torch.Tensor, means: torch.Tensor, precision_
     _checks.tensor(background_factor, "background_factor", ndim=2)
     _checks.tensor(features, "features", ndim=2)
     _checks.same_device(features=features, background_mean=background_mean, background_factor=background_factor)
-    _same_dtype(features, background_mean=background_mean, background_factor=background_factor)
+    _checks.same_dtype("features", features, background_mean=background_mean, background_factor=background_factor)
     _checks.same_size("feature dimension", **{"features.shape[1]": features.shape[1],
                          "background_mean.shape[0]": background_mean.shape[0],
                          "background_factor.shape[0]": background_factor.shape[0]})
