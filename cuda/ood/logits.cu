@@ -1,7 +1,7 @@
 // Logit scores and the residual / ViM epilogue: one warp per row, 8 rows per
 // block, everything on the caller's stream with no workspace.
 //
-// Per row (see gencore/logit_math.h): the warp finds the max m and its first
+// Per row (see csrc/ood/logit_math.h): the warp finds the max m and its first
 // index k (lanes stride over the row, then a shuffle reduction that keeps the
 // lower index on ties), then rest = sum_{j != k} exp((l_j - m) / T) with expf
 // and per-lane double accumulation, then the score:
@@ -23,7 +23,7 @@
 
 #include "common/check.cuh"
 #include "common/device.cuh"
-#include "gencore/logit_math.h"
+#include "csrc/ood/logit_math.h"
 
 namespace gencore::gpu {
 namespace {
