@@ -1,5 +1,5 @@
-// RAII helpers for host code that launches work: a device guard and a
-// stream-ordered scratch buffer. Neither synchronises the host.
+// A stream-ordered scratch buffer for host code that launches work; it does
+// not synchronise the host. (The device guard is in common/launch.cuh.)
 #pragma once
 #include <cuda_runtime.h>
 
@@ -8,28 +8,6 @@
 #include "common/check.cuh"
 
 namespace gencore::gpu {
-
-// Makes `device` current for the scope and restores the caller's device after,
-// so a call never changes the thread's current device behind torch's back.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    GENCORE_CUDA_CHECK(cudaGetDevice(&previous_));
-    if (previous_ != device) {
-      GENCORE_CUDA_CHECK(cudaSetDevice(device));
-      switched_ = true;
-    }
-  }
-  ~DeviceGuard() {
-    if (switched_) cudaSetDevice(previous_);  // a destructor must not throw
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = 0;
-  bool switched_ = false;
-};
 
 // Workspace from the stream-ordered allocator: allocated and freed in `stream`
 // order, so kernels queued in between may use it and the host never waits.
