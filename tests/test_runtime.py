@@ -229,7 +229,7 @@ def test_cuda_module_absent_or_importable():
         assert count == 0
     else:
         assert count == torch.cuda.device_count()
-    assert isinstance(_native.cuda.max_k(), int) and _native.cuda.max_k() >= 1
+    assert isinstance(_native.cuda.knn_max_k(), int) and _native.cuda.knn_max_k() >= 1
 
 
 # ---------------------------------------------------------------- CLI

@@ -83,7 +83,8 @@ void check_args(const float* queries, const float* bank, int64_t Q, int64_t N, i
   if (Q < 0) fail("Q must be >= 0, got " + std::to_string(Q));
   if (D < 1 || D > INT_MAX) fail("D must be in [1, 2^31 - 1], got " + std::to_string(D));
   if (k < 1 || k > N) fail("k must be in [1, N=" + std::to_string(N) + "], got " + std::to_string(k));
-  if (k > kKnnMaxK) fail("k must be <= " + std::to_string(kKnnMaxK) + ", got " + std::to_string(k));
+  if (k > kKnnMaxK)
+    fail("k must be <= " + std::to_string(kKnnMaxK) + " (knn_max_k), got " + std::to_string(k));
   if (Q > 0 && (!queries || !bank || !values || !indices)) fail("a data pointer is null");
 }
 
