@@ -52,7 +52,8 @@ PYBIND11_MODULE(_cuda, m) {
   m.doc() =
       "gencore CUDA kernels. Pointers are Python ints (torch data_ptr()) to contiguous device\n"
       "memory; `stream` is torch.cuda.current_stream(dev).cuda_stream; `device` the device\n"
-      "index. Kernels run on the caller's stream and never synchronise the host.";
+      "index. Kernels run on the caller's stream, never synchronise the host and never allocate:\n"
+      "ops that need scratch take a caller-allocated workspace sized by <op>_workspace_bytes.";
   m.def("device_count", &device_count, "Visible CUDA devices; 0 without a driver or a GPU.");
   m.def("runtime_version", [] { return query_or_zero(&cudaRuntimeGetVersion); },
         "CUDA runtime version compiled in (statically linked), e.g. 13000.");

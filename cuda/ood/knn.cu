@@ -8,13 +8,11 @@
 //   1. pairwise_tile_kernel : keys [qs, chunk] = distance tile
 //   2. knn_merge_kernel     : run [qs, k] = top-k of (run, keys) (knn_merge.cuh)
 // then, for inner product, values = -key. All kernels run on the caller's
-// stream; the keys workspace is reused by the next chunk only after the merge
-// has read it, by stream order.
+// stream; the keys tile (the caller's workspace) is reused by the next chunk
+// only after the merge has read it, by stream order.
 //
-// Peak extra device memory: one keys tile, slab * chunk * 4 bytes, where
-//   slab  = min(Q, 4096)
-//   chunk = min(round_up(N, 128), 2^18, floor(256 MiB / (4 * slab) / 128) * 128)
-// so at most 256 MiB, independent of N; nothing of size Q x N or N exists.
+// Workspace: one keys tile, slab * chunk * 4 bytes (the formula in knn.cuh),
+// at most 256 MiB and independent of N; nothing of size Q x N or N exists.
 #include "ood/knn.cuh"
 
 #include <algorithm>
@@ -24,7 +22,7 @@
 #include "common/check.cuh"
 #include "common/launch.cuh"
 #include "common/pairwise_tile.cuh"
-#include "common/device.cuh"
+#include "common/workspace.cuh"
 #include "ood/knn_merge.cuh"
 
 namespace gencore::gpu {
@@ -40,13 +38,19 @@ constexpr int64_t kChunkAlign = kPairwiseTileCols;  // whole tiles; keeps rows o
 struct KnnPlan {
   int64_t slab;   // queries per slab
   int64_t chunk;  // bank rows per chunk = row stride of the keys tile
+  WorkspaceLayout layout;
+  int64_t keys;   // offset of keys [slab, chunk] float in the workspace
 };
 
 KnnPlan make_plan(int64_t Q, int64_t N) {
   KnnPlan p{};
-  p.slab = std::min(Q, kMaxSlab);  // Q >= 1
-  const int64_t fit = kTileBytes / (int64_t(sizeof(float)) * p.slab) / kChunkAlign * kChunkAlign;
-  p.chunk = std::min({round_up(N, kChunkAlign), kMaxChunk, fit});  // fit >= 16384 since slab <= 4096
+  p.slab = std::min(Q, kMaxSlab);
+  p.chunk = 0;
+  if (p.slab > 0) {
+    const int64_t fit = kTileBytes / (int64_t(sizeof(float)) * p.slab) / kChunkAlign * kChunkAlign;
+    p.chunk = std::min({round_up(N, kChunkAlign), kMaxChunk, fit});  // fit >= 16384 since slab <= 4096
+  }
+  p.keys = p.layout.reserve<float>(p.slab * p.chunk);
   return p;
 }
 
@@ -90,16 +94,24 @@ void check_args(const float* queries, const float* bank, int64_t Q, int64_t N, i
 
 }  // namespace
 
+int64_t knn_workspace_bytes(int64_t Q, int64_t N, int64_t D, int64_t k) {
+  if (Q < 0 || N < 0)
+    fail_argument("knn_workspace_bytes", "need Q >= 0 and N >= 0, got Q=" + std::to_string(Q) +
+                                             ", N=" + std::to_string(N));
+  return make_plan(Q, N).layout.bytes();
+}
+
 void knn(const float* queries, const float* bank, int64_t Q, int64_t N, int64_t D, int64_t k,
-         KnnMetric metric, float* values, int64_t* indices, cudaStream_t stream, int device) {
+         KnnMetric metric, float* values, int64_t* indices, void* workspace,
+         int64_t workspace_bytes, cudaStream_t stream, int device) {
   check_args(queries, bank, Q, N, D, k, metric, values, indices);
+  const KnnPlan plan = make_plan(Q, N);
+  const Workspace ws("knn", workspace, workspace_bytes, plan.layout);
   if (Q == 0) return;
   DeviceGuard guard(device);
-  const KnnPlan plan = make_plan(Q, N);
-  StreamBuffer workspace(size_t(plan.slab) * size_t(plan.chunk) * sizeof(float), stream);
 
   const bool l2 = metric == KnnMetric::sqeuclidean;
-  float* keys = workspace.as<float>();  // [slab, chunk]
+  float* keys = ws.at<float>(plan.keys);  // [slab, chunk]
   stream_pairwise_tiles(queries, Q, bank, N, D, l2, keys, plan.slab, plan.chunk, stream,
                         [&](int64_t q0, int qs, int64_t n0, int nc) {
                           // values / indices rows [q0, q0 + qs) hold the slab's running

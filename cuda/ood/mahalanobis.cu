@@ -11,7 +11,7 @@
 //   2. mahalanobis_fold_kernel  : out rows (none), running best/nearest
 // Both run on the caller's stream; stream order makes the keys tile safe to
 // reuse by the next chunk. The running minimum lives in out itself (reduce
-// min) or in a [slab] workspace (reduce none).
+// min) or in the workspace after the keys tile (reduce none).
 #include "ood/mahalanobis.cuh"
 
 #include <algorithm>
@@ -22,7 +22,7 @@
 #include "common/launch.cuh"
 #include "common/pairwise_tile.cuh"
 #include "common/warp.cuh"
-#include "common/device.cuh"
+#include "common/workspace.cuh"
 
 namespace gencore::gpu {
 namespace {
@@ -36,12 +36,17 @@ constexpr int kFoldRowsPerBlock = kFoldThreads / 32;  // one warp per query row
 struct MahalanobisPlan {
   int64_t slab;   // queries per slab
   int64_t chunk;  // classes per chunk = row stride of the keys tile
+  WorkspaceLayout layout;
+  int64_t keys;   // offset of keys [slab, chunk] float
+  int64_t best;   // offset of best [slab] float (reduce none only)
 };
 
-MahalanobisPlan make_plan(int64_t Q, int64_t C) {
+MahalanobisPlan make_plan(int64_t Q, int64_t C, MahalanobisReduce reduce) {
   MahalanobisPlan p{};
   p.slab = std::min(Q, kMaxSlab);
-  p.chunk = std::min(round_up(C, kChunkAlign), kMaxChunk);
+  p.chunk = p.slab > 0 ? std::min(round_up(C, kChunkAlign), kMaxChunk) : 0;
+  p.keys = p.layout.reserve<float>(p.slab * p.chunk);
+  p.best = p.layout.reserve<float>(reduce == MahalanobisReduce::none ? p.slab : 0);
   return p;
 }
 
@@ -79,11 +84,15 @@ __global__ void __launch_bounds__(kFoldThreads)
   }
 }
 
+void check_reduce(const char* op, MahalanobisReduce reduce) {
+  if (reduce != MahalanobisReduce::none && reduce != MahalanobisReduce::min)
+    fail_argument(op, "reduce must be 0 (none) or 1 (min), got " + std::to_string(int(reduce)));
+}
+
 void check_args(const float* z, const float* mt, int64_t Q, int64_t C, int64_t R,
                 MahalanobisReduce reduce, const float* out, const int64_t* nearest) {
   auto fail = [](const std::string& msg) { fail_argument("mahalanobis", msg); };
-  if (reduce != MahalanobisReduce::none && reduce != MahalanobisReduce::min)
-    fail("reduce must be 0 (none) or 1 (min), got " + std::to_string(int(reduce)));
+  check_reduce("mahalanobis", reduce);
   if (Q < 0) fail("Q must be >= 0, got " + std::to_string(Q));
   if (C < 1) fail("C must be >= 1, got " + std::to_string(C));
   if (R < 1 || R > INT_MAX) fail("R must be in [1, 2^31 - 1], got " + std::to_string(R));
@@ -92,21 +101,28 @@ void check_args(const float* z, const float* mt, int64_t Q, int64_t C, int64_t R
 
 }  // namespace
 
+int64_t mahalanobis_workspace_bytes(int64_t Q, int64_t C, int64_t R, MahalanobisReduce reduce) {
+  check_reduce("mahalanobis_workspace_bytes", reduce);
+  if (Q < 0 || C < 0)
+    fail_argument("mahalanobis_workspace_bytes", "need Q >= 0 and C >= 0, got Q=" + std::to_string(Q) +
+                                                     ", C=" + std::to_string(C));
+  return make_plan(Q, C, reduce).layout.bytes();
+}
+
 void mahalanobis(const float* z, const float* mt, int64_t Q, int64_t C, int64_t R,
-                 MahalanobisReduce reduce, float* out, int64_t* nearest, cudaStream_t stream,
-                 int device) {
+                 MahalanobisReduce reduce, float* out, int64_t* nearest, void* workspace,
+                 int64_t workspace_bytes, cudaStream_t stream, int device) {
   check_args(z, mt, Q, C, R, reduce, out, nearest);
+  const MahalanobisPlan plan = make_plan(Q, C, reduce);
+  const Workspace ws("mahalanobis", workspace, workspace_bytes, plan.layout);
   if (Q == 0) return;
   DeviceGuard guard(device);
 
   const bool to_min = reduce == MahalanobisReduce::min;
-  const MahalanobisPlan plan = make_plan(Q, C);
-  StreamBuffer keys_buf(size_t(plan.slab) * size_t(plan.chunk) * sizeof(float), stream);  // [slab, chunk]
-  StreamBuffer best_buf(to_min ? 0 : size_t(plan.slab) * sizeof(float), stream);          // [slab]
-  float* keys = keys_buf.as<float>();
+  float* keys = ws.at<float>(plan.keys);  // [slab, chunk]
   stream_pairwise_tiles(z, Q, mt, C, R, /*l2=*/true, keys, plan.slab, plan.chunk, stream,
                         [&](int64_t q0, int qs, int64_t c0, int nc) {
-                          float* best = to_min ? out + q0 : best_buf.as<float>();  // [qs]
+                          float* best = to_min ? out + q0 : ws.at<float>(plan.best);  // [qs]
                           mahalanobis_fold_kernel<<<unsigned(ceil_div(qs, kFoldRowsPerBlock)), kFoldThreads, 0,
                                                     stream>>>(keys, plan.chunk, qs, nc, c0, c0 == 0, !to_min,
                                                               to_min ? nullptr : out + q0 * C, C, best,
