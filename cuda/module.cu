@@ -1,11 +1,12 @@
 // The _cuda extension: runtime queries here, each family's kernels bound in
-// cuda/bindings/<family>.cu. Imports, and answers device_count() == 0, on a
-// machine without a driver or a GPU.
+// cuda/bindings/<family>.cu. Imports, and answers device_count() == 0 and
+// has_kernel_image(d) == False, on a machine without a driver or a GPU.
 #include <pybind11/pybind11.h>
 
 #include <cuda_runtime.h>
 
 #include <string>
+#include <utility>
 
 namespace py = pybind11;
 
@@ -29,6 +30,8 @@ int query_or_zero(cudaError_t (*query)(int*)) {
 
 int device_count() { return query_or_zero(&cudaGetDeviceCount); }
 
+bool valid_device(int device) { return device >= 0 && device < device_count(); }
+
 // "80;90" (the GENCORE_CUDA_ARCHS spelling), from nvcc's list of the
 // architectures this translation unit was compiled for (every .cu of the
 // module is compiled with the same list).
@@ -44,6 +47,49 @@ std::string compiled_archs() {
 #else
   return "unknown";
 #endif
+}
+
+// (major, minor), or (0, 0) for a device that does not exist. Reads device
+// attributes only: creates no context.
+std::pair<int, int> device_capability(int device) {
+  if (!valid_device(device)) return {0, 0};
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return {0, 0};
+  }
+  return {major, minor};
+}
+
+// Never launched: its only use is asking the runtime whether this module holds
+// device code (SASS for the device's architecture, or PTX the driver can JIT)
+// that runs on a given device. Every .cu of the module is compiled for the same
+// architectures, so this kernel answers for all of them.
+__global__ void kernel_image_probe() {}
+
+// False (never an exception) without a driver, for a device index that does
+// not exist, and when the module has no image for the device (a build for
+// "80;90" on a T4 or V100, or PTX newer than the driver). Makes `device`
+// current for the query (cudaFuncGetAttributes loads the module there, as the
+// first launch would) and restores the caller's device after; the query's
+// error is cleared so it cannot surface later.
+bool has_kernel_image(int device) {
+  if (!valid_device(device)) return false;
+  int previous = 0;
+  if (cudaGetDevice(&previous) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  if (previous != device && cudaSetDevice(device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  cudaFuncAttributes attributes{};
+  const cudaError_t err = cudaFuncGetAttributes(&attributes, kernel_image_probe);
+  if (previous != device) cudaSetDevice(previous);
+  cudaGetLastError();
+  return err == cudaSuccess;
 }
 
 }  // namespace
@@ -62,5 +108,13 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("compiled_archs", &compiled_archs,
         "Architectures the module holds device code for, as a string in the GENCORE_CUDA_ARCHS\n"
         "spelling, e.g. '80;90'.");
+  m.def("device_capability", &device_capability, py::arg("device"),
+        "Compute capability (major, minor) of device `device`, e.g. (9, 0); (0, 0) when there is\n"
+        "no such device (or no driver). Creates no CUDA context.");
+  m.def("has_kernel_image", &has_kernel_image, py::arg("device"),
+        "True when this build's kernels can run on device `device` (SASS for its architecture or\n"
+        "PTX its driver can compile); False for a device the build has no image for (e.g. a build\n"
+        "for '80;90' on a 7.x GPU), for a device index that does not exist, and without a driver or\n"
+        "a GPU. Never raises; restores the current device and leaves no CUDA error behind.");
   gencore::gpu::bindings::bind_ood(m);
 }
