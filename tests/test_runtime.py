@@ -313,6 +313,13 @@ def test_cuda_module_absent_or_importable():
         assert count == torch.cuda.device_count()
     assert isinstance(_native.cuda.knn_max_k(), int) and _native.cuda.knn_max_k() >= 1
     assert _native.cuda_archs() and all(a.startswith("sm_") for a in _native.cuda_archs())
+    for device in range(count):
+        major, minor = _native.cuda.device_capability(device)
+        assert (major, minor) == torch.cuda.get_device_capability(device)
+        assert isinstance(_native.cuda.has_kernel_image(device), bool)
+    # a device that does not exist: an answer, never an exception (also without a GPU)
+    assert _native.cuda.has_kernel_image(count) is False
+    assert _native.cuda.device_capability(count) == (0, 0)
 
 
 # ---------------------------------------------------------------- CLI

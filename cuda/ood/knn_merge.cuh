@@ -14,7 +14,8 @@
 // Steps: (1) MSB-first radix select, 8 bits per pass over the composite, finds
 // the threshold t with exactly kk candidates <= t (usually 4 passes: the key
 // bits; the position bits only matter for equal keys); (2) those kk composites
-// are gathered into shared memory; (3) bitonic sort; (4) write back.
+// are gathered into shared memory; (3) bitonic sort; (4) write back. The radix
+// digit search, the ordered-bits map and the sort are common/select.cuh's.
 // Once the list is full, a chunk key can only enter if it is strictly below the
 // current k-th key; when no chunk key is, the block returns after one pass and
 // the running list is left as it is (the common case late in a large bank).
@@ -24,24 +25,16 @@
 
 #include <cstdint>
 
+#include "common/select.cuh"
+#include "common/warp.cuh"
+
 namespace gencore::gpu::knn_detail {
 
 constexpr int kMergeThreads = 256;
-constexpr int kRadixBins = 256;  // 8 bits per pass
-constexpr unsigned kFullMask = 0xffffffffu;
-
-// Order-preserving map float -> uint32 (for canonical keys: -0 and NaN payloads
-// are normalised in knn_tile.cuh), and its inverse.
-__device__ __forceinline__ uint32_t key_to_ordered(float f) {
-  const uint32_t u = __float_as_uint(f);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-__device__ __forceinline__ float ordered_to_key(uint32_t o) {
-  return __uint_as_float((o & 0x80000000u) ? (o & 0x7fffffffu) : ~o);
-}
 
 // The candidate set of one query, read straight from global memory (L2-resident
-// between passes) every time it is scanned.
+// between passes) every time it is scanned. Keys are canonical (pairwise_tile.cuh),
+// so ordered_bits gives one pattern per value.
 struct MergeCandidates {
   const float* run;    // [have] running keys
   const float* chunk;  // [nc] chunk keys
@@ -54,9 +47,9 @@ struct MergeCandidates {
     if (p >= count) return false;
     uint32_t o;
     if (p < have) {
-      o = key_to_ordered(run[p]);
+      o = ordered_bits(run[p]);
     } else {
-      o = key_to_ordered(chunk[p - have]);
+      o = ordered_bits(chunk[p - have]);
       if (o >= bound) return false;
     }
     comp = (uint64_t(o) << 32) | uint32_t(p);
@@ -71,36 +64,6 @@ struct RadixState {
   unsigned taken;   // gather counter
 };
 
-// Warp 0 only: finds the digit holding the rank-th (1-based) element of `hist`.
-// Each lane owns 8 consecutive bins; a warp scan gives the lane that crosses.
-__device__ __forceinline__ void find_bin(const unsigned* hist, unsigned rank, RadixState* st) {
-  const int lane = threadIdx.x % 32;
-  const int first = lane * (kRadixBins / 32);
-  unsigned local = 0;
-#pragma unroll
-  for (int j = 0; j < kRadixBins / 32; ++j) local += hist[first + j];
-  unsigned inclusive = local;
-#pragma unroll
-  for (int off = 1; off < 32; off <<= 1) {
-    const unsigned v = __shfl_up_sync(kFullMask, inclusive, off);
-    if (lane >= off) inclusive += v;
-  }
-  const unsigned exclusive = inclusive - local;
-  if (exclusive < rank && rank <= inclusive) {  // exactly one lane
-    unsigned running = exclusive;
-    for (int j = 0; j < kRadixBins / 32; ++j) {
-      const unsigned h = hist[first + j];
-      if (running + h >= rank) {
-        st->bin = unsigned(first + j);
-        st->before = running;
-        break;
-      }
-      running += h;
-    }
-  }
-  if (lane == 31) st->total = inclusive;
-}
-
 // Block-wide: the threshold t such that exactly kk candidates have composite <= t.
 // Returns false (the same in every thread) when no chunk key is a candidate.
 __device__ inline bool select_threshold(const MergeCandidates& cand, unsigned kk, unsigned* hist,
@@ -108,7 +71,7 @@ __device__ inline bool select_threshold(const MergeCandidates& cand, unsigned kk
   const int lane = threadIdx.x % 32;
   uint64_t prefix = 0, mask = 0;
   unsigned rank = kk;
-  for (int shift = 56; shift >= 0; shift -= 8) {
+  for (int shift = 64 - kRadixBits; shift >= 0; shift -= kRadixBits) {
     for (int i = threadIdx.x; i < kRadixBins; i += blockDim.x) hist[i] = 0;
     __syncthreads();
     // Whole warps iterate together (blockDim is a multiple of 32) so the
@@ -122,9 +85,12 @@ __device__ inline bool select_threshold(const MergeCandidates& cand, unsigned kk
       if (valid && lane == __ffs(peers) - 1) atomicAdd(&hist[digit], unsigned(__popc(peers)));
     }
     __syncthreads();
-    if (threadIdx.x < 32) find_bin(hist, rank, st);
+    if (threadIdx.x < 32) {
+      const DigitPick pick = find_digit(hist, rank);
+      if (threadIdx.x == 0) st->bin = pick.bin, st->before = pick.before, st->total = pick.total;
+    }
     __syncthreads();
-    if (shift == 56 && st->total == unsigned(cand.have)) return false;  // no chunk key competes
+    if (shift == 64 - kRadixBits && st->total == unsigned(cand.have)) return false;  // no chunk key competes
     const unsigned bin = st->bin;
     prefix |= uint64_t(bin) << shift;
     mask |= uint64_t(kRadixBins - 1) << shift;
@@ -138,25 +104,6 @@ __device__ inline bool select_threshold(const MergeCandidates& cand, unsigned kk
   }
   threshold = prefix;  // unreachable: at shift 0 every bin holds at most one composite
   return true;
-}
-
-// Block-wide ascending bitonic sort of n (a power of two) keys in shared memory.
-__device__ inline void bitonic_sort(uint64_t* a, int n) {
-  for (int size = 2; size <= n; size <<= 1) {
-    for (int stride = size / 2; stride > 0; stride /= 2) {
-      for (int t = threadIdx.x; t < n / 2; t += blockDim.x) {
-        const int i = 2 * t - (t & (stride - 1));  // lower element of pair t
-        const int j = i + stride;
-        const bool ascending = (i & size) == 0;
-        const uint64_t x = a[i], y = a[j];
-        if ((x > y) == ascending) {
-          a[i] = y;
-          a[j] = x;
-        }
-      }
-      __syncthreads();
-    }
-  }
 }
 
 // grid: one block per query of the slab; dynamic shared memory: sort_size * 8 bytes.
@@ -178,7 +125,7 @@ __global__ void __launch_bounds__(kMergeThreads)
   cand.have = have;
   cand.count = have + nc;
   // Full list: a chunk key equal to the k-th key loses on index, so strictly below.
-  cand.bound = have == k ? key_to_ordered(run_keys[k - 1]) : 0xffffffffu;
+  cand.bound = have == k ? ordered_bits(run_keys[k - 1]) : 0xffffffffu;
   if (threadIdx.x == 0) st.taken = 0;  // published by the barriers in select_threshold
 
   uint64_t threshold = 0;
@@ -205,7 +152,7 @@ __global__ void __launch_bounds__(kMergeThreads)
   for (int i = threadIdx.x; i < kk; i += blockDim.x) {
     const uint64_t comp = sorted[i];
     const uint32_t p = uint32_t(comp);
-    run_keys[i] = ordered_to_key(uint32_t(comp >> 32));
+    run_keys[i] = from_ordered_bits(uint32_t(comp >> 32));
     const int64_t id = int(p) < have ? run_idx[p] : chunk_start + (int64_t(p) - have);
     sorted[i] = uint64_t(id);
   }

@@ -1,7 +1,7 @@
 // Logit scores and the residual / ViM epilogue: one warp per row, 8 rows per
 // block, everything on the caller's stream with no workspace.
 //
-// Per row (see gencore/logit_math.h): the warp finds the max m and its first
+// Per row (see csrc/ood/logit_math.h): the warp finds the max m and its first
 // index k (lanes stride over the row, then a shuffle reduction that keeps the
 // lower index on ties), then rest = sum_{j != k} exp((l_j - m) / T) with expf
 // and per-lane double accumulation, then the score:
@@ -13,6 +13,8 @@
 //   KL matching    a third pass sum_j e_j (z_j - log d_kj) against row k of the
 //                  log-templates.
 // Rows are read 2-4 times (6 for GEN's select), from L1/L2 after the first.
+// The warp reductions and the radix digit search are common/warp.cuh's and
+// common/select.cuh's.
 #include "ood/logits.cuh"
 
 #include <cfloat>
@@ -22,8 +24,10 @@
 #include <string>
 
 #include "common/check.cuh"
-#include "common/device.cuh"
-#include "gencore/logit_math.h"
+#include "common/launch.cuh"
+#include "common/select.cuh"
+#include "common/warp.cuh"
+#include "csrc/ood/logit_math.h"
 
 namespace gencore::gpu {
 namespace {
@@ -33,17 +37,6 @@ using lm::LogitScore;
 
 constexpr int kWarpsPerBlock = 8;
 constexpr int kThreads = kWarpsPerBlock * 32;
-constexpr unsigned kFull = 0xffffffffu;
-
-__device__ __forceinline__ double warp_sum(double v) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFull, v, off);
-  return v;
-}
-
-__device__ __forceinline__ double warp_max(double v) {
-  for (int off = 16; off > 0; off >>= 1) v = fmax(v, __shfl_xor_sync(kFull, v, off));
-  return v;
-}
 
 struct RowSummary {
   float m;      // max
@@ -65,15 +58,10 @@ __device__ RowSummary summarise(const float* row, int64_t C, float inv_t, bool n
       k = j;
     }
   }
-  for (int off = 16; off > 0; off >>= 1) {
-    const float om = __shfl_xor_sync(kFull, m, off);
-    const int64_t ok = __shfl_xor_sync(kFull, k, off);
-    if (om > m || (om == m && ok < k)) {
-      m = om;
-      k = ok;
-    }
-  }
-  RowSummary s{m, k, 0.0, !__any_sync(kFull, bad)};
+  // Larger first, the lower index on equal values (NaN rows are not finite and
+  // return before m or k is used).
+  warp_arg_best(m, k, [](float a, int64_t ia, float b, int64_t ib) { return a > b || (a == b && ia < ib); });
+  RowSummary s{m, k, 0.0, !__any_sync(kFullMask, bad)};
   if (!s.finite || !need_rest) return s;
   double rest = 0.0;
   for (int64_t j = lane; j < C; j += 32)
@@ -96,59 +84,34 @@ __device__ double log_rest(const float* row, int64_t C, const RowSummary& s, int
   return lm::log_rest_from_second(double(s.m), m2, warp_sum(rest2));
 }
 
-// Monotone map float -> uint32 (larger float, larger key) and back.
-__device__ __forceinline__ unsigned order_key(float v) {
-  const unsigned u = __float_as_uint(v);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-__device__ __forceinline__ float key_value(unsigned key) {
-  return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
-}
+// Descending order as ascending keys: the M-th largest value of a row is the
+// M-th smallest desc_key, so GEN's top-M is select.cuh's smallest-first select.
+__device__ __forceinline__ unsigned desc_key(float v) { return ~ordered_bits(v); }
+__device__ __forceinline__ float desc_key_value(unsigned key) { return from_ordered_bits(~key); }
 
-// Key t of the M-th largest value of row (1 <= M < C), and how many of the
-// top M equal t (the rest of the top M are the values > t). hist: 256 counters
-// owned by this warp.
+// desc_key t of the M-th largest value of row (1 <= M < C), and how many of the
+// top M equal it (the rest of the top M are the values with desc_key < t).
+// hist: kRadixBins counters owned by this warp. Exact: 4 passes of 8 bits.
 __device__ void select_mth_largest(const float* row, int64_t C, int64_t M, unsigned* hist, int lane,
                                    unsigned& t, int64_t& copies) {
   unsigned prefix = 0, mask = 0;
-  int64_t want = M;  // rank of the target among the keys that match prefix, from the top
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int b = lane; b < 256; b += 32) hist[b] = 0;
+  unsigned rank = unsigned(M);  // rank of the target among the keys that match prefix
+  for (int shift = 32 - kRadixBits; shift >= 0; shift -= kRadixBits) {
+    for (int b = lane; b < kRadixBins; b += 32) hist[b] = 0;
     __syncwarp();
     for (int64_t j = lane; j < C; j += 32) {
-      const unsigned key = order_key(row[j]);
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+      const unsigned key = desc_key(row[j]);
+      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & (kRadixBins - 1)], 1u);
     }
     __syncwarp();
-    // Lane L owns bins 8L..8L+7; keys in higher lanes' bins rank above its own.
-    unsigned own = 0;
-    for (int b = 0; b < 8; ++b) own += hist[8 * lane + b];
-    unsigned suffix = own;  // inclusive suffix sum over lanes >= lane
-    for (int off = 1; off < 32; off <<= 1) {
-      const unsigned o = __shfl_down_sync(kFull, suffix, off);
-      if (lane + off < 32) suffix += o;
-    }
-    int64_t above = int64_t(suffix - own);
-    int bin = -1;
-    int64_t rank = 0;
-    for (int b = 7; b >= 0; --b) {
-      const int64_t c = hist[8 * lane + b];
-      if (above < want && above + c >= want) {
-        bin = 8 * lane + b;
-        rank = want - above;
-        break;
-      }
-      above += c;
-    }
-    const int src = __ffs(__ballot_sync(kFull, bin >= 0)) - 1;  // exactly one lane holds it
-    bin = __shfl_sync(kFull, bin, src);
-    want = __shfl_sync(kFull, rank, src);
-    prefix |= unsigned(bin) << shift;
-    mask |= 255u << shift;
+    const DigitPick pick = find_digit(hist, rank);
+    prefix |= pick.bin << shift;
+    mask |= unsigned(kRadixBins - 1) << shift;
+    rank -= pick.before;
     __syncwarp();  // every lane has read hist before the next pass clears it
   }
   t = prefix;
-  copies = want;
+  copies = rank;
 }
 
 __device__ double gen_row(const float* row, int64_t C, const RowSummary& s, double gamma, int64_t top_m,
@@ -169,8 +132,8 @@ __device__ double gen_row(const float* row, int64_t C, const RowSummary& s, doub
     int64_t copies;
     select_mth_largest(row, C, top_m, hist, lane, t, copies);
     for (int64_t j = lane; j < C; j += 32)
-      if (order_key(row[j]) > t) sum += term(row[j]);
-    if (lane == 0) sum += double(copies) * term(key_value(t));
+      if (desc_key(row[j]) < t) sum += term(row[j]);
+    if (lane == 0) sum += double(copies) * term(desc_key_value(t));
   }
   return -warp_sum(sum);
 }
@@ -191,7 +154,7 @@ __global__ void __launch_bounds__(kThreads) logit_scores_kernel(const float* log
                                                                 float inv_t, double temperature, double gamma,
                                                                 int64_t top_m, const float* log_templates,
                                                                 float* out) {
-  __shared__ unsigned hist[kScore == LogitScore::gen ? kWarpsPerBlock : 1][256];
+  __shared__ unsigned hist[kScore == LogitScore::gen ? kWarpsPerBlock : 1][kRadixBins];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t i = int64_t(blockIdx.x) * kWarpsPerBlock + warp;
   if (i >= N) return;  // warp-uniform: no block-level barrier follows
@@ -226,69 +189,46 @@ __global__ void __launch_bounds__(kThreads) residual_kernel(const float* residua
   if (lane == 0) out[i] = float(v);
 }
 
-[[noreturn]] void fail(const char* op, const std::string& msg) {
-  throw std::invalid_argument(std::string("gencore._cuda.") + op + ": " + msg);
-}
-
-unsigned blocks_for(int64_t N, const char* op) {
-  const int64_t blocks = (N + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  if (blocks > INT_MAX) fail(op, "too many rows: " + std::to_string(N));
-  return unsigned(blocks);
-}
-
-template <LogitScore kScore>
-void launch_logits(unsigned blocks, cudaStream_t stream, const float* logits, int64_t N, int64_t C, float inv_t,
-                   double temperature, double gamma, int64_t top_m, const float* log_templates, float* out) {
-  logit_scores_kernel<kScore><<<blocks, kThreads, 0, stream>>>(logits, N, C, inv_t, temperature, gamma, top_m,
-                                                               log_templates, out);
-  GENCORE_CUDA_CHECK_LAUNCH("logit_scores_kernel");
-}
+// The kernel of each score code, indexed by the code.
+using LogitKernel = void (*)(const float*, int64_t, int64_t, float, double, double, int64_t, const float*, float*);
+constexpr LogitKernel kLogitKernels[] = {
+    logit_scores_kernel<LogitScore::max_logit>, logit_scores_kernel<LogitScore::msp>,
+    logit_scores_kernel<LogitScore::energy>, logit_scores_kernel<LogitScore::gen>,
+    logit_scores_kernel<LogitScore::kl>};
+static_assert(int(LogitScore::max_logit) == 0 && int(LogitScore::msp) == 1 && int(LogitScore::energy) == 2 &&
+                  int(LogitScore::gen) == 3 && int(LogitScore::kl) == 4,
+              "kLogitKernels is indexed by the score code");
 
 }  // namespace
 
 void logit_scores(const float* logits, int64_t N, int64_t C, int score, double temperature, double gamma,
                   int64_t top_m, const float* log_templates, float* out, cudaStream_t stream, int device) {
-  if (score < 0 || score > 4) fail("logit_scores", "unknown score code " + std::to_string(score));
+  if (score < 0 || score > 4) fail_argument("logit_scores", "unknown score code " + std::to_string(score));
   const auto kind = static_cast<LogitScore>(score);
-  if (N < 0 || C < 1) fail("logit_scores", "need N >= 0 and C >= 1, got N=" + std::to_string(N) + ", C=" + std::to_string(C));
-  if (!(temperature > 0) || !std::isfinite(temperature)) fail("logit_scores", "temperature must be finite and > 0");
-  if (kind == LogitScore::gen && top_m < 1) fail("logit_scores", "top_m must be >= 1");
-  if (kind == LogitScore::kl && log_templates == nullptr) fail("logit_scores", "KL matching needs log_templates");
+  if (N < 0 || C < 1) fail_argument("logit_scores", "need N >= 0 and C >= 1, got N=" + std::to_string(N) + ", C=" + std::to_string(C));
+  if (!(temperature > 0) || !std::isfinite(temperature)) fail_argument("logit_scores", "temperature must be finite and > 0");
+  if (kind == LogitScore::gen && top_m < 1) fail_argument("logit_scores", "top_m must be >= 1");
+  if (kind == LogitScore::kl && log_templates == nullptr) fail_argument("logit_scores", "KL matching needs log_templates");
   if (N == 0) return;
-  if (logits == nullptr || out == nullptr) fail("logit_scores", "a data pointer is null");
+  if (logits == nullptr || out == nullptr) fail_argument("logit_scores", "a data pointer is null");
   DeviceGuard guard(device);
   const bool tempered = kind == LogitScore::msp || kind == LogitScore::energy;
   const double t = tempered ? temperature : 1.0;
   const float inv_t = float(std::fmin(1.0 / t, double(FLT_MAX)));  // tiny T: no 0 * inf = NaN
-  const unsigned blocks = blocks_for(N, "logit_scores");
-  switch (kind) {
-    case LogitScore::max_logit:
-      launch_logits<LogitScore::max_logit>(blocks, stream, logits, N, C, inv_t, t, gamma, top_m, log_templates, out);
-      break;
-    case LogitScore::msp:
-      launch_logits<LogitScore::msp>(blocks, stream, logits, N, C, inv_t, t, gamma, top_m, log_templates, out);
-      break;
-    case LogitScore::energy:
-      launch_logits<LogitScore::energy>(blocks, stream, logits, N, C, inv_t, t, gamma, top_m, log_templates, out);
-      break;
-    case LogitScore::gen:
-      launch_logits<LogitScore::gen>(blocks, stream, logits, N, C, inv_t, t, gamma, top_m, log_templates, out);
-      break;
-    case LogitScore::kl:
-      launch_logits<LogitScore::kl>(blocks, stream, logits, N, C, inv_t, t, gamma, top_m, log_templates, out);
-      break;
-  }
+  const unsigned blocks = blocks_for(N, kWarpsPerBlock, "logit_scores");
+  kLogitKernels[score]<<<blocks, kThreads, 0, stream>>>(logits, N, C, inv_t, t, gamma, top_m, log_templates, out);
+  GENCORE_CUDA_CHECK_LAUNCH("logit_scores_kernel");
 }
 
 void residual_scores(const float* residual, int64_t N, int64_t D, const float* logits, int64_t C, double alpha,
                      float* out, cudaStream_t stream, int device) {
-  if (N < 0 || D < 1) fail("residual_scores", "need N >= 0 and D >= 1");
-  if (logits != nullptr && C < 1) fail("residual_scores", "logits need C >= 1");
-  if (!std::isfinite(alpha)) fail("residual_scores", "alpha must be finite");
+  if (N < 0 || D < 1) fail_argument("residual_scores", "need N >= 0 and D >= 1");
+  if (logits != nullptr && C < 1) fail_argument("residual_scores", "logits need C >= 1");
+  if (!std::isfinite(alpha)) fail_argument("residual_scores", "alpha must be finite");
   if (N == 0) return;
-  if (residual == nullptr || out == nullptr) fail("residual_scores", "a data pointer is null");
+  if (residual == nullptr || out == nullptr) fail_argument("residual_scores", "a data pointer is null");
   DeviceGuard guard(device);
-  residual_kernel<<<blocks_for(N, "residual_scores"), kThreads, 0, stream>>>(residual, N, D, logits, C, alpha, out);
+  residual_kernel<<<blocks_for(N, kWarpsPerBlock, "residual_scores"), kThreads, 0, stream>>>(residual, N, D, logits, C, alpha, out);
   GENCORE_CUDA_CHECK_LAUNCH("residual_kernel");
 }
 

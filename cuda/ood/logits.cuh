@@ -1,6 +1,6 @@
 // Logit-based OOD scores and the residual / ViM epilogue on the GPU, float32.
 // Same contract and math as csrc/ood/logits.h and csrc/ood/vim.h (both use
-// gencore/logit_math.h); every score: higher = more in-distribution.
+// csrc/ood/logit_math.h); every score: higher = more in-distribution.
 #pragma once
 #include <cuda_runtime.h>
 

@@ -1,35 +1,54 @@
-// Mahalanobis driver on the GPU: the distance tile is the kNN's L2 tile kernel
-// (knn_tile.cuh: register-blocked fp32 FMA GEMM with the squared norms of both
-// operands fused, clamped at 0) applied to whitened queries and whitened means;
-// a second kernel copies the tile into the output (reduce none) and folds it
-// into each query's running (minimum, nearest class).
+// Mahalanobis driver on the GPU: the distance tile is the shared pairwise L2
+// tile (common/pairwise_tile.cuh: register-blocked fp32 FMA GEMM with the
+// squared norms of both operands fused, clamped at 0) applied to whitened
+// queries and whitened means; a second kernel copies the tile into the output
+// (reduce none) and folds it into each query's running (minimum, nearest class).
 //
 // For each slab of up to 4096 queries and each chunk of up to 16384 classes, in
-// increasing class order (the tie-break relies on it):
-//   1. knn_tile_kernel          : keys [qs, chunk] = d (clamped)
+// increasing class order (the tie-break relies on it; the loop is
+// common/pairwise_tile.cuh's stream_pairwise_tiles):
+//   1. pairwise_tile_kernel     : keys [qs, chunk] = d (clamped)
 //   2. mahalanobis_fold_kernel  : out rows (none), running best/nearest
-// Both run on the caller's stream; stream order makes the keys workspace safe
-// to reuse by the next chunk. The running minimum lives in out itself (reduce
-// min) or in a [slab] workspace (reduce none).
+// Both run on the caller's stream; stream order makes the keys tile safe to
+// reuse by the next chunk. The running minimum lives in out itself (reduce
+// min) or in the workspace after the keys tile (reduce none).
 #include "ood/mahalanobis.cuh"
 
 #include <algorithm>
 #include <climits>
-#include <stdexcept>
 #include <string>
 
 #include "common/check.cuh"
-#include "common/device.cuh"
-#include "ood/knn_tile.cuh"
+#include "common/launch.cuh"
+#include "common/pairwise_tile.cuh"
+#include "common/warp.cuh"
+#include "common/workspace.cuh"
 
 namespace gencore::gpu {
 namespace {
 
 constexpr int64_t kMaxSlab = 4096;
 constexpr int64_t kMaxChunk = 16384;  // 4096 x 16384 x 4 bytes = 256 MiB of keys
-constexpr int64_t kChunkAlign = 128;  // whole tiles; keeps key rows 16-byte aligned (float4 stores)
+constexpr int64_t kChunkAlign = kPairwiseTileCols;  // whole tiles; keeps key rows 16-byte aligned
 constexpr int kFoldThreads = 256;
 constexpr int kFoldRowsPerBlock = kFoldThreads / 32;  // one warp per query row
+
+struct MahalanobisPlan {
+  int64_t slab;   // queries per slab
+  int64_t chunk;  // classes per chunk = row stride of the keys tile
+  WorkspaceLayout layout;
+  int64_t keys;   // offset of keys [slab, chunk] float
+  int64_t best;   // offset of best [slab] float (reduce none only)
+};
+
+MahalanobisPlan make_plan(int64_t Q, int64_t C, MahalanobisReduce reduce) {
+  MahalanobisPlan p{};
+  p.slab = std::min(Q, kMaxSlab);
+  p.chunk = p.slab > 0 ? std::min(round_up(C, kChunkAlign), kMaxChunk) : 0;
+  p.keys = p.layout.reserve<float>(p.slab * p.chunk);
+  p.best = p.layout.reserve<float>(reduce == MahalanobisReduce::none ? p.slab : 0);
+  return p;
+}
 
 // (a, ia) ranks before (b, ib): NaN first, then smaller value, then lower index.
 __device__ __forceinline__ bool ranks_before(float a, int64_t ia, float b, int64_t ib) {
@@ -58,24 +77,22 @@ __global__ void __launch_bounds__(kFoldThreads)
     if (copy) out[int64_t(row) * ldo + c0 + j] = kv;
     if (ranks_before(kv, c0 + j, v, at)) v = kv, at = c0 + j;
   }
-  for (int offset = 16; offset > 0; offset /= 2) {
-    const float ov = __shfl_down_sync(0xffffffffu, v, offset);
-    const int64_t oat = __shfl_down_sync(0xffffffffu, at, offset);
-    if (ranks_before(ov, oat, v, at)) v = ov, at = oat;
-  }
+  warp_arg_best(v, at, [](float a, int64_t ia, float b, int64_t ib) { return ranks_before(a, ia, b, ib); });
   if (lane == 0 && (first || ranks_before(v, at, best[row], nearest[row]))) {
     best[row] = v;
     nearest[row] = at;
   }
 }
 
+void check_reduce(const char* op, MahalanobisReduce reduce) {
+  if (reduce != MahalanobisReduce::none && reduce != MahalanobisReduce::min)
+    fail_argument(op, "reduce must be 0 (none) or 1 (min), got " + std::to_string(int(reduce)));
+}
+
 void check_args(const float* z, const float* mt, int64_t Q, int64_t C, int64_t R,
                 MahalanobisReduce reduce, const float* out, const int64_t* nearest) {
-  auto fail = [](const std::string& msg) {
-    throw std::invalid_argument("gencore._cuda.mahalanobis: " + msg);
-  };
-  if (reduce != MahalanobisReduce::none && reduce != MahalanobisReduce::min)
-    fail("reduce must be 0 (none) or 1 (min), got " + std::to_string(int(reduce)));
+  auto fail = [](const std::string& msg) { fail_argument("mahalanobis", msg); };
+  check_reduce("mahalanobis", reduce);
   if (Q < 0) fail("Q must be >= 0, got " + std::to_string(Q));
   if (C < 1) fail("C must be >= 1, got " + std::to_string(C));
   if (R < 1 || R > INT_MAX) fail("R must be in [1, 2^31 - 1], got " + std::to_string(R));
@@ -84,34 +101,34 @@ void check_args(const float* z, const float* mt, int64_t Q, int64_t C, int64_t R
 
 }  // namespace
 
+int64_t mahalanobis_workspace_bytes(int64_t Q, int64_t C, int64_t R, MahalanobisReduce reduce) {
+  check_reduce("mahalanobis_workspace_bytes", reduce);
+  if (Q < 0 || C < 0)
+    fail_argument("mahalanobis_workspace_bytes", "need Q >= 0 and C >= 0, got Q=" + std::to_string(Q) +
+                                                     ", C=" + std::to_string(C));
+  return make_plan(Q, C, reduce).layout.bytes();
+}
+
 void mahalanobis(const float* z, const float* mt, int64_t Q, int64_t C, int64_t R,
-                 MahalanobisReduce reduce, float* out, int64_t* nearest, cudaStream_t stream,
-                 int device) {
-  using knn_detail::launch_tile;
+                 MahalanobisReduce reduce, float* out, int64_t* nearest, void* workspace,
+                 int64_t workspace_bytes, cudaStream_t stream, int device) {
   check_args(z, mt, Q, C, R, reduce, out, nearest);
+  const MahalanobisPlan plan = make_plan(Q, C, reduce);
+  const Workspace ws("mahalanobis", workspace, workspace_bytes, plan.layout);
   if (Q == 0) return;
   DeviceGuard guard(device);
 
   const bool to_min = reduce == MahalanobisReduce::min;
-  const int64_t slab = std::min(Q, kMaxSlab);
-  const int64_t chunk = std::min((C + kChunkAlign - 1) / kChunkAlign * kChunkAlign, kMaxChunk);
-  StreamBuffer keys_buf(size_t(slab) * size_t(chunk) * sizeof(float), stream);  // [slab, chunk]
-  StreamBuffer best_buf(to_min ? 0 : size_t(slab) * sizeof(float), stream);     // [slab]
-  float* keys = keys_buf.as<float>();
-
-  for (int64_t q0 = 0; q0 < Q; q0 += slab) {
-    const int qs = int(std::min(slab, Q - q0));
-    float* best = to_min ? out + q0 : best_buf.as<float>();
-    for (int64_t c0 = 0; c0 < C; c0 += chunk) {
-      const int nc = int(std::min(chunk, C - c0));
-      launch_tile(z + q0 * R, mt + c0 * R, qs, nc, int(R), /*l2=*/true, keys, chunk, stream);
-      const unsigned blocks = unsigned((qs + kFoldRowsPerBlock - 1) / kFoldRowsPerBlock);
-      mahalanobis_fold_kernel<<<blocks, kFoldThreads, 0, stream>>>(
-          keys, chunk, qs, nc, c0, c0 == 0, !to_min, to_min ? nullptr : out + q0 * C, C, best,
-          nearest + q0);
-      GENCORE_CUDA_CHECK_LAUNCH("mahalanobis_fold_kernel");
-    }
-  }
+  float* keys = ws.at<float>(plan.keys);  // [slab, chunk]
+  stream_pairwise_tiles(z, Q, mt, C, R, /*l2=*/true, keys, plan.slab, plan.chunk, stream,
+                        [&](int64_t q0, int qs, int64_t c0, int nc) {
+                          float* best = to_min ? out + q0 : ws.at<float>(plan.best);  // [qs]
+                          mahalanobis_fold_kernel<<<unsigned(ceil_div(qs, kFoldRowsPerBlock)), kFoldThreads, 0,
+                                                    stream>>>(keys, plan.chunk, qs, nc, c0, c0 == 0, !to_min,
+                                                              to_min ? nullptr : out + q0 * C, C, best,
+                                                              nearest + q0);
+                          GENCORE_CUDA_CHECK_LAUNCH("mahalanobis_fold_kernel");
+                        });
 }
 
 }  // namespace gencore::gpu

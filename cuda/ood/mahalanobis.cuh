@@ -17,12 +17,24 @@ namespace gencore::gpu {
 
 enum class MahalanobisReduce : int { none = 0, min = 1 };
 
-// Everything is queued on `stream` on `device`; the host is never synchronised.
-// Throws std::invalid_argument on bad sizes, std::runtime_error on CUDA errors.
-// Peak extra device memory: min(Q, 4096) * (chunk + 1) * 4 bytes with
-// chunk = min(round_up(C, 128), 16384): at most 256 MiB, independent of Q.
+// Bytes of the workspace mahalanobis() needs: a keys tile of slab x chunk
+// floats, and for reduce none the running minimum [slab] after it,
+//   slab  = min(Q, 4096)
+//   chunk = min(round_up(C, 128), 16384)
+//   bytes = 4 * slab * chunk + (reduce none ? 4 * slab : 0)
+// (0 for Q == 0; at most 256 MiB + 16 KiB), independent of R (part of the
+// signature so a later plan may use it). Throws std::invalid_argument for
+// Q < 0, C < 0 or an unknown reduce code.
+int64_t mahalanobis_workspace_bytes(int64_t Q, int64_t C, int64_t R, MahalanobisReduce reduce);
+
+// `workspace` is caller memory of at least mahalanobis_workspace_bytes(Q, C, R,
+// reduce) bytes, 16-byte aligned and ordered with `stream` (a torch tensor
+// allocated while `stream` is current is). Everything is queued on `stream` on
+// `device`; the host is never synchronised and nothing is allocated. Throws
+// std::invalid_argument on bad sizes or a too small workspace,
+// std::runtime_error on CUDA errors.
 void mahalanobis(const float* z, const float* mt, int64_t Q, int64_t C, int64_t R,
-                 MahalanobisReduce reduce, float* out, int64_t* nearest, cudaStream_t stream,
-                 int device);
+                 MahalanobisReduce reduce, float* out, int64_t* nearest, void* workspace,
+                 int64_t workspace_bytes, cudaStream_t stream, int device);
 
 }  // namespace gencore::gpu

@@ -1,0 +1,381 @@
+"""A fake ``gencore._cuda`` over HOST memory, so the CPU-only suite can run the
+CUDA Python glue of every op with CPU tensors.
+
+``FakeCuda`` has exactly the API of the real module (``cuda/module.cu``,
+``cuda/bindings/ood.cu``) and its contract as documented in ``cuda/ood/*.cuh``:
+the same outputs (keys formed in float32 the way the kernels form them, sums
+in float64), the same tie rules (lower index first; NaN keys rank last in kNN
+and win the Mahalanobis min), the same ValueError messages for bad sizes, and
+``*_workspace_bytes`` by the formulas in the headers. Pointers are Python ints
+(``tensor.data_ptr()`` of CPU tensors here), viewed through ctypes as
+C-contiguous arrays of the documented shapes: the fake reads and writes
+exactly the documented elements and nothing else, so a wrong pointer, offset
+or shape on the Python side shows as wrong values, as it would on a GPU.
+
+What it checks beyond the kernels' own argument checks (which it mirrors):
+every pointer is non-null and aligned to its element size, the device index
+is one it has, and the workspace is non-null, 16-byte aligned and at least
+``*_workspace_bytes`` bytes. It then fills that many workspace bytes with
+0xff before computing, as the kernels overwrite their workspace, so a
+workspace that aliases an input or output shows too.
+
+Usage::
+
+    fake = FakeCuda()
+    monkeypatch.setattr(_native, "cuda", fake)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream())
+    ... run the op's CUDA path on CPU tensors ...
+    assert fake.calls["knn"] == 1
+"""
+from __future__ import annotations
+
+import collections
+import ctypes
+import math
+
+import numpy as np
+
+__all__ = ["FakeCuda", "FakeStream"]
+
+F32 = np.float32
+F64 = np.float64
+
+KNN_MAX_K = 4096                     # cuda/ood/knn.cuh kKnnMaxK
+WORKSPACE_ALIGN = 16                 # cuda/common/workspace.cuh kWorkspaceAlign
+_MAX_SLAB = 4096                     # queries per slab (knn.cu, mahalanobis.cu)
+_TILE_COLS = 128                     # chunks are whole pairwise tiles
+_KNN_TILE_BYTES = 1 << 28            # 256 MiB keys tile
+_KNN_MAX_CHUNK = 1 << 18
+_MAHALANOBIS_MAX_CHUNK = 16384
+_TINY_REST = 1e-20                   # csrc/ood/logit_math.h kTinyRest
+_FLT_MAX = float(np.finfo(np.float32).max)
+_INT_MAX = 2**31 - 1
+
+
+class FakeStream:
+    """Stands in for ``torch.cuda.current_stream(dev)``: ``cuda_stream`` is 0."""
+
+    cuda_stream = 0
+
+
+def _round_up(a: int, align: int) -> int:
+    return -(-a // align) * align
+
+
+def _fail(op: str, msg: str):
+    raise ValueError(f"gencore._cuda.{op}: {msg}")
+
+
+def _check_dim(op: str, name: str, value: int) -> None:
+    """A feature dimension: the kernels index it with int."""
+    if value < 1 or value > _INT_MAX:
+        _fail(op, f"{name} must be in [1, 2^31 - 1], got {value}")
+
+
+def _view(ptr: int, shape: tuple, dtype, name: str, op: str) -> np.ndarray:
+    """A C-contiguous numpy view of `shape` elements of `dtype` at host address ptr."""
+    dtype = np.dtype(dtype)
+    count = math.prod(shape)
+    if count == 0:
+        return np.empty(shape, dtype)
+    if not isinstance(ptr, int) or ptr == 0:
+        _fail(op, f"{name} is null (a data pointer is null)")
+    if ptr % dtype.itemsize:
+        _fail(op, f"{name} = {ptr:#x} is not aligned to its {dtype} elements")
+    raw = (ctypes.c_byte * (count * dtype.itemsize)).from_address(ptr)
+    return np.ctypeslib.as_array(raw).view(dtype).reshape(shape)
+
+
+def _canonical(key: np.ndarray) -> np.ndarray:
+    """pairwise_tile.cuh canonical_key: -0 -> +0, every NaN -> one NaN."""
+    key = key + F32(0)  # -0 + 0 = +0
+    key[np.isnan(key)] = np.nan
+    return key
+
+
+def _pairwise_keys(a: np.ndarray, b: np.ndarray, l2: bool) -> np.ndarray:
+    """cuda/common/pairwise_tile.cuh in numpy: a [m, D], b [n, D] float32 -> keys [m, n] float32,
+    l2: fma(-2, a.b, ||a||^2 + ||b||^2) clamped at 0 (NaN stays NaN); ip: -a.b. Dots and norms
+    are formed in float64 and rounded to float32, as the kernel's fp32 FMA chain is (to its
+    rounding); the combination rounds like the kernel's, so overflow gives inf / NaN as there."""
+    a64, b64 = a.astype(F64), b.astype(F64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        dot = (a64 @ b64.T).astype(F32)
+        if not l2:
+            return _canonical(-dot)
+        an = (a64 * a64).sum(1).astype(F32)
+        bn = (b64 * b64).sum(1).astype(F32)
+        s = an[:, None] + bn[None, :]                                 # float32, as qn + bn
+        key = (s.astype(F64) - 2.0 * dot.astype(F64)).astype(F32)     # one rounding, as fmaf
+        key = np.where(key < 0, F32(0), key)                          # NaN < 0 is False: stays
+    return _canonical(key)
+
+
+def _row_summary(x: np.ndarray, inv_t: float):
+    """logits.cu summarise for every row: max m (float32), first argmax k, finite,
+    rest = sum_{j != k} float64(expf((l_j - m) * inv_t))."""
+    n = x.shape[0]
+    finite = np.isfinite(x).all(1)
+    safe = np.where(finite[:, None], x, F32(0))
+    k = safe.argmax(1)
+    m = safe[np.arange(n), k]
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        e = np.exp((safe - m[:, None]) * F32(inv_t)).astype(F64)
+    e[np.arange(n), k] = 0.0
+    return m, k, finite, e.sum(1)
+
+
+def _log_rest(x: np.ndarray, m: np.ndarray, k: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """logits.cu log_rest: log(rest), or for rest < 1e-20 around the second-largest logit."""
+    n, c = x.shape
+    with np.errstate(divide="ignore"):
+        out = np.log(rest)
+    tiny = rest < _TINY_REST
+    if c == 1:
+        return np.where(tiny, -np.inf, out)
+    others = x.astype(F64)
+    others[np.arange(n), k] = -np.inf
+    m2 = others.max(1)
+    with np.errstate(under="ignore", invalid="ignore"):  # rows with inf are NaN in the end anyway
+        rest2 = np.exp(others - m2[:, None]).sum(1)
+    return np.where(tiny, (m2 - m.astype(F64)) + np.log(rest2), out)
+
+
+def _gen(x: np.ndarray, m, k, rest, gamma: float, top_m: int) -> np.ndarray:
+    """logits.cu gen_row: -sum over the top_m largest logits of gen_term (logit_math.h)."""
+    n, c = x.shape
+    unique = rest < 1.0                          # p_k > 1/2: no other class ties with k
+    log_s = np.log1p(rest)
+    lr = np.where(unique, _log_rest(x, m, k, rest), 0.0)
+    top = -np.sort(-x, axis=1)[:, :min(top_m, c)].astype(F64)  # descending, copies included
+    z = top - m.astype(F64)[:, None]
+    log_p = z - log_s[:, None]
+    unique_max = unique[:, None] & (z == 0)
+    with np.errstate(under="ignore", divide="ignore", invalid="ignore"):
+        log_1mp = np.where(unique_max, (lr - log_s)[:, None], np.log1p(-np.exp(log_p)))
+        terms = np.exp(gamma * (log_p + log_1mp))
+    return -terms.sum(1)
+
+
+def _kl(x: np.ndarray, m, k, rest, log_templates: np.ndarray) -> np.ndarray:
+    """logits.cu kl_row: -(dot / (1 + rest) - log1p(rest)), dot = sum_j e_j (z_j - log d_kj)
+    over e_j = expf(z_j) > 0 (e_k = 1), z = l - m in float32."""
+    n = x.shape[0]
+    z = x - m[:, None]                            # float32
+    with np.errstate(under="ignore"):
+        e = np.exp(z)
+    e[np.arange(n), k] = F32(1)
+    log_d = log_templates[k].astype(F64)          # [N, C]: row k of each row's template
+    with np.errstate(invalid="ignore"):
+        contrib = np.where(e > 0, e.astype(F64) * (z.astype(F64) - log_d), 0.0)
+    return -(contrib.sum(1) / (1.0 + rest) - np.log1p(rest))
+
+
+class FakeCuda:
+    """The ``gencore._cuda`` API over host pointers (see the module docstring).
+
+    ``calls`` counts calls per kernel (refused ones included); ``workspaces``
+    records (op, workspace_bytes) of each call that takes a workspace.
+    """
+
+    def __init__(self, devices: int = 1, capability: tuple[int, int] = (9, 0), archs: str = "80;90"):
+        self.devices = devices
+        self.capability = capability
+        self.archs = archs
+        self.calls: collections.Counter = collections.Counter()
+        self.workspaces: list[tuple[str, int]] = []
+
+    # ------------------------------------------------------------ runtime queries
+
+    def device_count(self) -> int:
+        return self.devices
+
+    def runtime_version(self) -> int:
+        return 13000
+
+    def driver_version(self) -> int:
+        return 13000
+
+    def compiled_archs(self) -> str:
+        return self.archs
+
+    def has_kernel_image(self, device: int) -> bool:
+        return 0 <= device < self.devices
+
+    def device_capability(self, device: int) -> tuple[int, int]:
+        return self.capability if 0 <= device < self.devices else (0, 0)
+
+    # ------------------------------------------------------------ shared checks
+
+    def _enter(self, op: str, device: int, stream: int) -> None:
+        """What the kernels' DeviceGuard would refuse, before any work."""
+        if not isinstance(stream, int):
+            raise TypeError(f"gencore._cuda.{op}: stream must be an int (cuda_stream), got {type(stream)}")
+        if not isinstance(device, int) or not 0 <= device < self.devices:
+            raise RuntimeError(f"gencore CUDA error: cudaSetDevice({device}) failed with "
+                               "cudaErrorInvalidDevice (invalid device ordinal)")
+
+    def _start(self, op: str, rows: int, workspace_ptr: int, workspace_bytes: int, need: int, device: int,
+               stream: int) -> bool:
+        """After the size checks, as the drivers do: the workspace, then nothing more for 0 rows,
+        else the device. True when there is work."""
+        if rows < 0:
+            _fail(op, f"Q must be >= 0, got {rows}")
+        self._workspace(op, workspace_ptr, workspace_bytes, need)
+        if rows == 0:
+            return False
+        self._enter(op, device, stream)
+        return True
+
+    def _workspace(self, op: str, ptr: int, nbytes: int, need: int) -> None:
+        """workspace.cuh Workspace: size, null and alignment checks; then the fake
+        overwrites the `need` bytes the kernels may use."""
+        self.workspaces.append((op, nbytes))
+        if nbytes < need:
+            _fail(op, f"workspace too small: {nbytes} bytes, need {need} (see {op}_workspace_bytes)")
+        if need > 0 and not ptr:
+            _fail(op, "workspace pointer is null")
+        if need > 0 and ptr % WORKSPACE_ALIGN:
+            _fail(op, f"workspace must be {WORKSPACE_ALIGN}-byte aligned")
+        if need > 0:
+            _view(ptr, (need,), np.uint8, "workspace", op)[:] = 0xFF
+
+    # ------------------------------------------------------------ kNN
+
+    def knn_max_k(self) -> int:
+        return KNN_MAX_K
+
+    def knn_workspace_bytes(self, Q: int, N: int, D: int, k: int) -> int:
+        if Q < 0 or N < 0:
+            _fail("knn_workspace_bytes", f"need Q >= 0 and N >= 0, got Q={Q}, N={N}")
+        slab = min(Q, _MAX_SLAB)
+        if slab == 0:
+            return 0
+        fit = _KNN_TILE_BYTES // (4 * slab) // _TILE_COLS * _TILE_COLS
+        chunk = min(_round_up(N, _TILE_COLS), _KNN_MAX_CHUNK, fit)
+        return 4 * slab * chunk
+
+    def knn(self, queries_ptr, bank_ptr, Q, N, D, k, metric, values_ptr, indices_ptr, workspace_ptr,
+            workspace_bytes, stream, device):
+        """queries [Q, D], bank [N, D] float32 -> values [Q, k] float32, indices [Q, k] int64, best
+        first: metric 0 squared L2 ascending, 1 inner product descending; ties to the lower index,
+        NaN keys last."""
+        op = "knn"
+        self.calls[op] += 1
+        if metric not in (0, 1):
+            _fail(op, f"metric must be 0 (squared L2) or 1 (inner product), got {metric}")
+        _check_dim(op, "D", D)
+        if k < 1 or k > N:
+            _fail(op, f"k must be in [1, N={N}], got {k}")
+        if k > KNN_MAX_K:
+            _fail(op, f"k must be <= {KNN_MAX_K} (knn_max_k), got {k}")
+        need = self.knn_workspace_bytes(max(Q, 0), N, D, k)
+        if not self._start(op, Q, workspace_ptr, workspace_bytes, need, device, stream):
+            return
+        x = _view(queries_ptr, (Q, D), F32, "queries", op)
+        y = _view(bank_ptr, (N, D), F32, "bank", op)
+        values = _view(values_ptr, (Q, k), F32, "values", op)
+        indices = _view(indices_ptr, (Q, k), np.int64, "indices", op)
+        keys = _pairwise_keys(x, y, l2=metric == 0)
+        # Stable sort of the float32 keys: equal keys keep bank order; numpy sorts NaN last.
+        order = np.argsort(keys, axis=1, kind="stable")[:, :k]
+        best = np.take_along_axis(keys, order, 1)
+        values[:] = best if metric == 0 else F32(0) - best  # 0 - x: a zero score is +0
+        indices[:] = order
+
+    # ------------------------------------------------------------ Mahalanobis
+
+    def mahalanobis_workspace_bytes(self, Q: int, C: int, R: int, reduce: int) -> int:
+        op = "mahalanobis_workspace_bytes"
+        if reduce not in (0, 1):
+            _fail(op, f"reduce must be 0 (none) or 1 (min), got {reduce}")
+        if Q < 0 or C < 0:
+            _fail(op, f"need Q >= 0 and C >= 0, got Q={Q}, C={C}")
+        slab = min(Q, _MAX_SLAB)
+        chunk = min(_round_up(C, _TILE_COLS), _MAHALANOBIS_MAX_CHUNK) if slab else 0
+        return 4 * slab * chunk + (4 * slab if reduce == 0 else 0)
+
+    def mahalanobis(self, z_ptr, mt_ptr, Q, C, R, reduce, out_ptr, nearest_ptr, workspace_ptr, workspace_bytes,
+                    stream, device):
+        """z [Q, R], mt [C, R] float32 -> out [Q, C] (reduce 0) or [Q] (reduce 1) float32 =
+        max(||z||^2 + ||mt||^2 - 2 z.mt, 0), nearest [Q] int64: the lowest class among equal
+        (clamped) distances; a NaN distance wins the min."""
+        op = "mahalanobis"
+        self.calls[op] += 1
+        if reduce not in (0, 1):
+            _fail(op, f"reduce must be 0 (none) or 1 (min), got {reduce}")
+        if C < 1:
+            _fail(op, f"C must be >= 1, got {C}")
+        _check_dim(op, "R", R)
+        need = self.mahalanobis_workspace_bytes(max(Q, 0), C, R, reduce)
+        if not self._start(op, Q, workspace_ptr, workspace_bytes, need, device, stream):
+            return
+        z = _view(z_ptr, (Q, R), F32, "z", op)
+        mt = _view(mt_ptr, (C, R), F32, "mt", op)
+        out = _view(out_ptr, (Q, C) if reduce == 0 else (Q,), F32, "out", op)
+        nearest = _view(nearest_ptr, (Q,), np.int64, "nearest", op)
+        d = _pairwise_keys(z, mt, l2=True)
+        near = d.argmin(1)  # first minimum; numpy's argmin returns the first NaN, as the kernel
+        out[:] = d if reduce == 0 else d[np.arange(Q), near]
+        nearest[:] = near
+
+    # ------------------------------------------------------------ logit scores, residual / ViM
+
+    def logit_scores(self, logits_ptr, N, C, score, temperature, gamma, top_m, log_templates_ptr, out_ptr,
+                     stream, device):
+        """logits [N, C] float32 -> out [N] float32; score 0 max logit, 1 MSP, 2 energy, 3 GEN, 4 KL
+        matching (log_templates [C, C]); a row with NaN/inf gives NaN."""
+        op = "logit_scores"
+        self.calls[op] += 1
+        if score not in range(5):
+            _fail(op, f"unknown score code {score}")
+        if N < 0 or C < 1:
+            _fail(op, f"need N >= 0 and C >= 1, got N={N}, C={C}")
+        if not (temperature > 0) or not math.isfinite(temperature):
+            _fail(op, "temperature must be finite and > 0")
+        if score == 3 and top_m < 1:
+            _fail(op, "top_m must be >= 1")
+        if score == 4 and not log_templates_ptr:
+            _fail(op, "KL matching needs log_templates")
+        if N == 0:
+            return
+        self._enter(op, device, stream)
+        x = _view(logits_ptr, (N, C), F32, "logits", op)
+        out = _view(out_ptr, (N,), F32, "out", op)
+        t = temperature if score in (1, 2) else 1.0
+        inv_t = float(F32(min(1.0 / t, _FLT_MAX)))  # tiny T: no 0 * inf = NaN
+        m, k, finite, rest = _row_summary(x, inv_t)
+        if score == 0:
+            v = m.astype(F64)
+        elif score == 1:
+            v = 1.0 / (1.0 + rest)
+        elif score == 2:
+            v = m.astype(F64) + t * np.log1p(rest)
+        elif score == 3:
+            v = _gen(x, m, k, rest, gamma, top_m)
+        else:
+            v = _kl(x, m, k, rest, _view(log_templates_ptr, (C, C), F32, "log_templates", op))
+        out[:] = np.where(finite, v, np.nan).astype(F32)
+
+    def residual_scores(self, residual_ptr, N, D, logits_ptr, C, alpha, out_ptr, stream, device):
+        """residual [N, D] float32 -> out [N] float32 = -||residual_i||, or with logits [N, C]
+        (logits_ptr != 0) logsumexp(logits_i) - alpha ||residual_i||."""
+        op = "residual_scores"
+        self.calls[op] += 1
+        if N < 0 or D < 1:
+            _fail(op, "need N >= 0 and D >= 1")
+        if logits_ptr and C < 1:
+            _fail(op, "logits need C >= 1")
+        if not math.isfinite(alpha):
+            _fail(op, "alpha must be finite")
+        if N == 0:
+            return
+        self._enter(op, device, stream)
+        e = _view(residual_ptr, (N, D), F32, "residual", op).astype(F64)
+        out = _view(out_ptr, (N,), F32, "out", op)
+        r = np.sqrt((e * e).sum(1))
+        if not logits_ptr:
+            out[:] = (-r).astype(F32)
+            return
+        m, _, finite, rest = _row_summary(_view(logits_ptr, (N, C), F32, "logits", op), 1.0)
+        out[:] = np.where(finite, m.astype(F64) + np.log1p(rest) - alpha * r, np.nan).astype(F32)

@@ -1,0 +1,370 @@
+"""tests/cuda_fake.FakeCuda against the torch reference (CPU only), and against
+the real ``gencore._cuda`` where it is built: same API, same workspace sizes.
+
+The fake stands in for the CUDA kernels when the suite runs the CUDA Python
+glue on CPU tensors, so it must compute their contract: kNN (squared L2 and
+inner product, ties to the lower index, NaN last), Mahalanobis (both reduces,
+lowest class on ties, NaN wins the min), logit scores 0-4 and residual / ViM.
+Exact equality is asked where the arithmetic is exact (integer-valued data);
+elsewhere float32 tolerances against the float64 reference.
+"""
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from gencore import _native
+from gencore.ood import reference
+
+from tests.cuda_fake import KNN_MAX_K, FakeCuda
+
+NAN_I64 = -7  # poison for index outputs
+
+
+def poisoned(*shape, dtype=torch.float32):
+    if dtype == torch.int64:
+        return torch.full(shape, NAN_I64, dtype=dtype)
+    return torch.full(shape, float("nan"), dtype=dtype)
+
+
+def workspace(nbytes):
+    return torch.empty(nbytes, dtype=torch.uint8)
+
+
+def fake_knn(fake, x, y, k, code):
+    q, n, d = x.shape[0], y.shape[0], x.shape[1]
+    values, indices = poisoned(q, k), poisoned(q, k, dtype=torch.int64)
+    nbytes = fake.knn_workspace_bytes(q, n, d, k)
+    ws = workspace(nbytes)
+    fake.knn(x.data_ptr(), y.data_ptr(), q, n, d, k, code, values.data_ptr(), indices.data_ptr(), ws.data_ptr(),
+             nbytes, 0, 0)
+    return values, indices
+
+
+def fake_mahalanobis(fake, z, mt, reduce):
+    q, c, r = z.shape[0], mt.shape[0], z.shape[1]
+    out = poisoned(*((q, c) if reduce == 0 else (q,)))
+    nearest = poisoned(q, dtype=torch.int64)
+    nbytes = fake.mahalanobis_workspace_bytes(q, c, r, reduce)
+    ws = workspace(nbytes)
+    fake.mahalanobis(z.data_ptr(), mt.data_ptr(), q, c, r, reduce, out.data_ptr(), nearest.data_ptr(),
+                     ws.data_ptr(), nbytes, 0, 0)
+    return out, nearest
+
+
+def whiten(features, means, factor):
+    """The CUDA glue's inputs: z = (x - mu_bar) L, mt = (mu - mu_bar) L, float32."""
+    center = means.mean(0)
+    return ((features - center) @ factor).contiguous(), ((means - center) @ factor).contiguous()
+
+
+def fake_logit_scores(fake, logits, score, temperature=1.0, gamma=0.1, top_m=1, templates=None):
+    n, c = logits.shape
+    x = logits.float().contiguous()
+    log_t = None if templates is None else templates.float().log().contiguous()
+    out = poisoned(n)
+    fake.logit_scores(x.data_ptr(), n, c, score, temperature, gamma, top_m, 0 if log_t is None else log_t.data_ptr(),
+                      out.data_ptr(), 0, 0)
+    return out
+
+
+# ====================================================================== kNN
+
+METRICS = {0: "sqeuclidean", 1: "ip"}
+
+
+@pytest.mark.parametrize("code", [0, 1])
+@pytest.mark.parametrize("k", [1, 7, 70])
+def test_knn_integer_data_exact_with_ties(rng, code, k):
+    # values in {-2..2}, D = 3: many rows at equal distance, and exact arithmetic,
+    # so order and values must equal the reference's (ties to the lower index).
+    x = torch.randint(-2, 3, (13, 3), generator=rng).float()
+    y = torch.randint(-2, 3, (70, 3), generator=rng).float()
+    values, indices = fake_knn(FakeCuda(), x, y, k, code)
+    ref_values, ref_indices = reference.knn(x.double(), y.double(), k, METRICS[code])
+    assert torch.equal(indices, ref_indices)
+    assert torch.equal(values, ref_values.float())
+
+
+@pytest.mark.parametrize("code", [0, 1])
+def test_knn_random_data_duplicated_rows(rng, code):
+    x = torch.randn(50, 16, generator=rng)
+    y = torch.randn(300, 16, generator=rng)
+    y[200:210] = y[20:30]  # exact duplicates: the lower index must come first
+    values, indices = fake_knn(FakeCuda(), x, y, 12, code)
+    ref_values, ref_indices = reference.knn(x.double(), y.double(), 12, METRICS[code])
+    torch.testing.assert_close(values, ref_values.float(), rtol=1e-5, atol=1e-4)
+    # the float64 value of each returned index equals the reference's at that rank
+    xd, yd = x.double(), y.double()[indices]
+    exact = ((xd[:, None] - yd) ** 2).sum(-1) if code == 0 else (xd[:, None] * yd).sum(-1)
+    torch.testing.assert_close(exact, ref_values, rtol=1e-5, atol=1e-4)
+    for q, row in enumerate(indices.tolist()):  # a duplicate pair is returned lower index first
+        for j in range(200, 210):
+            if j in row:
+                assert j - 180 in row and row.index(j - 180) < row.index(j), (q, row)
+
+
+def test_knn_nan_from_overflow_ranks_last():
+    # ||x||^2 overflows float32: keys are inf (ranked by index) and inf - inf = NaN, last.
+    x = torch.tensor([[1e20, 0.0]])
+    y = torch.tensor([[1e20, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    values, indices = fake_knn(FakeCuda(), x, y, 3, 0)
+    assert indices.tolist() == [[1, 2, 0]]
+    assert torch.isinf(values[0, :2]).all() and torch.isnan(values[0, 2])
+
+
+def test_knn_inner_product_zero_is_positive_zero():
+    x = torch.tensor([[1.0, 0.0]])
+    y = torch.tensor([[0.0, 1.0], [-1.0, 0.0]])
+    values, indices = fake_knn(FakeCuda(), x, y, 2, 1)
+    assert indices.tolist() == [[0, 1]]
+    assert values[0, 0].item() == 0.0 and not values[0, 0].signbit()
+
+
+def test_knn_no_queries_writes_nothing_and_needs_no_workspace():
+    fake = FakeCuda()
+    assert fake.knn_workspace_bytes(0, 10, 4, 3) == 0
+    fake.knn(0, 0, 0, 10, 4, 3, 0, 0, 0, 0, 0, 0, 0)  # every pointer null: nothing is read or written
+
+
+# ====================================================================== Mahalanobis
+
+@pytest.mark.parametrize("reduce", [0, 1])
+def test_mahalanobis_matches_reference(rng, reduce):
+    features = torch.randn(40, 6, generator=rng) + 3.0
+    means = torch.randn(5, 6, generator=rng) + 3.0
+    means[3] = means[1]  # equal distances: nearest is the lower class
+    factor = torch.linalg.cholesky(torch.linalg.inv(torch.cov(torch.randn(6, 60, generator=rng))))[:, :4].contiguous()
+    z, mt = whiten(features, means, factor)
+    out, nearest = fake_mahalanobis(FakeCuda(), z, mt, reduce)
+    ref_out, ref_nearest = reference.mahalanobis_nearest(features.double(), means.double(), factor.double(),
+                                                         "none" if reduce == 0 else "min")
+    torch.testing.assert_close(out, ref_out.float(), rtol=1e-4, atol=1e-3)
+    assert torch.equal(nearest, ref_nearest)
+    assert not (nearest == 3).any()
+
+
+def test_mahalanobis_nan_wins_the_min():
+    # ||z||^2 overflows: class 0 gives inf, class 1 (whose dot overflows too) inf - inf = NaN,
+    # which wins the min over the inf before it.
+    z = torch.tensor([[0.0, 1e20]])
+    mt = torch.tensor([[1.0, 0.0], [0.0, 1e20]])
+    out, nearest = fake_mahalanobis(FakeCuda(), z, mt, 0)
+    assert torch.isinf(out[0, 0]) and torch.isnan(out[0, 1]) and nearest.tolist() == [1]
+    # row 0 is NaN for every class: the first wins; row 1 is ordinary (class 1 at distance 0).
+    z = torch.tensor([[float("nan"), 0.0], [1.0, 0.0]])
+    mt = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    out, nearest = fake_mahalanobis(FakeCuda(), z, mt, 1)
+    assert torch.isnan(out[0]) and out[1].item() == 0.0
+    assert nearest.tolist() == [0, 1]
+
+
+def test_mahalanobis_writes_rows_at_the_pointer_it_gets(rng):
+    # The glue passes out[q0:].data_ptr() per slab: the fake must write exactly [Q, C] there.
+    z, mt = torch.randn(6, 3, generator=rng), torch.randn(4, 3, generator=rng)
+    fake = FakeCuda()
+    out, nearest = poisoned(10, 4), poisoned(10, dtype=torch.int64)
+    nbytes = fake.mahalanobis_workspace_bytes(6, 4, 3, 0)
+    ws = workspace(nbytes)
+    fake.mahalanobis(z.data_ptr(), mt.data_ptr(), 6, 4, 3, 0, out[2:].data_ptr(), nearest[2:].data_ptr(),
+                     ws.data_ptr(), nbytes, 0, 0)
+    assert torch.isnan(out[:2]).all() and torch.isnan(out[8:]).all() and not torch.isnan(out[2:8]).any()
+    assert (nearest[:2] == NAN_I64).all() and (nearest[8:] == NAN_I64).all() and (nearest[2:8] >= 0).all()
+
+
+# ====================================================================== logit scores
+
+def logit_cases(rng):
+    """Named [N, C] float32 logit matrices covering the kernels' branches."""
+    base = torch.randn(37, 11, generator=rng) * 3
+    ties = base.clone()
+    ties[:, 4] = ties.max(1).values  # the max twice: not unique, k is the first
+    confident = base * 60             # rest < 1e-20: GEN recomputes log(1 - p) around the second logit
+    integers = torch.randint(-3, 4, (37, 11), generator=rng).float()  # ties at GEN's threshold
+    single = torch.randn(9, 1, generator=rng)
+    return {"random": base, "ties": ties, "confident": confident, "integers": integers, "one_class": single}
+
+
+REFERENCE_SCORES = {
+    0: lambda x, **kw: reference.max_logit(x),
+    1: lambda x, temperature, **kw: reference.msp(x, temperature),
+    2: lambda x, temperature, **kw: reference.energy(x, temperature),
+    3: lambda x, gamma, top_m, **kw: reference.gen(x, gamma, top_m),
+    4: lambda x, templates, **kw: reference.kl_matching(x, templates),
+}
+
+
+@pytest.mark.parametrize("score", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("case", ["random", "ties", "confident", "integers", "one_class"])
+def test_logit_scores_match_reference(rng, score, case):
+    logits = logit_cases(rng)[case]
+    c = logits.shape[1]
+    templates = torch.softmax(torch.randn(c, c, generator=rng, dtype=torch.float64), 1)
+    if c > 2 and case != "confident":
+        # d = 0 where p > 0: -inf for both. (Not for confident rows: there p underflows
+        # in the kernels' float32 expf but not in the float64 reference.)
+        templates[:, 2] = 0.0
+    for temperature, top_m in ((1.0, 3), (0.5, 100), (2.5, 1)):
+        kw = dict(temperature=temperature, gamma=0.1 if top_m != 1 else 0.5, top_m=top_m, templates=templates)
+        got = fake_logit_scores(FakeCuda(), logits, score, **kw)
+        want = REFERENCE_SCORES[score](logits.double(), **kw)
+        if score == 0:
+            assert torch.equal(got, want.float())
+        else:
+            scale = want.abs().nan_to_num(posinf=0.0) + (kw["top_m"] if score == 3 else 1.0)
+            finite = torch.isfinite(want)
+            assert torch.equal(torch.isfinite(got), finite), (got, want)
+            assert torch.equal(got[~finite], want[~finite].float())
+            err = (got.double() - want)[finite].abs()
+            assert (err <= 1e-5 * scale[finite]).all(), (err.max(), case, kw)
+
+
+def test_logit_scores_non_finite_row_is_nan():
+    logits = torch.tensor([[1.0, float("nan"), 0.0], [1.0, float("inf"), 0.0], [1.0, 2.0, 3.0]])
+    for score in range(5):
+        got = fake_logit_scores(FakeCuda(), logits, score, top_m=2, templates=torch.full((3, 3), 1 / 3))
+        assert torch.isnan(got[:2]).all() and torch.isfinite(got[2]), (score, got)
+
+
+# ====================================================================== residual / ViM
+
+def residual_problem(rng, n=20, d=8, r=3, c=5):
+    features = torch.randn(n, d, generator=rng) * 2 + 1
+    principal = torch.linalg.qr(torch.randn(d, r, generator=rng, dtype=torch.float64))[0].float()
+    center = torch.randn(d, generator=rng)
+    logits = torch.randn(n, c, generator=rng) * 4
+    return features, principal, center, logits
+
+
+def fake_residual(fake, e, logits=None, alpha=0.0):
+    n, d = e.shape
+    out = poisoned(n)
+    fake.residual_scores(e.data_ptr(), n, d, 0 if logits is None else logits.data_ptr(),
+                         0 if logits is None else logits.shape[1], alpha, out.data_ptr(), 0, 0)
+    return out
+
+
+def test_residual_matches_reference(rng):
+    features, principal, center, _ = residual_problem(rng)
+    e = reference.residual_vectors(features, principal, center).contiguous()  # the glue's float32 residual
+    got = fake_residual(FakeCuda(), e)
+    want = reference.residual(features.double(), principal.double(), center.double())
+    scale = (features.double() - center.double()).norm(dim=1)
+    assert ((got.double() - want).abs() <= 1e-5 * scale).all()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.7, -3.0])
+def test_vim_matches_reference(rng, alpha):
+    features, principal, center, logits = residual_problem(rng)
+    e = reference.residual_vectors(features, principal, center).contiguous()
+    got = fake_residual(FakeCuda(), e, logits.contiguous(), alpha)
+    want = reference.vim(features.double(), logits.double(), principal.double(), center.double(), alpha)
+    scale = abs(alpha) * (features.double() - center.double()).norm(dim=1) + want.abs() + 1
+    assert ((got.double() - want).abs() <= 1e-5 * scale).all()
+
+
+# ====================================================================== the fake's own checks
+
+def test_workspace_checks_and_poison(rng):
+    fake = FakeCuda()
+    x, y = torch.randn(5, 4, generator=rng), torch.randn(9, 4, generator=rng)
+    values, indices = poisoned(5, 3), poisoned(5, 3, dtype=torch.int64)
+    need = fake.knn_workspace_bytes(5, 9, 4, 3)
+    assert need == 4 * 5 * 128
+
+    def call(ws_ptr, ws_bytes, k=3, metric=0, device=0):
+        fake.knn(x.data_ptr(), y.data_ptr(), 5, 9, 4, k, metric, values.data_ptr(), indices.data_ptr(), ws_ptr,
+                 ws_bytes, 0, device)
+
+    ws = workspace(need + 64)
+    with pytest.raises(ValueError, match=r"gencore\._cuda\.knn: workspace too small: 10 bytes, need 2560"):
+        call(ws.data_ptr(), 10)
+    with pytest.raises(ValueError, match="workspace pointer is null"):
+        call(0, need)
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        call(ws.data_ptr() + 8, need)
+    with pytest.raises(ValueError, match="metric must be"):
+        call(ws.data_ptr(), need, metric=2)
+    with pytest.raises(ValueError, match=r"k must be in \[1, N=9\]"):
+        call(ws.data_ptr(), need, k=10)
+    with pytest.raises(RuntimeError, match="invalid device ordinal"):
+        call(ws.data_ptr(), need, device=1)
+    ws.zero_()
+    call(ws.data_ptr(), need + 64)
+    assert (ws[:need] == 0xFF).all() and (ws[need:] == 0).all()  # exactly the bytes a kernel may use
+    assert fake.calls["knn"] == 7 and fake.workspaces[-1] == ("knn", need + 64)
+
+
+def test_knn_k_above_limit_is_refused():
+    fake = FakeCuda()
+    assert fake.knn_max_k() == KNN_MAX_K == 4096
+    with pytest.raises(ValueError, match=r"k must be <= 4096 \(knn_max_k\)"):
+        fake.knn(1, 1, 1, 5000, 2, 4097, 0, 1, 1, 16, 1 << 20, 0, 0)
+
+
+def test_logit_and_residual_argument_checks():
+    fake = FakeCuda()
+    with pytest.raises(ValueError, match="unknown score code 5"):
+        fake.logit_scores(1, 1, 1, 5, 1.0, 0.1, 1, 0, 1, 0, 0)
+    with pytest.raises(ValueError, match="KL matching needs log_templates"):
+        fake.logit_scores(1, 1, 1, 4, 1.0, 0.1, 1, 0, 1, 0, 0)
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        fake.logit_scores(1, 1, 1, 1, 0.0, 0.1, 1, 0, 1, 0, 0)
+    with pytest.raises(ValueError, match="alpha must be finite"):
+        fake.residual_scores(1, 1, 1, 0, 0, float("inf"), 1, 0, 0)
+    with pytest.raises(ValueError, match="a data pointer is null"):
+        fake.residual_scores(0, 2, 1, 0, 0, 0.0, 0, 0, 0)
+
+
+def test_runtime_queries():
+    fake = FakeCuda()
+    assert fake.device_count() == 1 and fake.has_kernel_image(0) and not fake.has_kernel_image(1)
+    assert fake.device_capability(0) == (9, 0) and fake.device_capability(3) == (0, 0)
+    assert fake.compiled_archs() == "80;90"
+
+
+# ====================================================================== the fake against the real module
+
+real_cuda = pytest.mark.skipif(_native.cuda is None, reason="needs the built gencore._cuda (no GPU needed)")
+
+SIZES = [0, 1, 3, 127, 128, 129, 4095, 4096, 4097, 20000, 1 << 20]
+
+
+def public_api(module) -> set[str]:
+    return {n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))}
+
+
+@real_cuda
+def test_fake_has_the_real_api():
+    fake_names = public_api(FakeCuda()) - {"calls", "workspaces"}
+    assert fake_names == public_api(_native.cuda)
+    for name in fake_names:  # same argument names, in order (the fake's are Python's; the real ones pybind11's)
+        real_doc = getattr(_native.cuda, name).__doc__.splitlines()[0]
+        params = list(inspect.signature(getattr(FakeCuda(), name)).parameters)
+        assert real_doc.startswith(f"{name}(")
+        real_params = [p.split(":")[0].strip() for p in real_doc[len(name) + 1:real_doc.index(")")].split(",") if p]
+        assert params == real_params, name
+
+
+@real_cuda
+def test_fake_workspace_sizes_are_the_real_ones():
+    fake, real = FakeCuda(), _native.cuda
+    assert fake.knn_max_k() == real.knn_max_k()
+    for q in SIZES:
+        for n in SIZES:
+            assert fake.knn_workspace_bytes(q, n, 8, 1) == real.knn_workspace_bytes(q, n, 8, 1), (q, n)
+            for reduce in (0, 1):
+                assert (fake.mahalanobis_workspace_bytes(q, n, 4, reduce)
+                        == real.mahalanobis_workspace_bytes(q, n, 4, reduce)), (q, n, reduce)
+    assert real.knn_workspace_bytes(1 << 20, 1 << 30, 8, 1) <= 256 << 20
+    assert real.mahalanobis_workspace_bytes(1 << 20, 1 << 30, 8, 0) <= (256 << 20) + (16 << 10)
+
+
+@real_cuda
+def test_real_module_without_gpu_says_so():
+    if _native.cuda.device_count() > 0:
+        pytest.skip("a GPU is present")
+    assert _native.cuda.has_kernel_image(0) is False
+    assert _native.cuda.device_capability(0) == (0, 0)
