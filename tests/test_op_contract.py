@@ -119,6 +119,24 @@ def test_inputs_are_untouched_and_outputs_do_not_alias_them(name, index):
         assert not any(o.numel() and o.untyped_storage().data_ptr() in inputs for o in outputs), name
 
 
+@pytest.mark.parametrize("name,index", cases(lambda args: args[0].shape[0] > 0))
+def test_cuda_glue_with_the_fake_cuda_module(monkeypatch, name, index):
+    """The CUDA implementation of every op, its pointers, shapes, offsets and
+    workspaces, against the reference: run on CPU tensors over tests/cuda_fake.py."""
+    from tests.cuda_fake import FakeCuda
+
+    op = _op.REGISTRY[name]
+    if op._impls["native-cuda"] is None:
+        pytest.skip(f"{name} has no CUDA implementation")
+    monkeypatch.setattr(_native, "cuda", FakeCuda())
+    monkeypatch.setattr(_native_call, "cuda_stream", lambda device: 0)
+    monkeypatch.setattr(_native_call, "POISON", True)
+    args = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                 for a in op_samples(name)[index])
+    assert_outputs_close(op.implementation("native-cuda")(*args), reference_outputs(op, args), args,
+                         f"{name} sample {index} on the fake CUDA module")
+
+
 # ---------------------------------------------------------------- bad input names the argument
 
 def bad_variants(op, args):

@@ -511,48 +511,20 @@ def test_cuda_non_finite_propagates_without_sync(rng):
         assert not torch.isfinite(out[7]).any() and torch.isfinite(out[:7]).all()
 
 
-class _FakeCudaKernel:
-    """The _cuda.mahalanobis contract over host pointers, in numpy: lets the CUDA
-    path's Python glue (centring, whitening, slabs, pointer offsets) run on CPU."""
-
-    def __init__(self):
-        self.calls = 0
-
-    @staticmethod
-    def mahalanobis_workspace_bytes(q, c, r, reduce):
-        return 4 * q
-
-    def mahalanobis(self, z_ptr, mt_ptr, q, c, r, reduce, out_ptr, nearest_ptr, workspace_ptr, workspace_bytes,
-                    stream, device):
-        import ctypes
-
-        import numpy as np
-
-        def view(ptr, shape, ctype, dtype):
-            n = int(np.prod(shape))
-            return np.ctypeslib.as_array((ctype * n).from_address(ptr)).view(dtype).reshape(shape)
-
-        self.calls += 1
-        assert workspace_ptr and workspace_bytes >= self.mahalanobis_workspace_bytes(q, c, r, reduce)
-        z = view(z_ptr, (q, r), ctypes.c_float, np.float32).astype(np.float64)
-        mt = view(mt_ptr, (c, r), ctypes.c_float, np.float32).astype(np.float64)
-        d = np.maximum((z * z).sum(1)[:, None] + (mt * mt).sum(1)[None, :] - 2 * z @ mt.T, 0)
-        view(nearest_ptr, (q,), ctypes.c_int64, np.int64)[:] = d.argmin(1)
-        view(out_ptr, (q, c) if reduce == 0 else (q,), ctypes.c_float, np.float32)[:] = d if reduce == 0 else d.min(1)
-
-
 @pytest.mark.parametrize("reduce", REDUCES)
 def test_cuda_python_glue_with_fake_kernel(rng, monkeypatch, reduce):
     from gencore import _native_call
     from gencore.ood.ops import _mahalanobis as ops
 
-    fake = _FakeCudaKernel()
+    from tests.cuda_fake import FakeCuda
+
+    fake = FakeCuda()
     monkeypatch.setattr(_native, "cuda", fake)
     monkeypatch.setattr(_native_call, "cuda_stream", lambda device: 0)
     monkeypatch.setattr(ops, "_CUDA_SLAB_ELEMENTS", 64 * (12 + 12))  # 64 queries a slab
     features, means, factor = problem(rng, 300, 5, 12, "lower")
     x, mu, f = cast(torch.float32, features, means, factor)
     out, nearest = ops.MAHALANOBIS.implementation("native-cuda")(x, mu, f, reduce)
-    assert fake.calls == 5  # ceil(300 / 64) slabs
+    assert fake.calls["mahalanobis"] == 5  # ceil(300 / 64) slabs
     assert_distances(out, x, mu, f, reduce, torch.float32, "cuda glue")
     assert_nearest(nearest, x, mu, f)

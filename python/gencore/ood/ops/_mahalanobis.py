@@ -68,10 +68,11 @@ def _cuda(features, means, precision_factor, reduce):
     stream, device = _native_call.cuda_stream(x.device), _native_call.device_index(x.device)
     slab = max(1, _CUDA_SLAB_ELEMENTS // (x.shape[1] + r))
     code = _REDUCE_CODES[reduce]
+    # one workspace, sized for the largest slab, serves every call
+    workspace = _native_call.cuda_workspace(_native.cuda.mahalanobis_workspace_bytes(min(q, slab), c, r, code),
+                                            x.device)
     for q0 in range(0, q, slab):
         z = ((x[q0:q0 + slab] - center) @ factor).contiguous()  # [slab, R]
-        workspace = _native_call.cuda_workspace(_native.cuda.mahalanobis_workspace_bytes(z.shape[0], c, r, code),
-                                                x.device)
         _native.cuda.mahalanobis(z.data_ptr(), mt.data_ptr(), z.shape[0], c, r, code,
                                  out[q0:].data_ptr(), nearest[q0:].data_ptr(), workspace.data_ptr(),
                                  workspace.numel(), stream, device)
