@@ -79,6 +79,13 @@ def set_check_finite(mode: str) -> None:
     _finite_mode = _checks.choice(mode, "mode", _FINITE_MODES)
 
 
+def checks_values_of(t: torch.Tensor) -> bool:
+    """Whether code outside an op (a public function's own data-dependent checks)
+    should look at ``t``'s values: not while tracing, and on CUDA only in "always"
+    mode, by the same finiteness policy as the ops."""
+    return not torch.compiler.is_compiling() and (not t.is_cuda or check_finite_mode() == "always")
+
+
 def _tracing_or_transformed() -> bool:
     # torch.compiler.is_compiling() is a plain flag (and a constant True while
     # dynamo traces), so it goes first: the C queries below would graph-break.

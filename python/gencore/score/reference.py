@@ -94,10 +94,10 @@ def dataset_denoise_dense(x: torch.Tensor, data: torch.Tensor, sigma: torch.Tens
     return torch.softmax(logits, 1) @ y, torch.logsumexp(logits, 1)
 
 
-def log_normaliser(log_weights: Optional[torch.Tensor], n: int, d: int, sigma: torch.Tensor,
+def log_normaliser(weights: Optional[torch.Tensor], n: int, d: int, sigma: torch.Tensor,
                    dtype: torch.dtype) -> torch.Tensor:
-    """log sum_i w_i + (d / 2) log(2 pi sigma^2): log p = log_z - this."""
-    log_total = math.log(n) if log_weights is None else torch.logsumexp(log_weights.to(dtype), 0)
+    """log sum_i w_i + (d / 2) log(2 pi sigma^2) (w = 1 when weights is None): log p = log_z - this."""
+    log_total = math.log(n) if weights is None else torch.log(weights.to(dtype).sum())
     return log_total + 0.5 * d * torch.log(2 * math.pi * sigma.to(dtype) ** 2)
 
 

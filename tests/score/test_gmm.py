@@ -1,0 +1,174 @@
+"""gencore.score.gmm_log_prob / gmm_score / gmm_denoiser.
+
+Oracles: torch.distributions.MultivariateNormal log-densities of each
+component N(alpha mu_k, alpha^2 Sigma_k + sigma^2 I) in float64 (a Cholesky
+path that shares nothing with the op's eigen form), their logsumexp, the
+score as autograd of that log-density, and the denoiser as the posterior mean
+sum_k r_k (mu_k + alpha Sigma_k C_k^-1 (x - alpha mu_k)) computed directly.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.distributions import MultivariateNormal
+
+from gencore.score import gmm_denoiser, gmm_log_prob, gmm_score
+
+from tests.conftest import cuda_only
+
+KINDS = ("iso", "diag", "full")
+
+
+def randn(rng, *shape, scale=1.0):
+    return torch.randn(*shape, generator=rng, dtype=torch.float64) * scale
+
+
+def uniform(rng, *shape, low=0.2, high=2.0):
+    return low + (high - low) * torch.rand(*shape, generator=rng, dtype=torch.float64)
+
+
+def mixture(rng, k, d, kind):
+    means = randn(rng, k, d, scale=2.0)
+    weights = uniform(rng, k, low=0.1, high=1.0)
+    if kind == "iso":
+        variances = uniform(rng, k)
+    elif kind == "diag":
+        variances = uniform(rng, k, d)
+    else:
+        a = randn(rng, k, d, d)
+        variances = a @ a.transpose(1, 2) / d + 0.1 * torch.eye(d, dtype=torch.float64)
+    return means, weights, variances
+
+
+def covariances(variances, k, d):
+    if variances.dim() == 1:
+        return variances[:, None, None] * torch.eye(d, dtype=torch.float64)
+    if variances.dim() == 2:
+        return torch.diag_embed(variances)
+    return variances
+
+
+def oracle(x, means, weights, variances, sigma, alpha):
+    """(log p [B], score [B, d], denoiser [B, d]) in float64."""
+    x = x.double().clone().requires_grad_()
+    b, d = x.shape
+    k = means.shape[0]
+    cov = covariances(variances.double(), k, d)
+    s = torch.as_tensor(sigma, dtype=torch.float64).expand(b)
+    a = torch.as_tensor(alpha, dtype=torch.float64).expand(b)
+    comp = []
+    posts = []
+    for j in range(k):
+        c = (a * a)[:, None, None] * cov[j] + (s * s)[:, None, None] * torch.eye(d, dtype=torch.float64)
+        mvn = MultivariateNormal(a[:, None] * means[j], covariance_matrix=c)
+        comp.append(mvn.log_prob(x) + torch.log(weights[j] / weights.sum()))
+        posts.append(means[j] + a[:, None] * torch.linalg.solve(c, (x - a[:, None] * means[j])[..., None])[..., 0]
+                     @ cov[j].T)
+    comp = torch.stack(comp, 1)
+    log_p = torch.logsumexp(comp, 1)
+    (score,) = torch.autograd.grad(log_p.sum(), x)
+    r = torch.softmax(comp, 1).detach()
+    denoised = (r[:, :, None] * torch.stack(posts, 1)).sum(1).detach()
+    return log_p.detach(), score, denoised
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("b,k,d", [(1, 1, 1), (9, 3, 2), (40, 5, 7), (17, 1, 16), (5, 12, 3)], ids=str)
+def test_matches_oracle(rng, b, k, d, kind, dtype):
+    means, weights, variances = mixture(rng, k, d, kind)
+    x = randn(rng, b, d, scale=3.0)
+    sigma, alpha = uniform(rng, b, low=0.05, high=2.0), uniform(rng, b, low=0.3, high=1.0)
+    want_lp, want_score, want_d = oracle(x, means, weights, variances, sigma, alpha)
+    args = [t.to(dtype) for t in (x, means, weights, variances)]
+    lp = gmm_log_prob(*args, sigma.to(dtype), alpha=alpha.to(dtype))
+    sc = gmm_score(*args, sigma.to(dtype), alpha=alpha.to(dtype))
+    dn = gmm_denoiser(*args, sigma.to(dtype), alpha=alpha.to(dtype))
+    assert lp.dtype == dtype and sc.shape == (b, d) and dn.shape == (b, d)
+    rtol = 1e-9 if dtype == torch.float64 else 2e-4
+    scale = 1 + want_score.abs().max()
+    torch.testing.assert_close(lp.double(), want_lp, rtol=rtol, atol=rtol * (1 + want_lp.abs().max()))
+    torch.testing.assert_close(sc.double(), want_score, rtol=rtol, atol=rtol * scale * 10)
+    torch.testing.assert_close(dn.double(), want_d, rtol=rtol, atol=rtol * (1 + want_d.abs().max()) * 10)
+
+
+def test_far_queries_keep_finite_responsibilities(rng):
+    # every component's density underflows (log N ~ -1e5): the log-domain
+    # responsibilities still pick the nearest component
+    means, weights, variances = mixture(rng, 4, 3, "diag")
+    x = randn(rng, 6, 3) * 1e3
+    got = gmm_score(x, means, weights, variances, 0.1)
+    want = oracle(x, means, weights, variances, 0.1, 1.0)[1]
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-6)
+
+
+def test_one_component_tiny_sigma_denoises_to_the_posterior(rng):
+    mean = randn(rng, 1, 4)
+    x = randn(rng, 3, 4)
+    got = gmm_denoiser(x, mean, torch.ones(1, dtype=torch.float64), torch.full((1,), 0.5, dtype=torch.float64),
+                       1e-6)
+    torch.testing.assert_close(got, x, rtol=0, atol=1e-9)  # sigma -> 0: the observation itself
+
+
+def test_singular_covariance_is_allowed(rng):
+    # a rank-1 covariance (PSD, not PD) is fine at sigma > 0
+    u = randn(rng, 1, 3)
+    cov = (u.T @ u)[None]
+    x = randn(rng, 5, 3)
+    got = gmm_score(x, torch.zeros(1, 3, dtype=torch.float64), torch.ones(1, dtype=torch.float64), cov, 0.5)
+    want = oracle(x, torch.zeros(1, 3, dtype=torch.float64), torch.ones(1, dtype=torch.float64), cov, 0.5, 1.0)[1]
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_gradients_through_the_op(rng):
+    means, weights, variances = mixture(rng, 3, 4, "full")
+    x = randn(rng, 5, 4).requires_grad_()
+    sigma = uniform(rng, 5, low=0.3, high=1.0)
+    torch.autograd.gradcheck(lambda x: gmm_score(x, means, weights, variances, sigma), (x,))
+    torch.autograd.gradcheck(lambda x: gmm_log_prob(x, means, weights, variances, sigma), (x,))
+    # d log p / dx is the score
+    (g,) = torch.autograd.grad(gmm_log_prob(x, means, weights, variances, sigma).sum(), x)
+    torch.testing.assert_close(g, gmm_score(x.detach(), means, weights, variances, sigma), rtol=1e-10, atol=1e-10)
+
+
+BAD = [
+    (lambda m, w, v, x: gmm_score(x, m, w, v, 0.0), ValueError, "sigma"),
+    (lambda m, w, v, x: gmm_score(x, m, -w, v, 1.0), ValueError, "weights"),
+    (lambda m, w, v, x: gmm_score(x, m, w * 0, v, 1.0), ValueError, "all zero"),
+    (lambda m, w, v, x: gmm_score(x, m, w, -v, 1.0), ValueError, "semi-definite"),
+    (lambda m, w, v, x: gmm_score(x, m, w, v[:, :2, :2], 1.0), ValueError, "variances"),
+    (lambda m, w, v, x: gmm_score(x, m, w, v + torch.triu(torch.ones_like(v), 1), 1.0), ValueError, "symmetric"),
+    (lambda m, w, v, x: gmm_score(x, m, w[:2], v, 1.0), ValueError, "components"),
+    (lambda m, w, v, x: gmm_score(x[:, :2], m, w, v, 1.0), ValueError, "dimension"),
+    (lambda m, w, v, x: gmm_score(x, m[:0], w[:0], v[:0], 1.0), ValueError, "means is empty"),
+    (lambda m, w, v, x: gmm_score(x, m, w, v[None], 1.0), ValueError, "variances"),
+    (lambda m, w, v, x: gmm_score(x.float(), m, w, v, 1.0), TypeError, "means must have the dtype of x"),
+]
+
+
+@pytest.mark.parametrize("call,exc,match", BAD)
+def test_bad_input(rng, call, exc, match):
+    means, weights, variances = mixture(rng, 3, 3, "full")
+    x = randn(rng, 4, 3)
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(means, weights, variances, x)
+
+
+def test_nan_in_x_is_refused(rng):
+    means, weights, variances = mixture(rng, 2, 3, "diag")
+    x = randn(rng, 4, 3)
+    x[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="x"):
+        gmm_score(x, means, weights, variances, 1.0)
+
+
+@cuda_only
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_matches_oracle(rng, kind):
+    means, weights, variances = mixture(rng, 6, 8, kind)
+    x = randn(rng, 300, 8, scale=2.0)
+    sigma = uniform(rng, 300, low=0.05, high=2.0)
+    want = oracle(x, means, weights, variances, sigma, 1.0)[1]
+    got = gmm_score(*(t.float().cuda() for t in (x, means, weights, variances)), sigma.float().cuda())
+    torch.testing.assert_close(got.cpu().double(), want, rtol=2e-4, atol=2e-3 * (1 + float(want.abs().max())))

@@ -1,0 +1,281 @@
+"""Score-matching losses: the fused DSM loss and its backward, EDM / VP / VE
+preconditioning and sampling, a network trained with the EDM loss reaching
+the exact denoiser's loss, sliced score matching, the DMD gradient."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import gencore
+from gencore.score import (EDMPrecond, VEPrecond, VPPrecond, dmd_gradient, dmd_loss, dsm_loss, dsm_target, edm_loss,
+                           edm_precond, gmm_denoiser, sliced_score_matching_loss, ve_loss, ve_precond, vp_loss,
+                           vp_precond)
+
+from tests.conftest import cuda_only
+
+
+def randn(rng, *shape, dtype=torch.float64):
+    return torch.randn(*shape, generator=rng, dtype=torch.float64).to(dtype)
+
+
+def direct_dsm(raw, x, target, c_skip, c_out, weight):
+    b = raw.shape[0]
+    pred = c_skip.view(b, *[1] * (raw.dim() - 1)) * x + c_out.view(b, *[1] * (raw.dim() - 1)) * raw
+    return weight * ((pred - target) ** 2).reshape(b, -1).mean(1)
+
+
+# ---------------------------------------------------------------- the fused loss
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (16, 3, 8, 8), (5, 1001), (3, 2, 1, 17)], ids=str)
+def test_dsm_loss_matches_direct_formula(rng, shape, dtype):
+    raw, x, target = (randn(rng, *shape) for _ in range(3))
+    c = [0.1 + torch.rand(shape[0], generator=rng, dtype=torch.float64) for _ in range(3)]
+    got = dsm_loss(raw.to(dtype), x.to(dtype), target.to(dtype), *(t.to(dtype) for t in c), reduction="none")
+    want = direct_dsm(raw, x, target, *c)
+    assert got.dtype == dtype and got.shape == (shape[0],)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+    assert torch.allclose(dsm_loss(raw, x, target, *c), want.mean(), rtol=1e-12)
+    assert torch.allclose(dsm_loss(raw, x, target, *c, reduction="sum"), want.sum(), rtol=1e-12)
+
+
+def test_dsm_loss_defaults_are_a_plain_mse(rng):
+    raw, target = randn(rng, 6, 5), randn(rng, 6, 5)
+    torch.testing.assert_close(dsm_loss(raw, torch.zeros_like(raw), target), ((raw - target) ** 2).mean())
+
+
+def test_dsm_gradients(rng):
+    raw, x, target = (randn(rng, 4, 3, 2).requires_grad_() for _ in range(3))
+    c = [0.1 + torch.rand(4, generator=rng, dtype=torch.float64) for _ in range(3)]
+    torch.autograd.gradcheck(lambda r, x, t: dsm_loss(r, x, t, *c, reduction="none"), (raw, x, target))
+    # the native backward equals autograd of the direct formula
+    a = raw.detach().clone().requires_grad_()
+    dsm_loss(a, x.detach(), target.detach(), *c).backward()
+    b = raw.detach().clone().requires_grad_()
+    direct_dsm(b, x.detach(), target.detach(), *c).mean().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_dsm_bad_input(rng):
+    raw = randn(rng, 4, 3)
+    ones = torch.ones(4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="target"):
+        dsm_loss(raw, raw, raw[:, :2])
+    with pytest.raises(ValueError, match="c_skip"):
+        dsm_loss(raw, raw, raw, ones[:3])
+    with pytest.raises(ValueError, match="reduction"):
+        dsm_loss(raw, raw, raw, reduction="avg")
+    bad = raw.clone()
+    bad[1, 1] = float("inf")
+    with pytest.raises(ValueError, match="raw"):
+        dsm_loss(bad, raw, raw, ones, ones, ones)
+    with pytest.raises(NotImplementedError, match="c_out"):
+        dsm_loss(raw.requires_grad_(), raw, raw, ones, ones.clone().requires_grad_(), ones).backward()
+
+
+@pytest.mark.parametrize("kind", ["x0", "epsilon", "v", "flow"])
+def test_targets(rng, kind):
+    y, n = randn(rng, 5, 4), randn(rng, 5, 4)
+    t = torch.rand(5, generator=rng, dtype=torch.float64)
+    alpha, sigma = torch.cos(t), torch.sin(t)
+    target = dsm_target(kind, y, n, sigma, alpha)
+    want = {"x0": y, "epsilon": n, "v": alpha[:, None] * n - sigma[:, None] * y, "flow": n - y}[kind]
+    torch.testing.assert_close(target, want)
+    with pytest.raises(ValueError, match="parameterization"):
+        dsm_target("score", y, n, sigma)
+
+
+# ---------------------------------------------------------------- preconditioning (EDM Table 1)
+
+def test_edm_coefficients_by_hand():
+    sd = 0.5
+    c_skip, c_out, c_in, c_noise, weight = edm_precond(torch.tensor([sd]), sd)
+    assert math.isclose(float(c_skip), 0.5) and math.isclose(float(c_out), sd / math.sqrt(2))
+    assert math.isclose(float(c_in), 1 / (sd * math.sqrt(2))) and math.isclose(float(c_noise), math.log(sd) / 4)
+    assert math.isclose(float(weight), 1 / float(c_out) ** 2)
+    s = torch.tensor([0.002, 1.0, 80.0], dtype=torch.float64)
+    c_skip, c_out, c_in, _, _ = edm_precond(s, sd)
+    # unit variance of the network's input and target (EDM appendix B.6)
+    torch.testing.assert_close(c_in * torch.sqrt(s * s + sd * sd), torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(c_skip + c_out ** 2 / sd ** 2 * 0 + (s * s) / (s * s + sd * sd),
+                               torch.ones(3, dtype=torch.float64))
+
+
+def test_vp_and_ve_coefficients():
+    s = torch.tensor([0.01, 1.0, 50.0], dtype=torch.float64)
+    c_skip, c_out, c_in, c_noise, weight = vp_precond(s)
+    torch.testing.assert_close(c_out, -s)
+    torch.testing.assert_close(c_in, 1 / torch.sqrt(s * s + 1))
+    t = c_noise / 999
+    torch.testing.assert_close(torch.sqrt(torch.expm1(0.5 * 19.9 * t * t + 0.1 * t)), s)  # t inverts sigma(t)
+    c_skip, c_out, c_in, c_noise, weight = ve_precond(s)
+    torch.testing.assert_close(c_out, s)
+    torch.testing.assert_close(c_noise, torch.log(s / 2))
+    torch.testing.assert_close(weight, 1 / (s * s))
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.lin = torch.nn.Linear(d + 1, d, dtype=torch.float64)
+
+    def forward(self, x, c_noise):
+        return self.lin(torch.cat([x, c_noise[:, None].to(x.dtype)], 1))
+
+
+@pytest.mark.parametrize("precond,loss", [(EDMPrecond, edm_loss), (VPPrecond, vp_loss), (VEPrecond, ve_loss)])
+def test_fused_loss_equals_the_loss_of_the_denoiser(rng, precond, loss):
+    torch.manual_seed(0)
+    net = precond(_Linear(3))
+    y, n = randn(rng, 8, 3), randn(rng, 8, 3)
+    sigma = 0.1 + 3 * torch.rand(8, generator=rng, dtype=torch.float64)
+    fused = loss(net, y, sigma=sigma, noise=n, reduction="none")
+    x = y + sigma[:, None] * n
+    weight = net.coefficients(sigma)[4] if precond is not EDMPrecond else edm_precond(sigma)[4]
+    plain = weight * ((net(x, sigma) - y) ** 2).mean(1)
+    torch.testing.assert_close(fused, plain, rtol=1e-10, atol=1e-12)
+    # the generic path (any callable denoiser) gives the same
+    torch.testing.assert_close(loss(lambda x, s: net(x, s), y, sigma=sigma, noise=n, reduction="none"), plain,
+                               rtol=1e-10, atol=1e-12)
+    fused.sum().backward()
+    assert net.net.lin.weight.grad is not None and torch.isfinite(net.net.lin.weight.grad).all()
+
+
+def test_sigma_sampling_distributions():
+    g = torch.Generator().manual_seed(3)
+    y = torch.zeros(20000, 1, dtype=torch.float64)
+    captured = {}
+
+    def spy(x, sigma):
+        captured["sigma"] = sigma
+        return x
+    edm_loss(spy, y, generator=g)
+    log_s = torch.log(captured["sigma"])
+    assert abs(float(log_s.mean()) + 1.2) < 0.05 and abs(float(log_s.std()) - 1.2) < 0.05
+    ve_loss(spy, y, generator=g)
+    log_s = torch.log(captured["sigma"])
+    assert float(log_s.min()) >= math.log(0.02) - 1e-12 and float(log_s.max()) <= math.log(100.0) + 1e-12
+    assert abs(float(log_s.mean()) - 0.5 * (math.log(0.02) + math.log(100))) < 0.05
+    vp_loss(spy, y, generator=g)
+    s = captured["sigma"]
+    t_max = 1.0
+    assert float(s.max()) <= math.sqrt(math.expm1(0.5 * 19.9 * t_max ** 2 + 0.1 * t_max)) + 1e-9
+
+
+def test_trained_network_approaches_the_exact_denoisers_loss():
+    """A small network trained with the EDM loss on a 2-D mixture for a few
+    hundred steps gets close to the loss of the exact denoiser, which is the
+    minimum of the expected loss: the loss is right, and its gradient is."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    means = torch.tensor([[-1.0, -0.5], [1.0, 0.8], [0.2, -1.2]], dtype=torch.float64)
+    weights = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    variances = torch.tensor([0.05, 0.08, 0.03], dtype=torch.float64)
+
+    def sample(n):
+        k = torch.multinomial(weights, n, replacement=True, generator=g)
+        return means[k] + torch.randn(n, 2, generator=g, dtype=torch.float64) * variances[k, None].sqrt()
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.SiLU(), torch.nn.Linear(64, 64),
+                                           torch.nn.SiLU(), torch.nn.Linear(64, 2)).double()
+
+        def forward(self, x, c_noise):
+            return self.mlp(torch.cat([x, c_noise[:, None]], 1))
+
+    model = EDMPrecond(Net(), sigma_data=0.9)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(400):
+        loss = edm_loss(model, sample(512), sigma_data=0.9, P_mean=-1.0, P_std=1.0, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    y = sample(8192)
+    sigma = torch.exp(-1.0 + torch.randn(8192, generator=g, dtype=torch.float64))
+    n = torch.randn(8192, 2, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        trained = edm_loss(model, y, sigma=sigma, noise=n, sigma_data=0.9)
+    exact = edm_loss(lambda x, s: gmm_denoiser(x, means, weights, variances, s), y, sigma=sigma, noise=n,
+                     sigma_data=0.9)
+    untrained = edm_loss(EDMPrecond(Net(), sigma_data=0.9), y, sigma=sigma, noise=n, sigma_data=0.9).detach()
+    assert float(exact) < float(untrained)
+    assert float(exact) * 0.97 < float(trained) < float(exact) * 1.25, (float(trained), float(exact))
+
+
+# ---------------------------------------------------------------- sliced score matching
+
+@pytest.mark.parametrize("variance_reduced", [False, True])
+def test_ssm_of_a_linear_score_is_exact_with_rademacher_probes(rng, variance_reduced):
+    diag = randn(rng, 4)
+    x = randn(rng, 6, 4)
+    loss = sliced_score_matching_loss(lambda x: x * diag, x, probes=3, variance_reduced=variance_reduced,
+                                      generator=torch.Generator().manual_seed(0), reduction="none")
+    # v^T A v = tr(A) for diagonal A and v in {-1, 1}^d
+    if variance_reduced:
+        torch.testing.assert_close(loss, diag.sum() + 0.5 * ((x * diag) ** 2).sum(1))
+    else:
+        assert torch.all(loss >= diag.sum() - 1e-12)
+
+
+def test_ssm_gaussian_probes_estimate_the_trace(rng):
+    a = randn(rng, 3, 3)
+    x = randn(rng, 2, 3)
+    loss = sliced_score_matching_loss(lambda x: x @ a.T, x, probes=20000, probe="gaussian", variance_reduced=True,
+                                      generator=torch.Generator().manual_seed(0), reduction="none")
+    want = torch.trace(a) + 0.5 * ((x @ a.T) ** 2).sum(1)
+    torch.testing.assert_close(loss, want, rtol=0, atol=0.1)
+
+
+def test_ssm_backpropagates_into_the_network(rng):
+    net = torch.nn.Linear(3, 3, dtype=torch.float64)
+    sliced_score_matching_loss(net, randn(rng, 5, 3)).backward()
+    assert net.weight.grad is not None and float(net.weight.grad.abs().sum()) > 0
+
+
+# ---------------------------------------------------------------- DMD
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1), (4, 3, 8, 8), (9, 31), (2, 5000)], ids=str)
+def test_dmd_gradient_matches_formula(rng, shape, dtype):
+    x0, real, fake = (randn(rng, *shape) for _ in range(3))
+    got = dmd_gradient(x0.to(dtype), real.to(dtype), fake.to(dtype))
+    b = shape[0]
+    want = (fake - real) / (x0 - real).abs().reshape(b, -1).mean(1).view(b, *[1] * (len(shape) - 1))
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * float(want.abs().max()))
+
+
+def test_dmd_zero_normaliser_gives_zero(rng):
+    x0 = randn(rng, 3, 4)
+    real = x0.clone()
+    real[1] += 1.0  # only sample 1 has a non-zero normaliser
+    got = dmd_gradient(x0, real, randn(rng, 3, 4))
+    assert torch.equal(got[0], torch.zeros(4, dtype=torch.float64)) and torch.equal(got[2], torch.zeros(4, dtype=torch.float64))
+    assert torch.isfinite(got).all() and got[1].abs().sum() > 0
+
+
+def test_dmd_loss_gradient_is_the_dmd_gradient(rng):
+    x0, real, fake = (randn(rng, 3, 5) for _ in range(3))
+    x = x0.clone().requires_grad_()
+    dmd_loss(x, real, fake, reduction="sum").backward()
+    torch.testing.assert_close(x.grad, dmd_gradient(x0, real, fake) / 5)
+
+
+@cuda_only
+def test_cuda_dsm_and_dmd(rng):
+    raw, x, target = (randn(rng, 16, 3, 8, 8, dtype=torch.float32) for _ in range(3))
+    c = [0.1 + torch.rand(16, generator=rng) for _ in range(3)]
+    got = dsm_loss(*(t.cuda() for t in (raw, x, target)), *(t.cuda() for t in c), reduction="none")
+    torch.testing.assert_close(got.cpu(), dsm_loss(raw, x, target, *c, reduction="none"), rtol=1e-5, atol=1e-6)
+    r = raw.cuda().requires_grad_()
+    dsm_loss(r, x.cuda(), target.cuda(), *(t.cuda() for t in c)).backward()
+    a = raw.clone().requires_grad_()
+    dsm_loss(a, x, target, *c).backward()
+    torch.testing.assert_close(r.grad.cpu(), a.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(dmd_gradient(raw.cuda(), x.cuda(), target.cuda()).cpu(), dmd_gradient(raw, x, target),
+                               rtol=1e-5, atol=1e-5)
