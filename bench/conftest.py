@@ -7,6 +7,13 @@ Run explicitly (pyproject's testpaths only name tests/):
 
 Files named ``bench_*.py`` are collected here, so the suites need no
 ``__init__.py`` and no change to the project's pytest settings.
+
+Convention for every benchmark (``gencore bench`` builds its table from it):
+peers share a ``benchmark.group``, and each test names itself in
+``benchmark.extra_info["contender"]`` ("gencore" for ours; the ratio column is
+relative to it). A benchmark that passes without a contender fails here, so
+the convention cannot drift. The suites also ship inside the package as
+``gencore/bench`` (pyproject's ``wheel.packages``).
 """
 from __future__ import annotations
 
@@ -40,6 +47,17 @@ def pytest_collect_file(file_path, parent):
             and not parent.session.isinitpath(file_path)):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    bench = item.funcargs.get("benchmark") if call.when == "call" else None
+    if bench is not None and report.passed and not bench.extra_info.get("contender"):
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid}: set benchmark.extra_info['contender'] (e.g. 'gencore' or the "
+                           "peer's name): gencore bench labels and compares rows by it (see bench/conftest.py)")
 
 
 def pytest_report_header(config):

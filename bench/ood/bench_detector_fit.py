@@ -1,13 +1,13 @@
 """Fitting MahalanobisDetector by streaming partial_fit vs scikit-learn in memory.
 
-Group ``detector-fit``:
+Group ``detector-fit`` (the names are each row's ``extra_info["contender"]``):
 
 * ``generate-only``: producing the chunks, nothing else (the stream's data
   cost, to subtract from the next line);
-* ``gencore-partial_fit``: ``MahalanobisDetector().partial_fit`` over chunks
+* ``gencore``: ``MahalanobisDetector().partial_fit`` over chunks
   generated on the fly (the full data set never exists in memory), then the
   tied covariance and its precision factor;
-* ``sklearn-EmpiricalCovariance``: the same estimate with the whole data set
+* ``sklearn``: the same estimate with the whole data set
   in memory: class means by numpy, then ``EmpiricalCovariance`` on the class
   residuals, the scikit-learn way to get Lee et al.'s tied covariance. Skipped
   with a reason when the data set would not fit comfortably in memory.
@@ -140,14 +140,14 @@ def test_correctness_before_timing(threads):
 @pytest.mark.benchmark(group="detector-fit")
 def test_generate_only(benchmark, size, threads):
     name, (n, d) = size
-    extra(benchmark, size, threads, what="chunk generation alone")
+    extra(benchmark, size, threads, contender="generate-only", what="chunk generation alone")
     assert timed(benchmark, name, lambda: generate_only(n, d)) == n
 
 
 @pytest.mark.benchmark(group="detector-fit")
 def test_gencore_partial_fit(benchmark, size, threads):
     name, (n, d) = size
-    extra(benchmark, size, threads, what="partial_fit over generated chunks + precision factor",
+    extra(benchmark, size, threads, contender="gencore", what="partial_fit over generated chunks + precision factor",
           peak_data_bytes=CHUNK * d * 4)
     detector = timed(benchmark, name, lambda: fit_stream(n, d))
     assert detector.statistics.n == n
@@ -162,7 +162,8 @@ def test_sklearn_empirical_covariance(benchmark, size, threads):
         pytest.skip(f"scikit-learn needs the data in memory (~{need / 2**30:.1f} GiB), "
                     f"only {have / 2**30:.1f} GiB available")
     x, labels = in_memory(n, d)
-    extra(benchmark, size, threads, what="class means + EmpiricalCovariance on residuals, data in memory",
+    extra(benchmark, size, threads, contender="sklearn",
+          what="class means + EmpiricalCovariance on residuals, data in memory",
           peak_data_bytes=need)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
