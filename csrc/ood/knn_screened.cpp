@@ -14,7 +14,7 @@
 
 #include "gencore/parallel.h"
 #include "gencore/simd.h"
-#include "ood/bf16_gemm.h"
+#include "gencore/bf16_gemm.h"
 #include "ood/knn_screen.h"
 #include "ood/knn_terms.h"
 

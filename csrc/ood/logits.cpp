@@ -20,7 +20,7 @@
 #include "gencore/check.h"
 #include "gencore/parallel.h"
 #include "gencore/simd.h"
-#include "ood/topk_heap.h"
+#include "gencore/topk_heap.h"
 
 namespace gencore::ood {
 namespace {

@@ -1,10 +1,10 @@
 // Logit-based OOD scores on the CPU, one fused pass per row (see
-// gencore/logit_math.h for the per-row math shared with the CUDA kernels).
+// ood/logit_math.h for the per-row math shared with the CUDA kernels).
 //   logits [N, C] -> scores [N]   (higher = more in-distribution)
 #pragma once
 #include <cstdint>
 
-#include "gencore/logit_math.h"
+#include "ood/logit_math.h"
 #include "gencore/view.h"
 
 namespace gencore::ood {

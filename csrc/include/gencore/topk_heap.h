@@ -1,6 +1,7 @@
 // Bounded max-heap of the k best (smallest) keys seen so far, ordered by
 // (key, index) so that ties go to the lower index and results are deterministic.
-// Storage is caller-owned (one slice of a per-thread arena per query).
+// Storage is caller-owned (one slice of a per-thread arena per query). Shared by
+// every family that selects a top-k (kNN, GEN's top-M logits, ...).
 //
 // The operations live in an anonymous namespace on purpose: this header is
 // compiled into baseline, AVX2 and AVX-512 translation units, and shared
@@ -12,7 +13,7 @@
 #include <limits>
 #include <utility>
 
-namespace gencore::ood {
+namespace gencore {
 
 template <typename T>
 struct TopKHeap {
@@ -91,4 +92,4 @@ inline void heap_sort_ascending(TopKHeap<T>& h) {
 
 }  // namespace
 
-}  // namespace gencore::ood
+}  // namespace gencore

@@ -1,9 +1,9 @@
-// bf16 pack + GEMM for the kNN screening pass (see bf16_gemm.h for layouts and the
+// bf16 pack + GEMM of the screening passes (see gencore/bf16_gemm.h for layouts and the
 // error model). Compiled with -mavx512f/bw/dq/vl/bf16; entered only after a CPU check.
 //
 // Nothing from the standard library is instantiated here on purpose: an inline
 // template emitted by this unit could be the copy the linker keeps for baseline units.
-#include "ood/bf16_gemm.h"
+#include "gencore/bf16_gemm.h"
 
 // GCC 12's own intrinsic headers (the _mm512_undefined_* self-initialisation) trip
 // -Wmaybe-uninitialized once inlined; the warning is attributed to header lines.
@@ -12,7 +12,7 @@
 #include <immintrin.h>
 #pragma GCC diagnostic pop
 
-namespace gencore::ood {
+namespace gencore {
 namespace {
 
 constexpr int kMR = static_cast<int>(kBf16PanelA);  // 8
@@ -213,4 +213,4 @@ void bf16_gemm_abt_avx512bf16(const uint16_t* a_packed, int64_t m, const uint16_
   }
 }
 
-}  // namespace gencore::ood
+}  // namespace gencore
