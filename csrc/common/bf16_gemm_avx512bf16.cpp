@@ -176,13 +176,11 @@ static_assert(kNV == 3, "TileRow lists one instantiation per vector count");
 constexpr const TileFn* kTiles[kMR] = {TileRow<1>::fns, TileRow<2>::fns, TileRow<3>::fns, TileRow<4>::fns,
                                        TileRow<5>::fns, TileRow<6>::fns, TileRow<7>::fns, TileRow<8>::fns};
 
-}  // namespace
-
-void bf16_pack_a_avx512bf16(const float* src, int64_t rows, int64_t ld, int64_t depth, uint16_t* dst) {
+void pack_a(const float* src, int64_t rows, int64_t ld, int64_t depth, uint16_t* dst) {
   pack_rows<kMR>(src, rows, ld, depth, reinterpret_cast<uint32_t*>(dst));
 }
 
-void bf16_pack_b_avx512bf16(const float* src, int64_t rows, int64_t ld, int64_t depth, uint16_t* dst) {
+void pack_b(const float* src, int64_t rows, int64_t ld, int64_t depth, uint16_t* dst) {
   pack_rows<kNR>(src, rows, ld, depth, reinterpret_cast<uint32_t*>(dst));
 }
 
@@ -191,8 +189,8 @@ void bf16_pack_b_avx512bf16(const float* src, int64_t rows, int64_t ld, int64_t 
 // packed A (256 KB for the usual m = 256, depth = 512) is re-read from L2 per B panel.
 // Blocking the query rows so A stays in L2 was tried and gained nothing measurable even
 // at m = 4096, depth = 1024 (the A stream is only 32 B per 24 instructions).
-void bf16_gemm_abt_avx512bf16(const uint16_t* a_packed, int64_t m, const uint16_t* b_packed, int64_t n,
-                              int64_t depth, float* c, int64_t ldc) {
+void gemm_abt(const uint16_t* a_packed, int64_t m, const uint16_t* b_packed, int64_t n, int64_t depth,
+              float* c, int64_t ldc) {
   const int64_t kp = (depth + 1) / 2;
   const uint32_t* a = reinterpret_cast<const uint32_t*>(a_packed);
   const uint32_t* b = reinterpret_cast<const uint32_t*>(b_packed);
@@ -212,5 +210,9 @@ void bf16_gemm_abt_avx512bf16(const uint16_t* a_packed, int64_t m, const uint16_
     }
   }
 }
+
+}  // namespace
+
+Bf16GemmKernels bf16_gemm_kernels_avx512bf16() { return {pack_a, pack_b, gemm_abt}; }
 
 }  // namespace gencore

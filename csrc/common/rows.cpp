@@ -4,24 +4,11 @@
 #include <limits>
 
 #include "gencore/check.h"
+#include "gencore/isa.h"
 #include "gencore/parallel.h"
-#include "gencore/simd.h"
 
 namespace gencore {
 namespace {
-
-using NormFn = double (*)(const float*, int64_t);
-
-NormFn pick_norm() {
-#ifdef GENCORE_X86
-  switch (simd_level()) {
-    case SimdLevel::avx512: return squared_norm_avx512;
-    case SimdLevel::avx2: return squared_norm_avx2;
-    default: break;
-  }
-#endif
-  return squared_norm_scalar;
-}
 
 double squared_norm_f64(const double* row, int64_t n) {
   double acc = 0.0;
@@ -51,10 +38,12 @@ double squared_norm_scalar(const float* row, int64_t n) {
   return acc;
 }
 
-SquaredNormFn squared_norm_kernel() { return pick_norm(); }
+SquaredNormFn squared_norm_kernel() {
+  return pick_isa(squared_norm_scalar, GENCORE_ISA_FN(squared_norm_avx2), GENCORE_ISA_FN(squared_norm_avx512));
+}
 
 void squared_row_norms(MatrixView<const float> m, float* out, const char* what, int num_threads) {
-  row_norms(m, out, what, num_threads, pick_norm());
+  row_norms(m, out, what, num_threads, squared_norm_kernel());
 }
 
 void squared_row_norms(MatrixView<const double> m, double* out, const char* what, int num_threads) {

@@ -17,12 +17,13 @@
 #include <climits>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "gencore/blas.h"
 #include "gencore/check.h"
+#include "gencore/isa.h"
 #include "gencore/parallel.h"
-#include "gencore/simd.h"
 
 namespace gencore::ood {
 namespace {
@@ -36,16 +37,10 @@ using OfferFn = void (*)(const T*, const T*, const T*, int64_t, int64_t, TopKHea
 
 template <typename T>
 OfferFn<T> pick_offer() {
-  if constexpr (std::is_same_v<T, float>) {
-#ifdef GENCORE_X86
-    switch (simd_level()) {
-      case SimdLevel::avx512: return offer_tile_avx512;
-      case SimdLevel::avx2: return offer_tile_avx2;
-      default: break;
-    }
-#endif
-  }
-  return offer_tile_scalar<T>;
+  if constexpr (std::is_same_v<T, float>)
+    return pick_isa(offer_tile_scalar<float>, GENCORE_ISA_FN(offer_tile_avx2), GENCORE_ISA_FN(offer_tile_avx512));
+  else
+    return offer_tile_scalar<T>;  // float64 has no SIMD scan
 }
 
 // How the (query block x bank) work is split over threads.
@@ -118,9 +113,9 @@ void knn(MatrixView<const T> queries, MatrixView<const T> bank, int64_t k, KnnMe
 
   const MetricTerms<T> terms = metric_terms(queries, bank, metric, num_threads);
   if constexpr (std::is_same_v<T, float>) {
-    if (knn_screen_applies(Q, bank.cols, terms, num_threads)) {
+    if (const auto screen = knn_screen_plan(Q, bank.cols, terms, num_threads)) {
       last_path = "bf16-screen";
-      knn_screened(queries, bank, k, metric, terms, values, indices, num_threads);
+      knn_screened(*screen, queries, bank, k, metric, terms, values, indices, num_threads);
       return;
     }
   }

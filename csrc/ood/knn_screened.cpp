@@ -12,9 +12,9 @@
 #include <cmath>
 #include <vector>
 
-#include "gencore/parallel.h"
-#include "gencore/simd.h"
 #include "gencore/bf16_gemm.h"
+#include "gencore/isa.h"
+#include "gencore/parallel.h"
 #include "ood/knn_screen.h"
 #include "ood/knn_terms.h"
 
@@ -54,18 +54,22 @@ RowTerms row_terms(const MetricTerms<float>& t, KnnMetric metric, int64_t depth)
 
 }  // namespace
 
-bool knn_screen_applies(int64_t Q, int64_t D, const MetricTerms<float>& t, int threads) {
-  if (simd_level() != SimdLevel::avx512 || !cpu_has_avx512_bf16()) return false;
+std::optional<KnnScreenKernels> knn_screen_plan(int64_t Q, int64_t D, const MetricTerms<float>& t,
+                                                int threads) {
+  const KnnScreenKernels kernels{
+      bf16_gemm_kernels(), pick_isa<ScreenRowFn>(nullptr, nullptr, nullptr, GENCORE_ISA_FN(screen_row_avx512bf16))};
+  if (!kernels.gemm || !kernels.screen_row) return std::nullopt;
   const int64_t N = int64_t(t.bank_sq.size());
-  if (D < 32 || N < 4096 || Q < 64 * int64_t(std::max(threads, 1))) return false;
+  if (D < 32 || N < 4096 || Q < 64 * int64_t(std::max(threads, 1))) return std::nullopt;
   const float max_bank = *std::max_element(t.bank_sq.begin(), t.bank_sq.end());
   const float max_query = *std::max_element(t.query_sq.begin(), t.query_sq.end());
-  return max_bank < kMaxSquaredNorm && max_query < kMaxSquaredNorm;
+  if (!(max_bank < kMaxSquaredNorm && max_query < kMaxSquaredNorm)) return std::nullopt;
+  return kernels;
 }
 
-void knn_screened(MatrixView<const float> queries, MatrixView<const float> bank, int64_t k,
-                  KnnMetric metric, const MetricTerms<float>& terms, float* values, int64_t* indices,
-                  int num_threads) {
+void knn_screened(const KnnScreenKernels& kernels, MatrixView<const float> queries,
+                  MatrixView<const float> bank, int64_t k, KnnMetric metric, const MetricTerms<float>& terms,
+                  float* values, int64_t* indices, int num_threads) {
   const int64_t Q = queries.rows, N = bank.rows, D = bank.cols;
   const RowTerms rows = row_terms(terms, metric, D);
   const ScreenRowTerms row_view{rows.key_scale.data(), terms.bias.data(), rows.margin_weight.data(),
@@ -91,7 +95,7 @@ void knn_screened(MatrixView<const float> queries, MatrixView<const float> bank,
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t q0 = b * kBlock, rows_in_block = std::min(kBlock, Q - q0);
-      bf16_pack_a_avx512bf16(queries.row(q0), rows_in_block, queries.row_stride, D,
+      kernels.gemm.pack_a(queries.row(q0), rows_in_block, queries.row_stride, D,
                              packed_queries.data() + bf16_packed_elems_a(q0, D));
     }
     for (int64_t s0 = 0; s0 < N; s0 += kSuperTile) {
@@ -102,7 +106,7 @@ void knn_screened(MatrixView<const float> queries, MatrixView<const float> bank,
       for (int64_t c = 0; c < threads; ++c) {
         const int64_t r0 = s0 + c * chunk, r1 = std::min(s1, r0 + chunk);
         if (r0 < r1)
-          bf16_pack_b_avx512bf16(bank.row(r0), r1 - r0, bank.row_stride, D,
+          kernels.gemm.pack_b(bank.row(r0), r1 - r0, bank.row_stride, D,
                                  packed_bank.data() + bf16_packed_elems_b(r0 - s0, D));
       }
 #pragma omp for schedule(dynamic, 1)
@@ -111,11 +115,11 @@ void knn_screened(MatrixView<const float> queries, MatrixView<const float> bank,
         for (int64_t t0 = s0; t0 < s1; t0 += kTile) {
           const int64_t tn = std::min(kTile, s1 - t0);
           // tile [q1 - q0, tn] ~= queries[q0:q1] . bank[t0:t0+tn]^T from bf16 operands
-          bf16_gemm_abt_avx512bf16(packed_queries.data() + bf16_packed_elems_a(q0, D), q1 - q0,
+          kernels.gemm.gemm_abt(packed_queries.data() + bf16_packed_elems_a(q0, D), q1 - q0,
                                    packed_bank.data() + bf16_packed_elems_b(t0 - s0, D), tn, D,
                                    tile.data(), kTile);
           for (int64_t i = q0; i < q1; ++i)
-            screen_row_avx512bf16(tile.data() + (i - q0) * kTile, tn, t0, row_view, queries.row(i),
+            kernels.screen_row(tile.data() + (i - q0) * kTile, tn, t0, row_view, queries.row(i),
                                   query_norm[i], bank, bounds[i], exact[i]);
         }
       }

@@ -18,8 +18,8 @@
 #include <vector>
 
 #include "gencore/check.h"
+#include "gencore/isa.h"
 #include "gencore/parallel.h"
-#include "gencore/simd.h"
 #include "gencore/topk_heap.h"
 
 namespace gencore::ood {
@@ -70,7 +70,7 @@ double kl_dot_portable(const T* row, const T* e, const T* log_d, int64_t n, T m)
   return acc;
 }
 
-// GEN terms of values <= m with p <= 1/2 (see LogitRowOpsF32::gen_sum), in double.
+// GEN terms of values <= m with p <= 1/2 (see LogitRowOps::gen_sum), in double.
 template <typename T>
 double gen_sum_portable(const T* v, int64_t n, T m, double log_s, double gamma, bool skip_max, T floor) {
   double acc = 0.0;
@@ -81,28 +81,17 @@ double gen_sum_portable(const T* v, int64_t n, T m, double log_s, double gamma, 
 }
 
 template <typename T>
-struct RowOps {
-  T (*max)(const T*, int64_t, bool*);
-  int64_t (*find)(const T*, int64_t, T);
-  double (*exp_sum)(const T*, int64_t, T, T, T*);
-  double (*kl_dot)(const T*, const T*, const T*, int64_t, T);
-  double (*gen_sum)(const T*, int64_t, T, double, double, bool, T);
-};
+LogitRowOps<T> logit_row_ops_portable() {
+  return {max_portable<T>, find_portable<T>, exp_sum_portable<T>, kl_dot_portable<T>, gen_sum_portable<T>};
+}
 
 template <typename T>
-RowOps<T> pick_row_ops() {
-  if constexpr (std::is_same_v<T, float>) {
-#ifdef GENCORE_X86
-    LogitRowOpsF32 simd{};
-    switch (simd_level()) {
-      case SimdLevel::avx512: simd = logit_row_ops_avx512(); break;
-      case SimdLevel::avx2: simd = logit_row_ops_avx2(); break;
-      default: break;
-    }
-    if (simd.max) return {simd.max, simd.find, simd.exp_sum, simd.kl_dot, simd.gen_sum};
-#endif
-  }
-  return {max_portable<T>, find_portable<T>, exp_sum_portable<T>, kl_dot_portable<T>, gen_sum_portable<T>};
+LogitRowOps<T> pick_row_ops() {
+  if constexpr (std::is_same_v<T, float>)
+    return pick_isa(logit_row_ops_portable<float>, GENCORE_ISA_FN(logit_row_ops_avx2),
+                    GENCORE_ISA_FN(logit_row_ops_avx512))();
+  else
+    return logit_row_ops_portable<T>();
 }
 
 // ---------------------------------------------------------------- per-row pieces
@@ -117,7 +106,7 @@ struct RowSummary {
 // Steps 1 and 2. Returns false for a row with NaN/inf. `store` (may be null)
 // receives exp((l_j - m) / T) for every j, 1 at k.
 template <typename T>
-bool summarise(const T* row, int64_t C, T inv_t, bool need_rest, const RowOps<T>& ops, T* store,
+bool summarise(const T* row, int64_t C, T inv_t, bool need_rest, const LogitRowOps<T>& ops, T* store,
                RowSummary<T>& s) {
   bool finite = true;
   s.m = ops.max(row, C, &finite);
@@ -247,7 +236,7 @@ T largest_of(const T* row, int64_t C, int64_t K, T sign, GenScratch<T>& scratch)
 //    plus as many copies of t as complete the top M (ties at t).
 template <typename T>
 double gen_score(const T* row, int64_t C, const RowSummary<T>& s, double gamma, int64_t top_m,
-                 const RowOps<T>& ops, GenScratch<T>& scratch) {
+                 const LogitRowOps<T>& ops, GenScratch<T>& scratch) {
   constexpr T kAll = -std::numeric_limits<T>::infinity();
   const bool unique = s.rest < 1.0;  // p_k > 1/2: no other class ties with k
   const double log_s = std::log1p(s.rest);
@@ -272,7 +261,7 @@ double gen_score(const T* row, int64_t C, const RowSummary<T>& s, double gamma, 
 // -KL(softmax(l) || d_k), d_k the template of the predicted class k.
 template <typename T>
 double kl_score(const T* row, int64_t C, const RowSummary<T>& s, MatrixView<const T> log_templates,
-                const RowOps<T>& ops, const T* e) {
+                const LogitRowOps<T>& ops, const T* e) {
   const double dot = ops.kl_dot(row, e, log_templates.row(s.k), C, s.m);
   return -lm::kl_from_dot(dot, s.rest);
 }
@@ -292,7 +281,7 @@ void logit_scores(MatrixView<const T> logits, LogitScore score, const LogitParam
                 log_templates.cols, "]");
   if (N == 0) return;
 
-  const RowOps<T> ops = pick_row_ops<T>();
+  const LogitRowOps<T> ops = pick_row_ops<T>();
   // Only msp and energy have a temperature; GEN and KL read softmax(l) itself.
   const bool tempered = score == LogitScore::msp || score == LogitScore::energy;
   const double temperature = tempered ? params.temperature : 1.0;

@@ -176,6 +176,6 @@ double gen_sum(const float* v, int64_t n, float m, double log_s, double gamma, b
 
 }  // namespace
 
-LogitRowOpsF32 logit_row_ops_avx2() { return {row_max, find, exp_sum, kl_dot, gen_sum}; }
+LogitRowOps<float> logit_row_ops_avx2() { return {row_max, find, exp_sum, kl_dot, gen_sum}; }
 
 }  // namespace gencore::ood

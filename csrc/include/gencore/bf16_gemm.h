@@ -53,16 +53,27 @@ inline int64_t bf16_packed_elems_b(int64_t rows, int64_t depth) {
   return panels * kBf16PanelB * ((depth + 1) / 2) * 2;
 }
 
-// src [rows, depth] fp32 with row stride ld (elements) -> dst, bf16_packed_elems_a/b
-// elements in the layout above (every element written, padding included).
-void bf16_pack_a_avx512bf16(const float* src, int64_t rows, int64_t ld, int64_t depth, uint16_t* dst);
-void bf16_pack_b_avx512bf16(const float* src, int64_t rows, int64_t ld, int64_t depth, uint16_t* dst);
+// The kernels of one ISA. All single-threaded and allocation-free; callers
+// parallelise over tiles of a and b.
+struct Bf16GemmKernels {
+  // src [rows, depth] fp32 with row stride ld (elements) -> dst, bf16_packed_elems_a/b
+  // elements in the layout above (every element written, padding included).
+  void (*pack_a)(const float* src, int64_t rows, int64_t ld, int64_t depth, uint16_t* dst) = nullptr;
+  void (*pack_b)(const float* src, int64_t rows, int64_t ld, int64_t depth, uint16_t* dst) = nullptr;
+  // a_packed from pack_a (m rows), b_packed from pack_b (n rows), same depth.
+  // c [m, n] with row stride ldc: c[i * ldc + j] = sum_d A[i, d] * B[j, d] (overwritten;
+  // nothing outside i < m, j < n is touched).
+  void (*gemm_abt)(const uint16_t* a_packed, int64_t m, const uint16_t* b_packed, int64_t n,
+                   int64_t depth, float* c, int64_t ldc) = nullptr;
 
-// a_packed from bf16_pack_a (m rows), b_packed from bf16_pack_b (n rows), same depth.
-// c [m, n] with row stride ldc: c[i * ldc + j] = sum_d A[i, d] * B[j, d] (overwritten;
-// nothing outside i < m, j < n is touched). Single-threaded, allocates nothing; the
-// caller parallelises over tiles of a and b.
-void bf16_gemm_abt_avx512bf16(const uint16_t* a_packed, int64_t m, const uint16_t* b_packed, int64_t n,
-                              int64_t depth, float* c, int64_t ldc);
+  explicit operator bool() const { return gemm_abt != nullptr; }
+};
+
+// The kernels for the SIMD level in use, or an empty (false) table where this CPU
+// or this build has no bf16 dot product: callers keep an fp32 path. Pick once per call.
+Bf16GemmKernels bf16_gemm_kernels();
+
+// Per ISA (internal; bf16_gemm_kernels() picks among them).
+Bf16GemmKernels bf16_gemm_kernels_avx512bf16();
 
 }  // namespace gencore
