@@ -37,6 +37,8 @@
 #pragma once
 #include <cstdint>
 
+#include "gencore/config.h"
+
 namespace gencore {
 
 inline constexpr int64_t kBf16PanelA = 8;   // rows per A panel (micro-tile height)

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <string>
 
+#include "gencore/config.h"
+
 namespace gencore::blas {
 
 // Registers the Fortran sgemm/dgemm entry points (from SciPy's capsules).

@@ -7,6 +7,7 @@
 //   auto norm = pick_isa(squared_norm_scalar, GENCORE_ISA_FN(squared_norm_avx2),
 //                        GENCORE_ISA_FN(squared_norm_avx512));
 #pragma once
+#include "gencore/config.h"
 #include "gencore/simd.h"
 
 #if defined(GENCORE_X86)

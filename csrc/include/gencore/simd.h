@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "gencore/config.h"
+
 namespace gencore {
 
 enum class SimdLevel : int { scalar = 0, avx2 = 1, avx512 = 2 };

@@ -13,6 +13,8 @@
 #include <limits>
 #include <utility>
 
+#include "gencore/config.h"
+
 namespace gencore {
 
 template <typename T>
