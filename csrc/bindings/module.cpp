@@ -13,6 +13,7 @@ namespace gencore::bindings {
 void bind_ood(py::module_& m);
 void bind_ood_mahalanobis(py::module_& m);
 void bind_ood_logits(py::module_& m);
+void bind_test_hooks(py::module_& m);
 }
 
 namespace {
@@ -44,4 +45,5 @@ PYBIND11_MODULE(_core, m) {
   bindings::bind_ood(m);
   bindings::bind_ood_mahalanobis(m);
   bindings::bind_ood_logits(m);
+  bindings::bind_test_hooks(m);
 }

@@ -10,6 +10,8 @@
 // and 2 Q x k heap entries; independent of N apart from the row terms.
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <optional>
 #include <vector>
 
 #include "gencore/bf16_gemm.h"
@@ -88,51 +90,49 @@ void knn_screened(const KnnScreenKernels& kernels, MatrixView<const float> queri
   std::vector<uint16_t> packed_bank(bf16_packed_elems_b(std::min(N, kSuperTile), D));
   const int64_t blocks = (Q + kBlock - 1) / kBlock;
   const int threads = clamp_threads(num_threads, blocks);
+  // One GEMM tile per thread, allocated once for all super-tiles (and left
+  // uninitialised: the GEMM writes before the screen reads); a thread's state
+  // is its slice (parallel_for never runs more than `threads` threads).
+  const std::unique_ptr<float[]> tiles(new float[size_t(threads) * kBlock * kTile]);
+  auto own_tile = [&tiles] { return tiles.get() + int64_t(thread_id()) * kBlock * kTile; };
 
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<float> tile(kBlock * kTile);
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t q0 = b * kBlock, rows_in_block = std::min(kBlock, Q - q0);
-      kernels.gemm.pack_a(queries.row(q0), rows_in_block, queries.row_stride, D,
-                             packed_queries.data() + bf16_packed_elems_a(q0, D));
-    }
-    for (int64_t s0 = 0; s0 < N; s0 += kSuperTile) {
-      const int64_t s1 = std::min(N, s0 + kSuperTile);
-      const int64_t panels = (s1 - s0 + kBf16PanelB - 1) / kBf16PanelB;
-      const int64_t chunk = ((panels + threads - 1) / threads) * kBf16PanelB;
-#pragma omp for schedule(static)
-      for (int64_t c = 0; c < threads; ++c) {
-        const int64_t r0 = s0 + c * chunk, r1 = std::min(s1, r0 + chunk);
-        if (r0 < r1)
-          kernels.gemm.pack_b(bank.row(r0), r1 - r0, bank.row_stride, D,
-                                 packed_bank.data() + bf16_packed_elems_b(r0 - s0, D));
+  parallel_for(blocks, threads, Schedule::fixed, [&](int64_t b) {
+    const int64_t q0 = b * kBlock, rows_in_block = std::min(kBlock, Q - q0);
+    kernels.gemm.pack_a(queries.row(q0), rows_in_block, queries.row_stride, D,
+                        packed_queries.data() + bf16_packed_elems_a(q0, D));
+  });
+  for (int64_t s0 = 0; s0 < N; s0 += kSuperTile) {
+    const int64_t s1 = std::min(N, s0 + kSuperTile);
+    // All threads pack the super-tile, one run of whole B panels each ...
+    const int64_t panels = (s1 - s0 + kBf16PanelB - 1) / kBf16PanelB;
+    const int64_t chunk = ((panels + threads - 1) / threads) * kBf16PanelB;
+    parallel_for(threads, threads, Schedule::fixed, [&](int64_t c) {
+      const int64_t r0 = s0 + c * chunk, r1 = std::min(s1, r0 + chunk);
+      if (r0 < r1)
+        kernels.gemm.pack_b(bank.row(r0), r1 - r0, bank.row_stride, D,
+                            packed_bank.data() + bf16_packed_elems_b(r0 - s0, D));
+    });
+    // ... then screen it against one query block per item (dynamic: the last block is short).
+    parallel_for(blocks, threads, Schedule::dynamic, own_tile, [&](float* tile, int64_t b) {
+      const int64_t q0 = b * kBlock, q1 = std::min(Q, q0 + kBlock);
+      for (int64_t t0 = s0; t0 < s1; t0 += kTile) {
+        const int64_t tn = std::min(kTile, s1 - t0);
+        // tile [q1 - q0, tn] ~= queries[q0:q1] . bank[t0:t0+tn]^T from bf16 operands
+        kernels.gemm.gemm_abt(packed_queries.data() + bf16_packed_elems_a(q0, D), q1 - q0,
+                              packed_bank.data() + bf16_packed_elems_b(t0 - s0, D), tn, D, tile, kTile);
+        for (int64_t i = q0; i < q1; ++i)
+          kernels.screen_row(tile + (i - q0) * kTile, tn, t0, row_view, queries.row(i), query_norm[i], bank,
+                             bounds[i], exact[i]);
       }
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t q0 = b * kBlock, q1 = std::min(Q, q0 + kBlock);
-        for (int64_t t0 = s0; t0 < s1; t0 += kTile) {
-          const int64_t tn = std::min(kTile, s1 - t0);
-          // tile [q1 - q0, tn] ~= queries[q0:q1] . bank[t0:t0+tn]^T from bf16 operands
-          kernels.gemm.gemm_abt(packed_queries.data() + bf16_packed_elems_a(q0, D), q1 - q0,
-                                   packed_bank.data() + bf16_packed_elems_b(t0 - s0, D), tn, D,
-                                   tile.data(), kTile);
-          for (int64_t i = q0; i < q1; ++i)
-            kernels.screen_row(tile.data() + (i - q0) * kTile, tn, t0, row_view, queries.row(i),
-                                  query_norm[i], bank, bounds[i], exact[i]);
-        }
-      }
-    }
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < Q; ++i) {
-      heap_sort_ascending(exact[i]);
-      for (int64_t r = 0; r < k; ++r) {
-        values[i * k + r] = key_to_value(exact[i].keys[r], terms.query_term[i], metric);
-        indices[i * k + r] = exact[i].ids[r];
-      }
-    }
+    });
   }
+  parallel_for(Q, threads, Schedule::fixed, [&](int64_t i) {
+    heap_sort_ascending(exact[i]);
+    for (int64_t r = 0; r < k; ++r) {
+      values[i * k + r] = key_to_value(exact[i].keys[r], terms.query_term[i], metric);
+      indices[i * k + r] = exact[i].ids[r];
+    }
+  });
 }
 
 }  // namespace gencore::ood

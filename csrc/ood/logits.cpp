@@ -143,6 +143,13 @@ struct GenScratch {
   std::vector<T> sample;      // [kSample]
 };
 
+// Per-thread state of the row loop.
+template <typename T>
+struct RowScratch {
+  std::vector<T> exps;  // [C] exp(l_j - m) of the row, for KL
+  GenScratch<T> gen;
+};
+
 constexpr int64_t kHeapMaxK = 4;  // up to this K, a heap beats sampling + selection
 constexpr int64_t kSample = 128;   // strided sample that places the selection threshold
 
@@ -289,37 +296,34 @@ void logit_scores(MatrixView<const T> logits, LogitScore score, const LogitParam
   const T inv_t = T(std::min(1.0 / temperature, double(std::numeric_limits<T>::max())));
   const bool need_rest = score != LogitScore::max_logit;
   const bool need_gen = score == LogitScore::gen && params.top_m < C;
-  int64_t first_bad = std::numeric_limits<int64_t>::max();
+  const bool need_exps = score == LogitScore::kl;
+  MinIndex first_bad;
   const int threads = clamp_threads(num_threads, N * C / kElementsPerThread + 1);
-
-#pragma omp parallel num_threads(threads) reduction(min : first_bad)
-  {
-    std::vector<T> exps(score == LogitScore::kl ? C : 0);  // exp(l_j - m) of the row, for KL
-    T* store = score == LogitScore::kl ? exps.data() : nullptr;
-    GenScratch<T> scratch{std::vector<T>(need_gen ? C : 0), std::vector<int64_t>(need_gen ? kHeapMaxK : 0),
-                          std::vector<T>(need_gen ? kSample : 0)};
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < N; ++i) {
-      const T* row = logits.row(i);
-      RowSummary<T> s{};
-      if (!summarise(row, C, inv_t, need_rest, ops, store, s)) {
-        first_bad = std::min(first_bad, i);
-        out[i] = std::numeric_limits<T>::quiet_NaN();
-        continue;
-      }
-      double v = 0.0;
-      switch (score) {
-        case LogitScore::max_logit: v = double(s.m); break;
-        case LogitScore::msp: v = lm::msp(s.rest); break;
-        case LogitScore::energy: v = lm::energy(double(s.m), s.rest, temperature); break;
-        case LogitScore::gen: v = gen_score(row, C, s, params.gamma, params.top_m, ops, scratch); break;
-        case LogitScore::kl: v = kl_score(row, C, s, log_templates, ops, store); break;
-      }
-      out[i] = T(v);
+  auto make_scratch = [=] {
+    return RowScratch<T>{std::vector<T>(need_exps ? C : 0),
+                         GenScratch<T>{std::vector<T>(need_gen ? C : 0), std::vector<int64_t>(need_gen ? kHeapMaxK : 0),
+                                       std::vector<T>(need_gen ? kSample : 0)}};
+  };
+  parallel_for(N, threads, Schedule::fixed, make_scratch, [&](RowScratch<T>& scratch, int64_t i) {
+    const T* row = logits.row(i);
+    T* store = need_exps ? scratch.exps.data() : nullptr;
+    RowSummary<T> s{};
+    if (!summarise(row, C, inv_t, need_rest, ops, store, s)) {
+      first_bad.offer(i);
+      out[i] = std::numeric_limits<T>::quiet_NaN();
+      return;
     }
-  }
-  GENCORE_CHECK(first_bad == std::numeric_limits<int64_t>::max(), "logits contains NaN or inf (row ",
-                first_bad, "); inputs must be finite");
+    double v = 0.0;
+    switch (score) {
+      case LogitScore::max_logit: v = double(s.m); break;
+      case LogitScore::msp: v = lm::msp(s.rest); break;
+      case LogitScore::energy: v = lm::energy(double(s.m), s.rest, temperature); break;
+      case LogitScore::gen: v = gen_score(row, C, s, params.gamma, params.top_m, ops, scratch.gen); break;
+      case LogitScore::kl: v = kl_score(row, C, s, log_templates, ops, store); break;
+    }
+    out[i] = T(v);
+  });
+  GENCORE_CHECK(!first_bad.any(), "logits contains NaN or inf (row ", first_bad.get(), "); inputs must be finite");
 }
 
 template void logit_scores<float>(MatrixView<const float>, LogitScore, const LogitParams&,
