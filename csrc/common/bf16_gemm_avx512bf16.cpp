@@ -1,8 +1,10 @@
 // bf16 pack + GEMM of the screening passes (see gencore/bf16_gemm.h for layouts and the
-// error model). Compiled with -mavx512f/bw/dq/vl/bf16; entered only after a CPU check.
+// error model). An avx512bf16 target region (gencore/isa_begin.h); entered only after
+// a CPU check.
 //
-// Nothing from the standard library is instantiated here on purpose: an inline
-// template emitted by this unit could be the copy the linker keeps for baseline units.
+// Nothing from the standard library is used inside the region, on purpose: the
+// kernels need nothing from it, and a template instantiated here is one more thing
+// tools/check_isa_symbols.py would have to prove harmless.
 #include "gencore/bf16_gemm.h"
 
 // GCC 12's own intrinsic headers (the _mm512_undefined_* self-initialisation) trip
@@ -11,6 +13,9 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #pragma GCC diagnostic pop
+
+#define GENCORE_ISA avx512bf16
+#include "gencore/isa_begin.h"
 
 namespace gencore {
 namespace {
@@ -216,3 +221,5 @@ void gemm_abt(const uint16_t* a_packed, int64_t m, const uint16_t* b_packed, int
 Bf16GemmKernels bf16_gemm_kernels_avx512bf16() { return {pack_a, pack_b, gemm_abt}; }
 
 }  // namespace gencore
+
+#include "gencore/isa_end.h"

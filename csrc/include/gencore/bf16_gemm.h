@@ -44,8 +44,8 @@ namespace gencore {
 inline constexpr int64_t kBf16PanelA = 8;   // rows per A panel (micro-tile height)
 inline constexpr int64_t kBf16PanelB = 48;  // rows per B panel (micro-tile width: 3 x 16 lanes)
 
-// Defined here (not in the AVX-512 unit) so baseline callers never pick up a copy
-// compiled with AVX-512 flags.
+// Inline here, outside the AVX-512 unit's target region: baseline code, whichever
+// unit's copy the linker keeps.
 inline int64_t bf16_packed_elems_a(int64_t rows, int64_t depth) {
   const int64_t panels = (rows + kBf16PanelA - 1) / kBf16PanelA;
   return panels * kBf16PanelA * ((depth + 1) / 2) * 2;

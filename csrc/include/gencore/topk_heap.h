@@ -3,10 +3,10 @@
 // Storage is caller-owned (one slice of a per-thread arena per query). Shared by
 // every family that selects a top-k (kNN, GEN's top-M logits, ...).
 //
-// The operations live in an anonymous namespace on purpose: this header is
-// compiled into baseline, AVX2 and AVX-512 translation units, and shared
-// (weak) inline symbols would let the linker hand an AVX-512 copy to baseline
-// callers. Internal linkage gives every translation unit its own copy.
+// The operations live in an anonymous namespace on purpose: the AVX2 and
+// AVX-512 scans inline them. Included before an ISA unit's target region
+// (gencore/isa_begin.h) they are baseline code anyway; internal linkage also
+// guarantees that no unit's copy is ever merged with another's.
 #pragma once
 #include <cmath>
 #include <cstdint>
