@@ -5,6 +5,10 @@ be allocated, a failed contract check) must come back to Python as an
 exception on the calling thread, from any thread and at any point of the
 loop, and the process must survive it: std::bad_alloc -> MemoryError,
 std::invalid_argument -> ValueError.
+
+The bindings' shared helpers (csrc/bindings/arrays.h) are checked here too:
+vectors arrive as [n] or [1, n] / [n, 1], and a dtype other than float32 or
+float64 is refused by name.
 """
 from __future__ import annotations
 
@@ -93,3 +97,43 @@ def test_exception_making_thread_state_reaches_python(survives_in_subprocess, ki
 def test_unknown_kind_is_a_value_error(survives_in_subprocess):
     with pytest.raises(ValueError, match="unknown kind"):
         _native.core._test_parallel_throw(ITEMS, THREADS, 3, "segfault")
+
+
+# ---------------------------------------------------------------- binding helpers
+
+
+def test_bindings_take_vectors_as_1d_or_one_column():
+    # vector_in / vector_out: center [D] or [1, D]; out and nearest [N] or [N, 1].
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((9, 5)).astype(np.float32)
+    p = np.linalg.qr(rng.standard_normal((5, 2)))[0].astype(np.float32)
+    u = rng.standard_normal(5).astype(np.float32)
+    flat, column = np.empty(9, np.float32), np.empty((9, 1), np.float32)
+    _native.core.residual_scores(x, p, u, None, 0.0, flat, 1)
+    _native.core.residual_scores(x, p, u[None, :], None, 0.0, column, 1)
+    np.testing.assert_array_equal(flat, column[:, 0])
+
+    means, factor = x[:3].copy(), np.eye(5, dtype=np.float32)
+    out, nearest = np.empty(9, np.float32), np.empty(9, np.int64)
+    _native.core.mahalanobis(x, means, factor, 1, out, nearest, 1)
+    out2, nearest2 = np.empty((9, 1), np.float32), np.empty((9, 1), np.int64)
+    _native.core.mahalanobis(x, means, factor, 1, out2, nearest2, 1)
+    np.testing.assert_array_equal(out, out2[:, 0])
+    np.testing.assert_array_equal(nearest, nearest2[:, 0])
+    assert list(nearest[:3]) == [0, 1, 2]
+
+    with pytest.raises(ValueError, match=r"center: expected shape \[5\]"):
+        _native.core.residual_scores(x, p, u[:4], None, 0.0, flat, 1)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int32"])
+def test_bindings_refuse_other_dtypes_by_name(dtype):
+    import numpy as np
+
+    x = np.zeros((4, 3), dtype)
+    with pytest.raises(ValueError, match=rf"logits: expected dtype float32 or float64, got {dtype}"):
+        _native.core.logit_scores(x, 0, 1.0, 0.1, 1, None, np.empty(4, np.float32), 1)
+    with pytest.raises(ValueError, match=rf"queries: expected dtype float32 or float64, got {dtype}"):
+        _native.core.knn(x, x, 1, 0, np.empty((4, 1), np.float32), np.empty((4, 1), np.int64), 1)

@@ -11,8 +11,6 @@ namespace py = pybind11;
 
 namespace gencore::bindings {
 void bind_ood(py::module_& m);
-void bind_ood_mahalanobis(py::module_& m);
-void bind_ood_logits(py::module_& m);
 void bind_test_hooks(py::module_& m);
 }
 
@@ -42,8 +40,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("has_avx512_bf16", &cpu_has_avx512_bf16);
   m.def("compiled_isas", &compiled_isas,
         "ISA kernel sets built into this module: ['scalar'] for a portable-only (or non-x86) build.");
-  bindings::bind_ood(m);
-  bindings::bind_ood_mahalanobis(m);
-  bindings::bind_ood_logits(m);
+  bindings::bind_ood(m);  // one binder per family
   bindings::bind_test_hooks(m);
 }
