@@ -1,5 +1,6 @@
 // The _core extension: runtime helpers here, each family in its own file.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "gencore/blas.h"
 #include "gencore/check.h"
@@ -10,8 +11,7 @@ namespace py = pybind11;
 
 namespace gencore::bindings {
 void bind_ood(py::module_& m);
-void bind_ood_mahalanobis(py::module_& m);
-void bind_ood_logits(py::module_& m);
+void bind_test_hooks(py::module_& m);
 }
 
 namespace {
@@ -38,7 +38,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_simd_level", [](const std::string& name) { set_simd_level(parse_simd_level(name)); },
         py::arg("level"), "Cap the SIMD level (clamped to what the CPU supports).");
   m.def("has_avx512_bf16", &cpu_has_avx512_bf16);
-  bindings::bind_ood(m);
-  bindings::bind_ood_mahalanobis(m);
-  bindings::bind_ood_logits(m);
+  m.def("compiled_isas", &compiled_isas,
+        "ISA kernel sets built into this module: ['scalar'] for a portable-only (or non-x86) build.");
+  bindings::bind_ood(m);  // one binder per family
+  bindings::bind_test_hooks(m);
 }

@@ -2,19 +2,25 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <string>
+#include <vector>
 
 #include "gencore/check.h"
 
 namespace gencore {
 namespace {
 
+// Each level includes the previous one, and checks exactly the features its
+// translation units are compiled for (gencore/isa_targets.h). Without the x86
+// ISA units (aarch64, GENCORE_PORTABLE_ONLY) the best level is scalar.
 SimdLevel detect() {
 #if defined(GENCORE_X86) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
+  if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return SimdLevel::scalar;
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
     return SimdLevel::avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SimdLevel::avx2;
+  return SimdLevel::avx2;
 #endif
   return SimdLevel::scalar;
 }
@@ -58,6 +64,14 @@ bool cpu_has_avx512_bf16() {
   return has;
 #else
   return false;
+#endif
+}
+
+std::vector<std::string> compiled_isas() {
+#if defined(GENCORE_X86)
+  return {"scalar", "avx2", "avx512", "avx512bf16"};
+#else
+  return {"scalar"};
 #endif
 }
 

@@ -1,27 +1,13 @@
 #include "gencore/rows.h"
 
 #include <cmath>
-#include <limits>
 
 #include "gencore/check.h"
+#include "gencore/isa.h"
 #include "gencore/parallel.h"
-#include "gencore/simd.h"
 
 namespace gencore {
 namespace {
-
-using NormFn = double (*)(const float*, int64_t);
-
-NormFn pick_norm() {
-#ifdef GENCORE_X86
-  switch (simd_level()) {
-    case SimdLevel::avx512: return squared_norm_avx512;
-    case SimdLevel::avx2: return squared_norm_avx2;
-    default: break;
-  }
-#endif
-  return squared_norm_scalar;
-}
 
 double squared_norm_f64(const double* row, int64_t n) {
   double acc = 0.0;
@@ -31,16 +17,14 @@ double squared_norm_f64(const double* row, int64_t n) {
 
 template <typename T, typename Norm>
 void row_norms(MatrixView<const T> m, T* out, const char* what, int num_threads, Norm norm) {
-  int64_t first_bad = std::numeric_limits<int64_t>::max();
+  MinIndex first_bad;
   const int threads = clamp_threads(num_threads, m.rows * m.cols / (1 << 16) + 1);
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(min : first_bad)
-  for (int64_t r = 0; r < m.rows; ++r) {
+  parallel_for(m.rows, threads, Schedule::fixed, [&](int64_t r) {
     const double sq = norm(m.row(r), m.cols);
-    if (!std::isfinite(sq)) first_bad = std::min(first_bad, r);
+    if (!std::isfinite(sq)) first_bad.offer(r);
     out[r] = T(sq);
-  }
-  GENCORE_CHECK(first_bad == std::numeric_limits<int64_t>::max(), what, " contains NaN or inf (row ",
-                first_bad, "); inputs must be finite");
+  });
+  GENCORE_CHECK(!first_bad.any(), what, " contains NaN or inf (row ", first_bad.get(), "); inputs must be finite");
 }
 
 }  // namespace
@@ -51,10 +35,12 @@ double squared_norm_scalar(const float* row, int64_t n) {
   return acc;
 }
 
-SquaredNormFn squared_norm_kernel() { return pick_norm(); }
+SquaredNormFn squared_norm_kernel() {
+  return pick_isa(squared_norm_scalar, GENCORE_ISA_FN(squared_norm_avx2), GENCORE_ISA_FN(squared_norm_avx512));
+}
 
 void squared_row_norms(MatrixView<const float> m, float* out, const char* what, int num_threads) {
-  row_norms(m, out, what, num_threads, pick_norm());
+  row_norms(m, out, what, num_threads, squared_norm_kernel());
 }
 
 void squared_row_norms(MatrixView<const double> m, double* out, const char* what, int num_threads) {

@@ -2,6 +2,9 @@
 
 #include "gencore/rows.h"
 
+#define GENCORE_ISA avx2
+#include "gencore/isa_begin.h"
+
 namespace gencore {
 
 // Two independent double accumulators hide the FMA latency.
@@ -23,3 +26,5 @@ double squared_norm_avx2(const float* row, int64_t n) {
 }
 
 }  // namespace gencore
+
+#include "gencore/isa_end.h"

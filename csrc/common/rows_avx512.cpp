@@ -2,6 +2,9 @@
 
 #include "gencore/rows.h"
 
+#define GENCORE_ISA avx512
+#include "gencore/isa_begin.h"
+
 namespace gencore {
 
 // Two independent double accumulators hide the FMA latency.
@@ -21,3 +24,5 @@ double squared_norm_avx512(const float* row, int64_t n) {
 }
 
 }  // namespace gencore
+
+#include "gencore/isa_end.h"

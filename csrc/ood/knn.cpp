@@ -17,12 +17,13 @@
 #include <climits>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "gencore/blas.h"
 #include "gencore/check.h"
+#include "gencore/isa.h"
 #include "gencore/parallel.h"
-#include "gencore/simd.h"
 
 namespace gencore::ood {
 namespace {
@@ -36,16 +37,10 @@ using OfferFn = void (*)(const T*, const T*, const T*, int64_t, int64_t, TopKHea
 
 template <typename T>
 OfferFn<T> pick_offer() {
-  if constexpr (std::is_same_v<T, float>) {
-#ifdef GENCORE_X86
-    switch (simd_level()) {
-      case SimdLevel::avx512: return offer_tile_avx512;
-      case SimdLevel::avx2: return offer_tile_avx2;
-      default: break;
-    }
-#endif
-  }
-  return offer_tile_scalar<T>;
+  if constexpr (std::is_same_v<T, float>)
+    return pick_isa(offer_tile_scalar<float>, GENCORE_ISA_FN(offer_tile_avx2), GENCORE_ISA_FN(offer_tile_avx512));
+  else
+    return offer_tile_scalar<T>;  // float64 has no SIMD scan
 }
 
 // How the (query block x bank) work is split over threads.
@@ -95,6 +90,17 @@ void search_block(MatrixView<const T> queries, MatrixView<const T> bank, int64_t
   }
 }
 
+// Per-thread state of the BLAS path: a single-threaded BLAS, one GEMM tile and
+// the heaps of one query block.
+template <typename T>
+struct SearchScratch {
+  blas::SingleThreadedScope one_blas_thread;
+  std::vector<T> tile;            // [query_block, kBankTile]
+  std::vector<T> heap_keys;       // [query_block, k]
+  std::vector<int64_t> heap_ids;  // [query_block, k]
+  std::vector<TopKHeap<T>> heaps;  // [query_block], views into heap_keys / heap_ids
+};
+
 thread_local const char* last_path = "none";
 
 }  // namespace
@@ -109,8 +115,8 @@ void knn(MatrixView<const T> queries, MatrixView<const T> bank, int64_t k, KnnMe
                 " columns but bank has ", bank.cols);
   GENCORE_CHECK(k >= 1 && k <= N, "knn: k must be in [1, N=", N, "], got ", k);
   GENCORE_CHECK(bank.cols >= 1, "knn: feature dimension must be >= 1");
-  // Everything that could throw inside the OpenMP regions is checked here:
-  // an exception escaping a parallel region terminates the process.
+  // The BLAS contract is checked up front so a bad call fails before any
+  // work (parallel_for would carry the same error out of the region).
   GENCORE_CHECK(blas::available(), "knn: BLAS is not initialised (gencore._native sets it at import)");
   GENCORE_CHECK(bank.cols <= INT_MAX && bank.row_stride <= INT_MAX && queries.row_stride <= INT_MAX,
                 "knn: rows longer than 2^31 - 1 elements are not supported by the BLAS interface");
@@ -118,9 +124,9 @@ void knn(MatrixView<const T> queries, MatrixView<const T> bank, int64_t k, KnnMe
 
   const MetricTerms<T> terms = metric_terms(queries, bank, metric, num_threads);
   if constexpr (std::is_same_v<T, float>) {
-    if (knn_screen_applies(Q, bank.cols, terms, num_threads)) {
+    if (const auto screen = knn_screen_plan(Q, bank.cols, terms, num_threads)) {
       last_path = "bf16-screen";
-      knn_screened(queries, bank, k, metric, terms, values, indices, num_threads);
+      knn_screened(*screen, queries, bank, k, metric, terms, values, indices, num_threads);
       return;
     }
   }
@@ -132,47 +138,45 @@ void knn(MatrixView<const T> queries, MatrixView<const T> bank, int64_t k, KnnMe
   std::vector<T> part_keys(plan.bank_chunks > 1 ? plan.bank_chunks * Q * k : 0);
   std::vector<int64_t> part_ids(part_keys.size());
 
-#pragma omp parallel num_threads(plan.threads)
-  {
-    blas::SingleThreadedScope one_blas_thread;
-    std::vector<T> tile(plan.query_block * kBankTile);
-    std::vector<T> heap_keys(plan.query_block * k);
-    std::vector<int64_t> heap_ids(plan.query_block * k);
-    std::vector<TopKHeap<T>> heaps(plan.query_block);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t item = 0; item < items; ++item) {
-      const int64_t qb = item / plan.bank_chunks, chunk = item % plan.bank_chunks;
-      const int64_t q0 = qb * plan.query_block, q1 = std::min(Q, q0 + plan.query_block);
-      const int64_t n0 = chunk * plan.chunk_rows, n1 = std::min(N, n0 + plan.chunk_rows);
-      for (int64_t i = 0; i < q1 - q0; ++i)
-        heaps[i] = TopKHeap<T>{heap_keys.data() + i * k, heap_ids.data() + i * k, k, 0};
-      search_block(queries, bank, q0, q1, n0, n1, terms, offer, tile.data(), heaps);
-      for (int64_t i = q0; i < q1; ++i) {
-        TopKHeap<T>& h = heaps[i - q0];
-        heap_sort_ascending(h);
-        if (plan.bank_chunks == 1) {
-          for (int64_t r = 0; r < k; ++r) {
-            values[i * k + r] = key_to_value(h.keys[r], terms.query_term[i], metric);
-            indices[i * k + r] = h.ids[r];
-          }
-        } else {
-          T* pk = part_keys.data() + (chunk * Q + i) * k;
-          int64_t* pi = part_ids.data() + (chunk * Q + i) * k;
-          for (int64_t r = 0; r < k; ++r) {  // a chunk smaller than k pads with +inf
-            pk[r] = r < h.size ? h.keys[r] : std::numeric_limits<T>::infinity();
-            pi[r] = r < h.size ? h.ids[r] : std::numeric_limits<int64_t>::max();
-          }
+  const int64_t qb_rows = plan.query_block;
+  auto make_scratch = [qb_rows, k] {
+    return SearchScratch<T>{blas::SingleThreadedScope{}, std::vector<T>(qb_rows * kBankTile),
+                            std::vector<T>(qb_rows * k), std::vector<int64_t>(qb_rows * k),
+                            std::vector<TopKHeap<T>>(qb_rows)};
+  };
+  // Items are (query block, bank chunk) pairs; dynamic: the last block is short.
+  parallel_for(items, plan.threads, Schedule::dynamic, make_scratch, [&](SearchScratch<T>& s, int64_t item) {
+    const int64_t qb = item / plan.bank_chunks, chunk = item % plan.bank_chunks;
+    const int64_t q0 = qb * plan.query_block, q1 = std::min(Q, q0 + plan.query_block);
+    const int64_t n0 = chunk * plan.chunk_rows, n1 = std::min(N, n0 + plan.chunk_rows);
+    for (int64_t i = 0; i < q1 - q0; ++i)
+      s.heaps[i] = TopKHeap<T>{s.heap_keys.data() + i * k, s.heap_ids.data() + i * k, k, 0};
+    search_block(queries, bank, q0, q1, n0, n1, terms, offer, s.tile.data(), s.heaps);
+    for (int64_t i = q0; i < q1; ++i) {
+      TopKHeap<T>& h = s.heaps[i - q0];
+      heap_sort_ascending(h);
+      if (plan.bank_chunks == 1) {
+        for (int64_t r = 0; r < k; ++r) {
+          values[i * k + r] = key_to_value(h.keys[r], terms.query_term[i], metric);
+          indices[i * k + r] = h.ids[r];
+        }
+      } else {
+        T* pk = part_keys.data() + (chunk * Q + i) * k;
+        int64_t* pi = part_ids.data() + (chunk * Q + i) * k;
+        for (int64_t r = 0; r < k; ++r) {  // a chunk smaller than k pads with +inf
+          pk[r] = r < h.size ? h.keys[r] : std::numeric_limits<T>::infinity();
+          pi[r] = r < h.size ? h.ids[r] : std::numeric_limits<int64_t>::max();
         }
       }
     }
-  }
+  });
   if (plan.bank_chunks == 1) return;
 
   // Merge the sorted per-chunk lists: chunk order is bank order, so a stable
   // merge on (key, id) keeps the lower index first among equal keys.
-#pragma omp parallel for num_threads(clamp_threads(num_threads, Q)) schedule(static)
-  for (int64_t i = 0; i < Q; ++i) {
-    std::vector<int64_t> head(plan.bank_chunks, 0);
+  auto make_heads = [&plan] { return std::vector<int64_t>(plan.bank_chunks); };
+  auto merge = [&](std::vector<int64_t>& head, int64_t i) {
+    std::fill(head.begin(), head.end(), 0);
     for (int64_t r = 0; r < k; ++r) {
       int64_t best = -1;
       for (int64_t c = 0; c < plan.bank_chunks; ++c) {
@@ -186,7 +190,8 @@ void knn(MatrixView<const T> queries, MatrixView<const T> bank, int64_t k, KnnMe
       values[i * k + r] = key_to_value(part_keys[at], terms.query_term[i], metric);
       indices[i * k + r] = part_ids[at];
     }
-  }
+  };
+  parallel_for(Q, num_threads, Schedule::fixed, make_heads, merge);
 }
 
 template void knn<float>(MatrixView<const float>, MatrixView<const float>, int64_t, KnnMetric,

@@ -4,7 +4,7 @@
 #include <cstdint>
 
 #include "gencore/view.h"
-#include "ood/topk_heap.h"
+#include "gencore/topk_heap.h"
 
 namespace gencore::ood {
 

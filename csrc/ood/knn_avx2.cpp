@@ -4,6 +4,9 @@
 
 #include "ood/knn.h"
 
+#define GENCORE_ISA avx2
+#include "gencore/isa_begin.h"
+
 namespace gencore::ood {
 
 void offer_tile_avx2(const float* tile, const float* scale, const float* bias, int64_t n,
@@ -46,3 +49,5 @@ void offer_tile_avx2(const float* tile, const float* scale, const float* bias, i
 }
 
 }  // namespace gencore::ood
+
+#include "gencore/isa_end.h"

@@ -4,6 +4,9 @@
 
 #include "ood/knn.h"
 
+#define GENCORE_ISA avx512
+#include "gencore/isa_begin.h"
+
 namespace gencore::ood {
 
 void offer_tile_avx512(const float* tile, const float* scale, const float* bias, int64_t n,
@@ -37,3 +40,5 @@ void offer_tile_avx512(const float* tile, const float* scale, const float* bias,
 }
 
 }  // namespace gencore::ood
+
+#include "gencore/isa_end.h"

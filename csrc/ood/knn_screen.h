@@ -14,7 +14,7 @@
 #include <cstdint>
 
 #include "gencore/view.h"
-#include "ood/topk_heap.h"
+#include "gencore/topk_heap.h"
 
 namespace gencore::ood {
 
@@ -28,7 +28,10 @@ struct ScreenRowTerms {
 
 // approx [tn]: approximate x.y for bank rows base .. base + tn - 1 of one query.
 // Offers the upper bounds to `bounds` and the exact keys of rows that pass the
-// screen to `exact`.
+// screen to `exact`. One implementation per ISA that has a bf16 GEMM.
+using ScreenRowFn = void (*)(const float* approx, int64_t tn, int64_t base, const ScreenRowTerms& terms,
+                             const float* query, float query_norm, MatrixView<const float> bank,
+                             TopKHeap<float>& bounds, TopKHeap<float>& exact);
 void screen_row_avx512bf16(const float* approx, int64_t tn, int64_t base, const ScreenRowTerms& terms,
                            const float* query, float query_norm, MatrixView<const float> bank,
                            TopKHeap<float>& bounds, TopKHeap<float>& exact);

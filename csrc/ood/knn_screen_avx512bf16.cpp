@@ -3,6 +3,9 @@
 
 #include "ood/knn_screen.h"
 
+#define GENCORE_ISA avx512bf16
+#include "gencore/isa_begin.h"
+
 namespace gencore::ood {
 namespace {
 
@@ -55,3 +58,5 @@ void screen_row_avx512bf16(const float* approx, int64_t tn, int64_t base, const 
 }
 
 }  // namespace gencore::ood
+
+#include "gencore/isa_end.h"

@@ -10,11 +10,13 @@
 // and 2 Q x k heap entries; independent of N apart from the row terms.
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <optional>
 #include <vector>
 
+#include "gencore/bf16_gemm.h"
+#include "gencore/isa.h"
 #include "gencore/parallel.h"
-#include "gencore/simd.h"
-#include "ood/bf16_gemm.h"
 #include "ood/knn_screen.h"
 #include "ood/knn_terms.h"
 
@@ -54,18 +56,22 @@ RowTerms row_terms(const MetricTerms<float>& t, KnnMetric metric, int64_t depth)
 
 }  // namespace
 
-bool knn_screen_applies(int64_t Q, int64_t D, const MetricTerms<float>& t, int threads) {
-  if (simd_level() != SimdLevel::avx512 || !cpu_has_avx512_bf16()) return false;
+std::optional<KnnScreenKernels> knn_screen_plan(int64_t Q, int64_t D, const MetricTerms<float>& t,
+                                                int threads) {
+  const KnnScreenKernels kernels{
+      bf16_gemm_kernels(), pick_isa<ScreenRowFn>(nullptr, nullptr, nullptr, GENCORE_ISA_FN(screen_row_avx512bf16))};
+  if (!kernels.gemm || !kernels.screen_row) return std::nullopt;
   const int64_t N = int64_t(t.bank_sq.size());
-  if (D < 32 || N < 4096 || Q < 64 * int64_t(std::max(threads, 1))) return false;
+  if (D < 32 || N < 4096 || Q < 64 * int64_t(std::max(threads, 1))) return std::nullopt;
   const float max_bank = *std::max_element(t.bank_sq.begin(), t.bank_sq.end());
   const float max_query = *std::max_element(t.query_sq.begin(), t.query_sq.end());
-  return max_bank < kMaxSquaredNorm && max_query < kMaxSquaredNorm;
+  if (!(max_bank < kMaxSquaredNorm && max_query < kMaxSquaredNorm)) return std::nullopt;
+  return kernels;
 }
 
-void knn_screened(MatrixView<const float> queries, MatrixView<const float> bank, int64_t k,
-                  KnnMetric metric, const MetricTerms<float>& terms, float* values, int64_t* indices,
-                  int num_threads) {
+void knn_screened(const KnnScreenKernels& kernels, MatrixView<const float> queries,
+                  MatrixView<const float> bank, int64_t k, KnnMetric metric, const MetricTerms<float>& terms,
+                  float* values, int64_t* indices, int num_threads) {
   const int64_t Q = queries.rows, N = bank.rows, D = bank.cols;
   const RowTerms rows = row_terms(terms, metric, D);
   const ScreenRowTerms row_view{rows.key_scale.data(), terms.bias.data(), rows.margin_weight.data(),
@@ -84,51 +90,49 @@ void knn_screened(MatrixView<const float> queries, MatrixView<const float> bank,
   std::vector<uint16_t> packed_bank(bf16_packed_elems_b(std::min(N, kSuperTile), D));
   const int64_t blocks = (Q + kBlock - 1) / kBlock;
   const int threads = clamp_threads(num_threads, blocks);
+  // One GEMM tile per thread, allocated once for all super-tiles (and left
+  // uninitialised: the GEMM writes before the screen reads); a thread's state
+  // is its slice (parallel_for never runs more than `threads` threads).
+  const std::unique_ptr<float[]> tiles(new float[size_t(threads) * kBlock * kTile]);
+  auto own_tile = [&tiles] { return tiles.get() + int64_t(thread_id()) * kBlock * kTile; };
 
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<float> tile(kBlock * kTile);
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t q0 = b * kBlock, rows_in_block = std::min(kBlock, Q - q0);
-      bf16_pack_a_avx512bf16(queries.row(q0), rows_in_block, queries.row_stride, D,
-                             packed_queries.data() + bf16_packed_elems_a(q0, D));
-    }
-    for (int64_t s0 = 0; s0 < N; s0 += kSuperTile) {
-      const int64_t s1 = std::min(N, s0 + kSuperTile);
-      const int64_t panels = (s1 - s0 + kBf16PanelB - 1) / kBf16PanelB;
-      const int64_t chunk = ((panels + threads - 1) / threads) * kBf16PanelB;
-#pragma omp for schedule(static)
-      for (int64_t c = 0; c < threads; ++c) {
-        const int64_t r0 = s0 + c * chunk, r1 = std::min(s1, r0 + chunk);
-        if (r0 < r1)
-          bf16_pack_b_avx512bf16(bank.row(r0), r1 - r0, bank.row_stride, D,
-                                 packed_bank.data() + bf16_packed_elems_b(r0 - s0, D));
+  parallel_for(blocks, threads, Schedule::fixed, [&](int64_t b) {
+    const int64_t q0 = b * kBlock, rows_in_block = std::min(kBlock, Q - q0);
+    kernels.gemm.pack_a(queries.row(q0), rows_in_block, queries.row_stride, D,
+                        packed_queries.data() + bf16_packed_elems_a(q0, D));
+  });
+  for (int64_t s0 = 0; s0 < N; s0 += kSuperTile) {
+    const int64_t s1 = std::min(N, s0 + kSuperTile);
+    // All threads pack the super-tile, one run of whole B panels each ...
+    const int64_t panels = (s1 - s0 + kBf16PanelB - 1) / kBf16PanelB;
+    const int64_t chunk = ((panels + threads - 1) / threads) * kBf16PanelB;
+    parallel_for(threads, threads, Schedule::fixed, [&](int64_t c) {
+      const int64_t r0 = s0 + c * chunk, r1 = std::min(s1, r0 + chunk);
+      if (r0 < r1)
+        kernels.gemm.pack_b(bank.row(r0), r1 - r0, bank.row_stride, D,
+                            packed_bank.data() + bf16_packed_elems_b(r0 - s0, D));
+    });
+    // ... then screen it against one query block per item (dynamic: the last block is short).
+    parallel_for(blocks, threads, Schedule::dynamic, own_tile, [&](float* tile, int64_t b) {
+      const int64_t q0 = b * kBlock, q1 = std::min(Q, q0 + kBlock);
+      for (int64_t t0 = s0; t0 < s1; t0 += kTile) {
+        const int64_t tn = std::min(kTile, s1 - t0);
+        // tile [q1 - q0, tn] ~= queries[q0:q1] . bank[t0:t0+tn]^T from bf16 operands
+        kernels.gemm.gemm_abt(packed_queries.data() + bf16_packed_elems_a(q0, D), q1 - q0,
+                              packed_bank.data() + bf16_packed_elems_b(t0 - s0, D), tn, D, tile, kTile);
+        for (int64_t i = q0; i < q1; ++i)
+          kernels.screen_row(tile + (i - q0) * kTile, tn, t0, row_view, queries.row(i), query_norm[i], bank,
+                             bounds[i], exact[i]);
       }
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t q0 = b * kBlock, q1 = std::min(Q, q0 + kBlock);
-        for (int64_t t0 = s0; t0 < s1; t0 += kTile) {
-          const int64_t tn = std::min(kTile, s1 - t0);
-          // tile [q1 - q0, tn] ~= queries[q0:q1] . bank[t0:t0+tn]^T from bf16 operands
-          bf16_gemm_abt_avx512bf16(packed_queries.data() + bf16_packed_elems_a(q0, D), q1 - q0,
-                                   packed_bank.data() + bf16_packed_elems_b(t0 - s0, D), tn, D,
-                                   tile.data(), kTile);
-          for (int64_t i = q0; i < q1; ++i)
-            screen_row_avx512bf16(tile.data() + (i - q0) * kTile, tn, t0, row_view, queries.row(i),
-                                  query_norm[i], bank, bounds[i], exact[i]);
-        }
-      }
-    }
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < Q; ++i) {
-      heap_sort_ascending(exact[i]);
-      for (int64_t r = 0; r < k; ++r) {
-        values[i * k + r] = key_to_value(exact[i].keys[r], terms.query_term[i], metric);
-        indices[i * k + r] = exact[i].ids[r];
-      }
-    }
+    });
   }
+  parallel_for(Q, threads, Schedule::fixed, [&](int64_t i) {
+    heap_sort_ascending(exact[i]);
+    for (int64_t r = 0; r < k; ++r) {
+      values[i * k + r] = key_to_value(exact[i].keys[r], terms.query_term[i], metric);
+      indices[i * k + r] = exact[i].ids[r];
+    }
+  });
 }
 
 }  // namespace gencore::ood

@@ -5,11 +5,14 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <vector>
 
+#include "gencore/bf16_gemm.h"
 #include "gencore/rows.h"
 #include "gencore/view.h"
 #include "ood/knn.h"
+#include "ood/knn_screen.h"
 
 namespace gencore::ood {
 
@@ -64,11 +67,19 @@ inline T key_to_value(T key, T query_term, KnnMetric metric) {
 
 namespace gencore::ood {
 
-// bf16-screened float32 search (knn_screened.cpp): used when the CPU has
-// AVX512-BF16 and the problem is large enough for the screen to pay off.
-bool knn_screen_applies(int64_t Q, int64_t D, const MetricTerms<float>& terms, int threads);
-void knn_screened(MatrixView<const float> queries, MatrixView<const float> bank, int64_t k,
-                  KnnMetric metric, const MetricTerms<float>& terms, float* values, int64_t* indices,
-                  int num_threads);
+// The ISA kernels of the bf16-screened float32 search (knn_screened.cpp).
+struct KnnScreenKernels {
+  Bf16GemmKernels gemm;
+  ScreenRowFn screen_row = nullptr;
+};
+
+// The screen's kernels when it applies: the CPU has AVX512-BF16 at the SIMD
+// level in use and the problem is large enough for the screen to pay off;
+// nullopt otherwise (and always in builds without the x86 ISA units).
+std::optional<KnnScreenKernels> knn_screen_plan(int64_t Q, int64_t D, const MetricTerms<float>& terms,
+                                                int threads);
+void knn_screened(const KnnScreenKernels& kernels, MatrixView<const float> queries,
+                  MatrixView<const float> bank, int64_t k, KnnMetric metric, const MetricTerms<float>& terms,
+                  float* values, int64_t* indices, int num_threads);
 
 }  // namespace gencore::ood

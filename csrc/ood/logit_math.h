@@ -1,6 +1,7 @@
 // Per-row formulas of the logit-based OOD scores, shared by the CPU kernels
 // (csrc/ood/logits.cpp) and the CUDA kernels (cuda/ood/logits.cu) so that both
-// compute the same math in the same way.
+// compute the same math in the same way. CUDA sources include it as
+// "csrc/ood/logit_math.h" (the repository root is on their include path).
 //
 // A row l [C] is summarised once by
 //   m    = max_j l_j,   k = the first j with l_j == m,

@@ -18,9 +18,9 @@
 #include <vector>
 
 #include "gencore/check.h"
+#include "gencore/isa.h"
 #include "gencore/parallel.h"
-#include "gencore/simd.h"
-#include "ood/topk_heap.h"
+#include "gencore/topk_heap.h"
 
 namespace gencore::ood {
 namespace {
@@ -70,7 +70,7 @@ double kl_dot_portable(const T* row, const T* e, const T* log_d, int64_t n, T m)
   return acc;
 }
 
-// GEN terms of values <= m with p <= 1/2 (see LogitRowOpsF32::gen_sum), in double.
+// GEN terms of values <= m with p <= 1/2 (see LogitRowOps::gen_sum), in double.
 template <typename T>
 double gen_sum_portable(const T* v, int64_t n, T m, double log_s, double gamma, bool skip_max, T floor) {
   double acc = 0.0;
@@ -81,28 +81,17 @@ double gen_sum_portable(const T* v, int64_t n, T m, double log_s, double gamma, 
 }
 
 template <typename T>
-struct RowOps {
-  T (*max)(const T*, int64_t, bool*);
-  int64_t (*find)(const T*, int64_t, T);
-  double (*exp_sum)(const T*, int64_t, T, T, T*);
-  double (*kl_dot)(const T*, const T*, const T*, int64_t, T);
-  double (*gen_sum)(const T*, int64_t, T, double, double, bool, T);
-};
+LogitRowOps<T> logit_row_ops_portable() {
+  return {max_portable<T>, find_portable<T>, exp_sum_portable<T>, kl_dot_portable<T>, gen_sum_portable<T>};
+}
 
 template <typename T>
-RowOps<T> pick_row_ops() {
-  if constexpr (std::is_same_v<T, float>) {
-#ifdef GENCORE_X86
-    LogitRowOpsF32 simd{};
-    switch (simd_level()) {
-      case SimdLevel::avx512: simd = logit_row_ops_avx512(); break;
-      case SimdLevel::avx2: simd = logit_row_ops_avx2(); break;
-      default: break;
-    }
-    if (simd.max) return {simd.max, simd.find, simd.exp_sum, simd.kl_dot, simd.gen_sum};
-#endif
-  }
-  return {max_portable<T>, find_portable<T>, exp_sum_portable<T>, kl_dot_portable<T>, gen_sum_portable<T>};
+LogitRowOps<T> pick_row_ops() {
+  if constexpr (std::is_same_v<T, float>)
+    return pick_isa(logit_row_ops_portable<float>, GENCORE_ISA_FN(logit_row_ops_avx2),
+                    GENCORE_ISA_FN(logit_row_ops_avx512))();
+  else
+    return logit_row_ops_portable<T>();
 }
 
 // ---------------------------------------------------------------- per-row pieces
@@ -117,7 +106,7 @@ struct RowSummary {
 // Steps 1 and 2. Returns false for a row with NaN/inf. `store` (may be null)
 // receives exp((l_j - m) / T) for every j, 1 at k.
 template <typename T>
-bool summarise(const T* row, int64_t C, T inv_t, bool need_rest, const RowOps<T>& ops, T* store,
+bool summarise(const T* row, int64_t C, T inv_t, bool need_rest, const LogitRowOps<T>& ops, T* store,
                RowSummary<T>& s) {
   bool finite = true;
   s.m = ops.max(row, C, &finite);
@@ -152,6 +141,13 @@ struct GenScratch {
   std::vector<T> values;      // [C]: candidates, or the heap's keys
   std::vector<int64_t> ids;   // [kHeapMaxK]: the heap's ids (TopKHeap wants them)
   std::vector<T> sample;      // [kSample]
+};
+
+// Per-thread state of the row loop.
+template <typename T>
+struct RowScratch {
+  std::vector<T> exps;  // [C] exp(l_j - m) of the row, for KL
+  GenScratch<T> gen;
 };
 
 constexpr int64_t kHeapMaxK = 4;  // up to this K, a heap beats sampling + selection
@@ -247,7 +243,7 @@ T largest_of(const T* row, int64_t C, int64_t K, T sign, GenScratch<T>& scratch)
 //    plus as many copies of t as complete the top M (ties at t).
 template <typename T>
 double gen_score(const T* row, int64_t C, const RowSummary<T>& s, double gamma, int64_t top_m,
-                 const RowOps<T>& ops, GenScratch<T>& scratch) {
+                 const LogitRowOps<T>& ops, GenScratch<T>& scratch) {
   constexpr T kAll = -std::numeric_limits<T>::infinity();
   const bool unique = s.rest < 1.0;  // p_k > 1/2: no other class ties with k
   const double log_s = std::log1p(s.rest);
@@ -272,7 +268,7 @@ double gen_score(const T* row, int64_t C, const RowSummary<T>& s, double gamma, 
 // -KL(softmax(l) || d_k), d_k the template of the predicted class k.
 template <typename T>
 double kl_score(const T* row, int64_t C, const RowSummary<T>& s, MatrixView<const T> log_templates,
-                const RowOps<T>& ops, const T* e) {
+                const LogitRowOps<T>& ops, const T* e) {
   const double dot = ops.kl_dot(row, e, log_templates.row(s.k), C, s.m);
   return -lm::kl_from_dot(dot, s.rest);
 }
@@ -292,7 +288,7 @@ void logit_scores(MatrixView<const T> logits, LogitScore score, const LogitParam
                 log_templates.cols, "]");
   if (N == 0) return;
 
-  const RowOps<T> ops = pick_row_ops<T>();
+  const LogitRowOps<T> ops = pick_row_ops<T>();
   // Only msp and energy have a temperature; GEN and KL read softmax(l) itself.
   const bool tempered = score == LogitScore::msp || score == LogitScore::energy;
   const double temperature = tempered ? params.temperature : 1.0;
@@ -300,37 +296,34 @@ void logit_scores(MatrixView<const T> logits, LogitScore score, const LogitParam
   const T inv_t = T(std::min(1.0 / temperature, double(std::numeric_limits<T>::max())));
   const bool need_rest = score != LogitScore::max_logit;
   const bool need_gen = score == LogitScore::gen && params.top_m < C;
-  int64_t first_bad = std::numeric_limits<int64_t>::max();
+  const bool need_exps = score == LogitScore::kl;
+  MinIndex first_bad;
   const int threads = clamp_threads(num_threads, N * C / kElementsPerThread + 1);
-
-#pragma omp parallel num_threads(threads) reduction(min : first_bad)
-  {
-    std::vector<T> exps(score == LogitScore::kl ? C : 0);  // exp(l_j - m) of the row, for KL
-    T* store = score == LogitScore::kl ? exps.data() : nullptr;
-    GenScratch<T> scratch{std::vector<T>(need_gen ? C : 0), std::vector<int64_t>(need_gen ? kHeapMaxK : 0),
-                          std::vector<T>(need_gen ? kSample : 0)};
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < N; ++i) {
-      const T* row = logits.row(i);
-      RowSummary<T> s{};
-      if (!summarise(row, C, inv_t, need_rest, ops, store, s)) {
-        first_bad = std::min(first_bad, i);
-        out[i] = std::numeric_limits<T>::quiet_NaN();
-        continue;
-      }
-      double v = 0.0;
-      switch (score) {
-        case LogitScore::max_logit: v = double(s.m); break;
-        case LogitScore::msp: v = lm::msp(s.rest); break;
-        case LogitScore::energy: v = lm::energy(double(s.m), s.rest, temperature); break;
-        case LogitScore::gen: v = gen_score(row, C, s, params.gamma, params.top_m, ops, scratch); break;
-        case LogitScore::kl: v = kl_score(row, C, s, log_templates, ops, store); break;
-      }
-      out[i] = T(v);
+  auto make_scratch = [=] {
+    return RowScratch<T>{std::vector<T>(need_exps ? C : 0),
+                         GenScratch<T>{std::vector<T>(need_gen ? C : 0), std::vector<int64_t>(need_gen ? kHeapMaxK : 0),
+                                       std::vector<T>(need_gen ? kSample : 0)}};
+  };
+  parallel_for(N, threads, Schedule::fixed, make_scratch, [&](RowScratch<T>& scratch, int64_t i) {
+    const T* row = logits.row(i);
+    T* store = need_exps ? scratch.exps.data() : nullptr;
+    RowSummary<T> s{};
+    if (!summarise(row, C, inv_t, need_rest, ops, store, s)) {
+      first_bad.offer(i);
+      out[i] = std::numeric_limits<T>::quiet_NaN();
+      return;
     }
-  }
-  GENCORE_CHECK(first_bad == std::numeric_limits<int64_t>::max(), "logits contains NaN or inf (row ",
-                first_bad, "); inputs must be finite");
+    double v = 0.0;
+    switch (score) {
+      case LogitScore::max_logit: v = double(s.m); break;
+      case LogitScore::msp: v = lm::msp(s.rest); break;
+      case LogitScore::energy: v = lm::energy(double(s.m), s.rest, temperature); break;
+      case LogitScore::gen: v = gen_score(row, C, s, params.gamma, params.top_m, ops, scratch.gen); break;
+      case LogitScore::kl: v = kl_score(row, C, s, log_templates, ops, store); break;
+    }
+    out[i] = T(v);
+  });
+  GENCORE_CHECK(!first_bad.any(), "logits contains NaN or inf (row ", first_bad.get(), "); inputs must be finite");
 }
 
 template void logit_scores<float>(MatrixView<const float>, LogitScore, const LogitParams&,

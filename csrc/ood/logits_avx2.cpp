@@ -6,6 +6,9 @@
 
 #include "ood/logits.h"
 
+#define GENCORE_ISA avx2
+#include "gencore/isa_begin.h"
+
 namespace gencore::ood {
 namespace {
 
@@ -176,6 +179,8 @@ double gen_sum(const float* v, int64_t n, float m, double log_s, double gamma, b
 
 }  // namespace
 
-LogitRowOpsF32 logit_row_ops_avx2() { return {row_max, find, exp_sum, kl_dot, gen_sum}; }
+LogitRowOps<float> logit_row_ops_avx2() { return {row_max, find, exp_sum, kl_dot, gen_sum}; }
 
 }  // namespace gencore::ood
+
+#include "gencore/isa_end.h"

@@ -29,7 +29,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <exception>
 #include <limits>
 #include <vector>
 
@@ -156,51 +155,16 @@ T squared_norm(const T* v, int64_t n) {
   return acc;
 }
 
-// Per-thread buffers, sized once per call.
+// Per-thread state, buffers sized once per call.
 template <typename T>
 struct Scratch {
+  blas::SingleThreadedScope one_blas_thread;
   std::vector<T> xc;    // [block, D]
   std::vector<T> z;     // [block, R]
   std::vector<T> zsq;   // [block]
   std::vector<T> tile;  // [block, class tile] (reduce min)
   std::vector<T> best;  // [block] running minimum of v
 };
-
-// Runs body(scratch, b0, b1) for the blocks [b0, b1) of `block` rows of [0, n),
-// on up to `threads` threads, each with scratch from make() and a
-// single-threaded BLAS. An exception cannot leave an OpenMP region, so the
-// first one is kept, the remaining blocks are skipped, and it is rethrown here.
-template <typename T, typename Make, typename Body>
-void parallel_blocks(int64_t n, int64_t block, int threads, Make make, Body body) {
-  const int64_t blocks = ceil_div(n, block);
-  std::exception_ptr error;
-  std::atomic<bool> failed{false};
-  auto record = [&] {
-#pragma omp critical(gencore_ood_mahalanobis_error)
-    if (!error) error = std::current_exception();
-    failed.store(true, std::memory_order_relaxed);
-  };
-#pragma omp parallel num_threads(clamp_threads(threads, blocks))
-  {
-    blas::SingleThreadedScope one_blas_thread;
-    Scratch<T> scratch;
-    try {
-      scratch = make();
-    } catch (...) {
-      record();
-    }
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t b = 0; b < blocks; ++b) {
-      if (failed.load(std::memory_order_relaxed)) continue;
-      try {
-        body(scratch, b * block, std::min(n, (b + 1) * block));
-      } catch (...) {
-        record();
-      }
-    }
-  }
-  if (error) std::rethrow_exception(error);
-}
 
 // Lowest-index minimum of v[c] for c < n, folded into (best, at) when strictly
 // better; a NaN wins (first NaN). Two passes keep the first one vectorisable.
@@ -251,32 +215,28 @@ void mahalanobis(MatrixView<const T> features, MatrixView<const T> means,
   const int64_t class_tile = std::min(C, kClassTile);
   auto scratch_for = [&](int64_t block, bool tile) {
     return [&w, block, tile, class_tile] {
-      Scratch<T> s;
-      s.xc.resize(block * w.D);
-      s.z.resize(block * w.R);
-      s.zsq.resize(block);
-      s.best.resize(block);
-      if (tile) s.tile.resize(block * class_tile);
-      return s;
+      return Scratch<T>{blas::SingleThreadedScope{}, std::vector<T>(block * w.D), std::vector<T>(block * w.R),
+                        std::vector<T>(block), std::vector<T>(tile ? block * class_tile : 0), std::vector<T>(block)};
     };
   };
 
   // m~ [C, R] = (means - mu_bar) L, then ||m~_c||^2.
   std::vector<T> mt(C * R);
-  parallel_blocks<T>(C, kMaxQueryBlock, num_threads, scratch_for(kMaxQueryBlock, false),
-                     [&](Scratch<T>& s, int64_t c0, int64_t c1) {
-                       whiten(w, means.row(c0), means.row_stride, c1 - c0, s.xc.data(),
-                              mt.data() + c0 * R, R);
-                     });
+  // Blocks of classes / queries, dynamic: the last block is short.
+  parallel_for(ceil_div(C, kMaxQueryBlock), num_threads, Schedule::dynamic, scratch_for(kMaxQueryBlock, false),
+               [&](Scratch<T>& s, int64_t b) {
+                 const int64_t c0 = b * kMaxQueryBlock, c1 = std::min(C, c0 + kMaxQueryBlock);
+                 whiten(w, means.row(c0), means.row_stride, c1 - c0, s.xc.data(), mt.data() + c0 * R, R);
+               });
   for (int64_t c = 0; c < C; ++c) msq[c] = squared_norm(mt.data() + c * R, R);
 
   const int threads = std::max(num_threads, 1);
   const int64_t block = std::min(kMaxQueryBlock, ceil_div(Q, threads));
   const bool to_min = reduce == MahalanobisReduce::min;
   std::atomic<bool> bad_features{false};
-  parallel_blocks<T>(Q, block, num_threads, scratch_for(block, to_min),
-                     [&](Scratch<T>& s, int64_t q0, int64_t q1) {
-    const int64_t n = q1 - q0;
+  parallel_for(ceil_div(Q, block), num_threads, Schedule::dynamic, scratch_for(block, to_min),
+               [&](Scratch<T>& s, int64_t b) {
+    const int64_t q0 = b * block, q1 = std::min(Q, q0 + block), n = q1 - q0;
     T* z = s.z.data();
     if (!whiten(w, features.row(q0), features.row_stride, n, s.xc.data(), z, R)) {
       bad_features.store(true, std::memory_order_relaxed);

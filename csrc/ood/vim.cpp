@@ -18,7 +18,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -35,15 +34,17 @@ constexpr int64_t kMaxBlock = 128;           // rows per GEMM
 constexpr int64_t kMinBlock = 16;            // smaller blocks starve the GEMM
 constexpr double kExplicitBelow = 1.0 / 64;  // r^2 / ||xc||^2 below this: explicit residual
 
-// Per-thread buffers of one block.
+// Per-thread state: a single-threaded BLAS and the buffers of one block.
 template <typename T>
 struct Block {
+  blas::SingleThreadedScope one_blas_thread;
   std::vector<T> xc, y, y_guarded, reprojected;
-  std::vector<double> sq_norm;
+  std::vector<double> sq_norm, r;
   std::vector<int64_t> guarded;
 
   Block(int64_t rows, int64_t D, int64_t R)
-      : xc(rows * D), y(rows * R), y_guarded(rows * R), reprojected(rows * D), sq_norm(rows), guarded(rows) {}
+      : xc(rows * D), y(rows * R), y_guarded(rows * R), reprojected(rows * D), sq_norm(rows), r(rows),
+        guarded(rows) {}
 };
 
 double squared_norm_f64(const double* row, int64_t n) {
@@ -134,24 +135,16 @@ void residual_scores(MatrixView<const T> features, MatrixView<const T> principal
   const int64_t blocks = (N + block - 1) / block;
   const int threads = clamp_threads(num_threads, std::min(blocks, N * D * (R + 1) / (int64_t(1) << 18) + 1));
   const SqNorm<T> sq_norm = pick_sq_norm<T>();
-  int64_t first_bad = std::numeric_limits<int64_t>::max();
-
-#pragma omp parallel num_threads(threads) reduction(min : first_bad)
-  {
-    blas::SingleThreadedScope one_blas_thread;
-    Block<T> w(block, D, R);
-    std::vector<double> r(block);
-#pragma omp for schedule(static)
-    for (int64_t bi = 0; bi < blocks; ++bi) {
-      const int64_t i0 = bi * block, b = std::min(block, N - i0);
-      const int64_t bad = block_residuals(features, principal, pt.data(), center, i0, b, sq_norm, w, r.data());
-      if (bad >= 0) first_bad = std::min(first_bad, bad);
-      for (int64_t i = 0; i < b; ++i)
-        out[i0 + i] = vim ? T(double(out[i0 + i]) - alpha * r[i]) : T(-r[i]);
-    }
-  }
-  GENCORE_CHECK(first_bad == std::numeric_limits<int64_t>::max(), "features contains NaN or inf (row ",
-                first_bad, "); inputs must be finite");
+  MinIndex first_bad;
+  auto make_block = [=] { return Block<T>(block, D, R); };
+  parallel_for(blocks, threads, Schedule::fixed, make_block, [&](Block<T>& w, int64_t bi) {
+    const int64_t i0 = bi * block, b = std::min(block, N - i0);
+    const int64_t bad = block_residuals(features, principal, pt.data(), center, i0, b, sq_norm, w, w.r.data());
+    if (bad >= 0) first_bad.offer(bad);
+    for (int64_t i = 0; i < b; ++i)
+      out[i0 + i] = vim ? T(double(out[i0 + i]) - alpha * w.r[i]) : T(-w.r[i]);
+  });
+  GENCORE_CHECK(!first_bad.any(), "features contains NaN or inf (row ", first_bad.get(), "); inputs must be finite");
 }
 
 template void residual_scores<float>(MatrixView<const float>, MatrixView<const float>, const float*,

@@ -10,6 +10,8 @@ from gencore.ood import reference
 
 pytestmark = [
     pytest.mark.skipif(_native.core is None, reason="needs the native CPU module gencore._core"),
+    pytest.mark.skipif(_native.core is not None and "avx512bf16" not in _native.core.compiled_isas(),
+                       reason="this build has no AVX512-BF16 kernels (portable-only or non-x86 build)"),
     pytest.mark.skipif(_native.core is not None and not _native.core.has_avx512_bf16(),
                        reason="the bf16 screen needs a CPU with AVX512-BF16"),
 ]

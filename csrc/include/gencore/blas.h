@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <string>
 
+#include "gencore/config.h"
+
 namespace gencore::blas {
 
 // Registers the Fortran sgemm/dgemm entry points (from SciPy's capsules).
@@ -22,13 +24,16 @@ void gemm_abt(int64_t m, int64_t n, int64_t k, double alpha, const double* a, in
 // gencore parallelises over tiles itself, so each calling thread asks OpenBLAS
 // for one thread (thread-locally, via openblas_set_num_threads_local where the
 // library has it) and restores the previous value on exit. Without that symbol
-// the BLAS runs with its own setting.
+// the BLAS runs with its own setting. Movable, so a parallel_for's per-thread
+// state can hold one (it is made and destroyed on its own thread).
 class SingleThreadedScope {
  public:
   SingleThreadedScope();
   ~SingleThreadedScope();
+  SingleThreadedScope(SingleThreadedScope&& other) noexcept : previous_(other.previous_) { other.previous_ = -1; }
   SingleThreadedScope(const SingleThreadedScope&) = delete;
   SingleThreadedScope& operator=(const SingleThreadedScope&) = delete;
+  SingleThreadedScope& operator=(SingleThreadedScope&&) = delete;
 
  private:
   int previous_ = -1;

@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "gencore/config.h"
+
 namespace gencore {
 
 template <typename... Parts>

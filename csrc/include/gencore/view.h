@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "gencore/config.h"
+
 namespace gencore {
 
 template <typename T>

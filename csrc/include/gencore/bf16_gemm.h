@@ -1,18 +1,19 @@
-// bf16 screening GEMM for exact kNN: queries [m, depth] · bank [n, depth]^T -> [m, n]
-// in fp32, from operands rounded to bf16 (vdpbf16ps does twice the multiply-adds of
-// an fp32 FMA per instruction). The caller bounds the error of each entry, keeps
-// the candidates that might be in the top-k, and recomputes those exactly in fp32.
+// bf16 screening GEMM: a [m, depth] · b [n, depth]^T -> c [m, n] in fp32, from
+// operands rounded to bf16 (vdpbf16ps does twice the multiply-adds of an fp32 FMA
+// per instruction). Generic: a caller bounds the error of each entry (the model
+// below) and recomputes in fp32 whatever the bound cannot decide; exact kNN
+// (csrc/ood/knn_screened.cpp) keeps the candidates that might be in its top-k.
 //
-// Only plain C++ types here: this header is included by baseline x86-64 translation
-// units; the *_avx512bf16 functions are defined in knn_avx512bf16.cpp and may only be
-// entered after cpu_has_avx512_bf16() said yes.
+// Only plain C++ types here: this header is included by baseline translation units;
+// the *_avx512bf16 functions are defined in csrc/common/bf16_gemm_avx512bf16.cpp and
+// may only be entered after cpu_has_avx512_bf16() said yes.
 //
 // Packed layouts (uint16_t bf16 elements; one "pair" = depth elements 2q and 2q+1 of
 // one row, low half first, i.e. one 32-bit word; kp = ceil(depth / 2), and for odd
 // depth the last pair's high half is zero):
-//   A (queries): panels of kBf16PanelA = 8 rows. Panel p holds rows 8p..8p+7; word
+//   A (rows of a, e.g. queries): panels of kBf16PanelA = 8 rows. Panel p holds rows 8p..8p+7; word
 //     (p * kp + q) * 8 + r is pair q of row 8p + r. Rows >= m are zero.
-//   B (bank):    panels of kBf16PanelB = 48 rows, same scheme:
+//   B (rows of b, e.g. a bank):  panels of kBf16PanelB = 48 rows, same scheme:
 //     word (p * kp + q) * 48 + j is pair q of row 48p + j. Rows >= n are zero.
 // So one kernel step reads 8 consecutive A words (broadcast one at a time) and 48
 // consecutive B words (three 16-lane vectors), both sequentially along depth.
@@ -36,13 +37,15 @@
 #pragma once
 #include <cstdint>
 
-namespace gencore::ood {
+#include "gencore/config.h"
+
+namespace gencore {
 
 inline constexpr int64_t kBf16PanelA = 8;   // rows per A panel (micro-tile height)
 inline constexpr int64_t kBf16PanelB = 48;  // rows per B panel (micro-tile width: 3 x 16 lanes)
 
-// Defined here (not in the AVX-512 unit) so baseline callers never pick up a copy
-// compiled with AVX-512 flags.
+// Inline here, outside the AVX-512 unit's target region: baseline code, whichever
+// unit's copy the linker keeps.
 inline int64_t bf16_packed_elems_a(int64_t rows, int64_t depth) {
   const int64_t panels = (rows + kBf16PanelA - 1) / kBf16PanelA;
   return panels * kBf16PanelA * ((depth + 1) / 2) * 2;
@@ -52,16 +55,27 @@ inline int64_t bf16_packed_elems_b(int64_t rows, int64_t depth) {
   return panels * kBf16PanelB * ((depth + 1) / 2) * 2;
 }
 
-// src [rows, depth] fp32 with row stride ld (elements) -> dst, bf16_packed_elems_a/b
-// elements in the layout above (every element written, padding included).
-void bf16_pack_a_avx512bf16(const float* src, int64_t rows, int64_t ld, int64_t depth, uint16_t* dst);
-void bf16_pack_b_avx512bf16(const float* src, int64_t rows, int64_t ld, int64_t depth, uint16_t* dst);
+// The kernels of one ISA. All single-threaded and allocation-free; callers
+// parallelise over tiles of a and b.
+struct Bf16GemmKernels {
+  // src [rows, depth] fp32 with row stride ld (elements) -> dst, bf16_packed_elems_a/b
+  // elements in the layout above (every element written, padding included).
+  void (*pack_a)(const float* src, int64_t rows, int64_t ld, int64_t depth, uint16_t* dst) = nullptr;
+  void (*pack_b)(const float* src, int64_t rows, int64_t ld, int64_t depth, uint16_t* dst) = nullptr;
+  // a_packed from pack_a (m rows), b_packed from pack_b (n rows), same depth.
+  // c [m, n] with row stride ldc: c[i * ldc + j] = sum_d A[i, d] * B[j, d] (overwritten;
+  // nothing outside i < m, j < n is touched).
+  void (*gemm_abt)(const uint16_t* a_packed, int64_t m, const uint16_t* b_packed, int64_t n,
+                   int64_t depth, float* c, int64_t ldc) = nullptr;
 
-// a_packed from bf16_pack_a (m rows), b_packed from bf16_pack_b (n rows), same depth.
-// c [m, n] with row stride ldc: c[i * ldc + j] = sum_d A[i, d] * B[j, d] (overwritten;
-// nothing outside i < m, j < n is touched). Single-threaded, allocates nothing; the
-// caller parallelises over tiles of queries and bank.
-void bf16_gemm_abt_avx512bf16(const uint16_t* a_packed, int64_t m, const uint16_t* b_packed, int64_t n,
-                              int64_t depth, float* c, int64_t ldc);
+  explicit operator bool() const { return gemm_abt != nullptr; }
+};
 
-}  // namespace gencore::ood
+// The kernels for the SIMD level in use, or an empty (false) table where this CPU
+// or this build has no bf16 dot product: callers keep an fp32 path. Pick once per call.
+Bf16GemmKernels bf16_gemm_kernels();
+
+// Per ISA (internal; bf16_gemm_kernels() picks among them).
+Bf16GemmKernels bf16_gemm_kernels_avx512bf16();
+
+}  // namespace gencore

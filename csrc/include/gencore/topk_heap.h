@@ -1,18 +1,21 @@
 // Bounded max-heap of the k best (smallest) keys seen so far, ordered by
 // (key, index) so that ties go to the lower index and results are deterministic.
-// Storage is caller-owned (one slice of a per-thread arena per query).
+// Storage is caller-owned (one slice of a per-thread arena per query). Shared by
+// every family that selects a top-k (kNN, GEN's top-M logits, ...).
 //
-// The operations live in an anonymous namespace on purpose: this header is
-// compiled into baseline, AVX2 and AVX-512 translation units, and shared
-// (weak) inline symbols would let the linker hand an AVX-512 copy to baseline
-// callers. Internal linkage gives every translation unit its own copy.
+// The operations live in an anonymous namespace on purpose: the AVX2 and
+// AVX-512 scans inline them. Included before an ISA unit's target region
+// (gencore/isa_begin.h) they are baseline code anyway; internal linkage also
+// guarantees that no unit's copy is ever merged with another's.
 #pragma once
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <utility>
 
-namespace gencore::ood {
+#include "gencore/config.h"
+
+namespace gencore {
 
 template <typename T>
 struct TopKHeap {
@@ -91,4 +94,4 @@ inline void heap_sort_ascending(TopKHeap<T>& h) {
 
 }  // namespace
 
-}  // namespace gencore::ood
+}  // namespace gencore

@@ -1,9 +1,11 @@
-// bf16 pack + GEMM for the kNN screening pass (see bf16_gemm.h for layouts and the
-// error model). Compiled with -mavx512f/bw/dq/vl/bf16; entered only after a CPU check.
+// bf16 pack + GEMM of the screening passes (see gencore/bf16_gemm.h for layouts and the
+// error model). An avx512bf16 target region (gencore/isa_begin.h); entered only after
+// a CPU check.
 //
-// Nothing from the standard library is instantiated here on purpose: an inline
-// template emitted by this unit could be the copy the linker keeps for baseline units.
-#include "ood/bf16_gemm.h"
+// Nothing from the standard library is used inside the region, on purpose: the
+// kernels need nothing from it, and a template instantiated here is one more thing
+// tools/check_isa_symbols.py would have to prove harmless.
+#include "gencore/bf16_gemm.h"
 
 // GCC 12's own intrinsic headers (the _mm512_undefined_* self-initialisation) trip
 // -Wmaybe-uninitialized once inlined; the warning is attributed to header lines.
@@ -12,7 +14,10 @@
 #include <immintrin.h>
 #pragma GCC diagnostic pop
 
-namespace gencore::ood {
+#define GENCORE_ISA avx512bf16
+#include "gencore/isa_begin.h"
+
+namespace gencore {
 namespace {
 
 constexpr int kMR = static_cast<int>(kBf16PanelA);  // 8
@@ -176,13 +181,11 @@ static_assert(kNV == 3, "TileRow lists one instantiation per vector count");
 constexpr const TileFn* kTiles[kMR] = {TileRow<1>::fns, TileRow<2>::fns, TileRow<3>::fns, TileRow<4>::fns,
                                        TileRow<5>::fns, TileRow<6>::fns, TileRow<7>::fns, TileRow<8>::fns};
 
-}  // namespace
-
-void bf16_pack_a_avx512bf16(const float* src, int64_t rows, int64_t ld, int64_t depth, uint16_t* dst) {
+void pack_a(const float* src, int64_t rows, int64_t ld, int64_t depth, uint16_t* dst) {
   pack_rows<kMR>(src, rows, ld, depth, reinterpret_cast<uint32_t*>(dst));
 }
 
-void bf16_pack_b_avx512bf16(const float* src, int64_t rows, int64_t ld, int64_t depth, uint16_t* dst) {
+void pack_b(const float* src, int64_t rows, int64_t ld, int64_t depth, uint16_t* dst) {
   pack_rows<kNR>(src, rows, ld, depth, reinterpret_cast<uint32_t*>(dst));
 }
 
@@ -191,8 +194,8 @@ void bf16_pack_b_avx512bf16(const float* src, int64_t rows, int64_t ld, int64_t 
 // packed A (256 KB for the usual m = 256, depth = 512) is re-read from L2 per B panel.
 // Blocking the query rows so A stays in L2 was tried and gained nothing measurable even
 // at m = 4096, depth = 1024 (the A stream is only 32 B per 24 instructions).
-void bf16_gemm_abt_avx512bf16(const uint16_t* a_packed, int64_t m, const uint16_t* b_packed, int64_t n,
-                              int64_t depth, float* c, int64_t ldc) {
+void gemm_abt(const uint16_t* a_packed, int64_t m, const uint16_t* b_packed, int64_t n, int64_t depth,
+              float* c, int64_t ldc) {
   const int64_t kp = (depth + 1) / 2;
   const uint32_t* a = reinterpret_cast<const uint32_t*>(a_packed);
   const uint32_t* b = reinterpret_cast<const uint32_t*>(b_packed);
@@ -213,4 +216,10 @@ void bf16_gemm_abt_avx512bf16(const uint16_t* a_packed, int64_t m, const uint16_
   }
 }
 
-}  // namespace gencore::ood
+}  // namespace
+
+Bf16GemmKernels bf16_gemm_kernels_avx512bf16() { return {pack_a, pack_b, gemm_abt}; }
+
+}  // namespace gencore
+
+#include "gencore/isa_end.h"

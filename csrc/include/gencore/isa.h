@@ -1,0 +1,47 @@
+// The one run-time choice of an ISA-specific kernel, made once per call and
+// outside hot loops. Every dispatch site names its candidates through
+// GENCORE_ISA_FN, so a build without the x86 ISA translation units (aarch64,
+// GENCORE_PORTABLE_ONLY) never references their symbols: it links nothing
+// that is missing and picks the portable candidate.
+//
+//   auto norm = pick_isa(squared_norm_scalar, GENCORE_ISA_FN(squared_norm_avx2),
+//                        GENCORE_ISA_FN(squared_norm_avx512));
+#pragma once
+#include "gencore/config.h"
+#include "gencore/simd.h"
+
+#if defined(GENCORE_X86)
+#define GENCORE_ISA_FN(fn) (&(fn))
+#else
+#define GENCORE_ISA_FN(fn) nullptr
+#endif
+
+namespace gencore {
+
+template <typename T>
+struct same_type {
+  using type = T;
+};
+
+// The candidate for the SIMD level in use (simd_level(), which honours
+// GENCORE_SIMD / set_simd_level), falling back level by level past null
+// candidates:
+//   avx512bf16  when the level is avx512 and the CPU has AVX512-BF16,
+//   avx512      at level avx512,
+//   avx2        at level avx2 or above,
+//   scalar      otherwise.
+// `scalar` may itself be null where the caller keeps a path of its own (the
+// bf16 screen of kNN falls back to the BLAS path); callers then test the result.
+template <typename Fn>
+Fn pick_isa(Fn scalar, typename same_type<Fn>::type avx2, typename same_type<Fn>::type avx512,
+            typename same_type<Fn>::type avx512bf16 = nullptr) {
+  const SimdLevel level = simd_level();
+  if (level >= SimdLevel::avx512) {
+    if (avx512bf16 && cpu_has_avx512_bf16()) return avx512bf16;
+    if (avx512) return avx512;
+  }
+  if (level >= SimdLevel::avx2 && avx2) return avx2;
+  return scalar;
+}
+
+}  // namespace gencore
