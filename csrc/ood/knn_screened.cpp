@@ -58,8 +58,10 @@ RowTerms row_terms(const MetricTerms<float>& t, KnnMetric metric, int64_t depth)
 
 std::optional<KnnScreenKernels> knn_screen_plan(int64_t Q, int64_t D, const MetricTerms<float>& t,
                                                 int threads) {
-  const KnnScreenKernels kernels{
-      bf16_gemm_kernels(), pick_isa<ScreenRowFn>(nullptr, nullptr, nullptr, GENCORE_ISA_FN(screen_row_avx512bf16))};
+  // No portable twin: without AVX512-BF16 the BLAS path is the twin.
+  const ScreenRowFn screen_row =
+      pick_isa<ScreenRowFn>(nullptr, nullptr, nullptr, GENCORE_ISA_FN(screen_row_avx512bf16));
+  const KnnScreenKernels kernels{bf16_gemm_kernels(), screen_row};
   if (!kernels.gemm || !kernels.screen_row) return std::nullopt;
   const int64_t N = int64_t(t.bank_sq.size());
   if (D < 32 || N < 4096 || Q < 64 * int64_t(std::max(threads, 1))) return std::nullopt;
