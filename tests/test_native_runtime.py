@@ -34,10 +34,11 @@ _SURVIVAL_SCRIPT = textwrap.dedent(f"""
     from gencore import _native
     core = _native.core
     errors = {{"invalid_argument": ValueError, "bad_alloc": MemoryError}}
+    team = core._test_parallel_throw({ITEMS}, {THREADS}, -1, "invalid_argument")  # 1 without OpenMP
     for kind, error in errors.items():
         for where in ("", "state:"):
             for at in (0, 1, {THREADS} - 1, {ITEMS} - 1):
-                if where and at >= {THREADS}:
+                if where and at >= team:
                     continue
                 try:
                     core._test_parallel_throw({ITEMS}, {THREADS}, at, where + kind)

@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     for mangled, (cls, example) in sorted(found.items()):
         name = CLONE_SUFFIX.sub("", pretty.get(mangled, mangled))
         base = CLONE_SUFFIX.sub("", mangled)
-        kind = {"T": "global", "W": "weak", "i": "ifunc", "u": "unique"}.get(types.get(base, types.get(mangled, "t")),
-                                                                           "local")
+        letter = types.get(base, types.get(mangled, "t"))
+        kind = {"T": "global", "W": "weak", "i": "ifunc", "u": "unique"}.get(letter, "local")
         isa = owner_isa(name, isas)
         if isa is not None:
             if cls == "avx512" and not AVX512_FAMILY.match(isa):

@@ -64,7 +64,8 @@ const T* vector_in(const py::array& a, const char* name, py::ssize_t n) {
 template <typename T>
 T* writeable_data(py::array& a, const char* name) {
   check_dtype<T>(a, name);
-  GENCORE_CHECK(a.writeable() && (a.flags() & py::array::c_style), name, ": must be writeable and C-contiguous");
+  GENCORE_CHECK(a.writeable() && (a.flags() & py::array::c_style), name,
+                ": must be writeable and C-contiguous");
   return static_cast<T*>(a.mutable_data());
 }
 

@@ -50,7 +50,8 @@ void logit_scores(const py::array& logits, int score, double temperature, double
                   const py::object& log_templates, py::array& out, int threads) {
   GENCORE_CHECK(score >= 0 && score <= 4, "logit_scores: unknown score code ", score);
   const auto kind = static_cast<ood::LogitScore>(score);
-  GENCORE_CHECK(kind != ood::LogitScore::kl || !log_templates.is_none(), "kl_matching: log_templates is required");
+  GENCORE_CHECK(kind != ood::LogitScore::kl || !log_templates.is_none(),
+                "kl_matching: log_templates is required");
   dispatch_floating(logits, "logits", [&](auto tag) {
     using T = decltype(tag);
     const auto l = matrix_in<T>(logits, "logits");

@@ -9,10 +9,14 @@
 
 // GCC 12's own intrinsic headers (the _mm512_undefined_* self-initialisation) trip
 // -Wmaybe-uninitialized once inlined; the warning is attributed to header lines.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 
 #define GENCORE_ISA avx512bf16
 #include "gencore/isa_begin.h"

@@ -24,7 +24,7 @@ void row_norms(MatrixView<const T> m, T* out, const char* what, int num_threads,
     if (!std::isfinite(sq)) first_bad.offer(r);
     out[r] = T(sq);
   });
-  GENCORE_CHECK(!first_bad.any(), what, " contains NaN or inf (row ", first_bad.get(), "); inputs must be finite");
+  if (first_bad.any()) fail_non_finite_row(what, first_bad.get());
 }
 
 }  // namespace
@@ -36,7 +36,8 @@ double squared_norm_scalar(const float* row, int64_t n) {
 }
 
 SquaredNormFn squared_norm_kernel() {
-  return pick_isa(squared_norm_scalar, GENCORE_ISA_FN(squared_norm_avx2), GENCORE_ISA_FN(squared_norm_avx512));
+  return pick_isa(squared_norm_scalar, GENCORE_ISA_FN(squared_norm_avx2),
+                  GENCORE_ISA_FN(squared_norm_avx512));
 }
 
 void squared_row_norms(MatrixView<const float> m, float* out, const char* what, int num_threads) {

@@ -38,7 +38,8 @@ using OfferFn = void (*)(const T*, const T*, const T*, int64_t, int64_t, TopKHea
 template <typename T>
 OfferFn<T> pick_offer() {
   if constexpr (std::is_same_v<T, float>)
-    return pick_isa(offer_tile_scalar<float>, GENCORE_ISA_FN(offer_tile_avx2), GENCORE_ISA_FN(offer_tile_avx512));
+    return pick_isa(offer_tile_scalar<float>, GENCORE_ISA_FN(offer_tile_avx2),
+                    GENCORE_ISA_FN(offer_tile_avx512));
   else
     return offer_tile_scalar<T>;  // float64 has no SIMD scan
 }

@@ -58,8 +58,10 @@ RowTerms row_terms(const MetricTerms<float>& t, KnnMetric metric, int64_t depth)
 
 std::optional<KnnScreenKernels> knn_screen_plan(int64_t Q, int64_t D, const MetricTerms<float>& t,
                                                 int threads) {
-  const KnnScreenKernels kernels{
-      bf16_gemm_kernels(), pick_isa<ScreenRowFn>(nullptr, nullptr, nullptr, GENCORE_ISA_FN(screen_row_avx512bf16))};
+  // No portable twin: without AVX512-BF16 the BLAS path is the twin.
+  const ScreenRowFn screen_row =
+      pick_isa<ScreenRowFn>(nullptr, nullptr, nullptr, GENCORE_ISA_FN(screen_row_avx512bf16));
+  const KnnScreenKernels kernels{bf16_gemm_kernels(), screen_row};
   if (!kernels.gemm || !kernels.screen_row) return std::nullopt;
   const int64_t N = int64_t(t.bank_sq.size());
   if (D < 32 || N < 4096 || Q < 64 * int64_t(std::max(threads, 1))) return std::nullopt;
@@ -90,11 +92,9 @@ void knn_screened(const KnnScreenKernels& kernels, MatrixView<const float> queri
   std::vector<uint16_t> packed_bank(bf16_packed_elems_b(std::min(N, kSuperTile), D));
   const int64_t blocks = (Q + kBlock - 1) / kBlock;
   const int threads = clamp_threads(num_threads, blocks);
-  // One GEMM tile per thread, allocated once for all super-tiles (and left
-  // uninitialised: the GEMM writes before the screen reads); a thread's state
-  // is its slice (parallel_for never runs more than `threads` threads).
-  const std::unique_ptr<float[]> tiles(new float[size_t(threads) * kBlock * kTile]);
-  auto own_tile = [&tiles] { return tiles.get() + int64_t(thread_id()) * kBlock * kTile; };
+  // A thread's state: one GEMM tile [kBlock, kTile], left uninitialised (the
+  // GEMM writes it before the screen reads it).
+  auto make_tile = [] { return std::unique_ptr<float[]>(new float[size_t(kBlock) * kTile]); };
 
   parallel_for(blocks, threads, Schedule::fixed, [&](int64_t b) {
     const int64_t q0 = b * kBlock, rows_in_block = std::min(kBlock, Q - q0);
@@ -113,7 +113,8 @@ void knn_screened(const KnnScreenKernels& kernels, MatrixView<const float> queri
                             packed_bank.data() + bf16_packed_elems_b(r0 - s0, D));
     });
     // ... then screen it against one query block per item (dynamic: the last block is short).
-    parallel_for(blocks, threads, Schedule::dynamic, own_tile, [&](float* tile, int64_t b) {
+    auto screen_block = [&](std::unique_ptr<float[]>& tile_buffer, int64_t b) {
+      float* tile = tile_buffer.get();
       const int64_t q0 = b * kBlock, q1 = std::min(Q, q0 + kBlock);
       for (int64_t t0 = s0; t0 < s1; t0 += kTile) {
         const int64_t tn = std::min(kTile, s1 - t0);
@@ -124,7 +125,8 @@ void knn_screened(const KnnScreenKernels& kernels, MatrixView<const float> queri
           kernels.screen_row(tile + (i - q0) * kTile, tn, t0, row_view, queries.row(i), query_norm[i], bank,
                              bounds[i], exact[i]);
       }
-    });
+    };
+    parallel_for(blocks, threads, Schedule::dynamic, make_tile, screen_block);
   }
   parallel_for(Q, threads, Schedule::fixed, [&](int64_t i) {
     heap_sort_ascending(exact[i]);

@@ -63,10 +63,6 @@ inline T key_to_value(T key, T query_term, KnnMetric metric) {
   }
 }
 
-}  // namespace gencore::ood
-
-namespace gencore::ood {
-
 // The ISA kernels of the bf16-screened float32 search (knn_screened.cpp).
 struct KnnScreenKernels {
   Bf16GemmKernels gemm;

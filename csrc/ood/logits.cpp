@@ -15,6 +15,7 @@
 #include <functional>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "gencore/check.h"
@@ -300,9 +301,9 @@ void logit_scores(MatrixView<const T> logits, LogitScore score, const LogitParam
   MinIndex first_bad;
   const int threads = clamp_threads(num_threads, N * C / kElementsPerThread + 1);
   auto make_scratch = [=] {
-    return RowScratch<T>{std::vector<T>(need_exps ? C : 0),
-                         GenScratch<T>{std::vector<T>(need_gen ? C : 0), std::vector<int64_t>(need_gen ? kHeapMaxK : 0),
-                                       std::vector<T>(need_gen ? kSample : 0)}};
+    GenScratch<T> gen{std::vector<T>(need_gen ? C : 0), std::vector<int64_t>(need_gen ? kHeapMaxK : 0),
+                      std::vector<T>(need_gen ? kSample : 0)};
+    return RowScratch<T>{std::vector<T>(need_exps ? C : 0), std::move(gen)};
   };
   parallel_for(N, threads, Schedule::fixed, make_scratch, [&](RowScratch<T>& scratch, int64_t i) {
     const T* row = logits.row(i);
@@ -323,7 +324,7 @@ void logit_scores(MatrixView<const T> logits, LogitScore score, const LogitParam
     }
     out[i] = T(v);
   });
-  GENCORE_CHECK(!first_bad.any(), "logits contains NaN or inf (row ", first_bad.get(), "); inputs must be finite");
+  if (first_bad.any()) fail_non_finite_row("logits", first_bad.get());
 }
 
 template void logit_scores<float>(MatrixView<const float>, LogitScore, const LogitParams&,

@@ -215,16 +215,17 @@ void mahalanobis(MatrixView<const T> features, MatrixView<const T> means,
   const int64_t class_tile = std::min(C, kClassTile);
   auto scratch_for = [&](int64_t block, bool tile) {
     return [&w, block, tile, class_tile] {
-      return Scratch<T>{blas::SingleThreadedScope{}, std::vector<T>(block * w.D), std::vector<T>(block * w.R),
-                        std::vector<T>(block), std::vector<T>(tile ? block * class_tile : 0), std::vector<T>(block)};
+      return Scratch<T>{blas::SingleThreadedScope{}, std::vector<T>(block * w.D),
+                        std::vector<T>(block * w.R), std::vector<T>(block),
+                        std::vector<T>(tile ? block * class_tile : 0), std::vector<T>(block)};
     };
   };
 
   // m~ [C, R] = (means - mu_bar) L, then ||m~_c||^2.
   std::vector<T> mt(C * R);
   // Blocks of classes / queries, dynamic: the last block is short.
-  parallel_for(ceil_div(C, kMaxQueryBlock), num_threads, Schedule::dynamic, scratch_for(kMaxQueryBlock, false),
-               [&](Scratch<T>& s, int64_t b) {
+  parallel_for(ceil_div(C, kMaxQueryBlock), num_threads, Schedule::dynamic,
+               scratch_for(kMaxQueryBlock, false), [&](Scratch<T>& s, int64_t b) {
                  const int64_t c0 = b * kMaxQueryBlock, c1 = std::min(C, c0 + kMaxQueryBlock);
                  whiten(w, means.row(c0), means.row_stride, c1 - c0, s.xc.data(), mt.data() + c0 * R, R);
                });

@@ -139,12 +139,13 @@ void residual_scores(MatrixView<const T> features, MatrixView<const T> principal
   auto make_block = [=] { return Block<T>(block, D, R); };
   parallel_for(blocks, threads, Schedule::fixed, make_block, [&](Block<T>& w, int64_t bi) {
     const int64_t i0 = bi * block, b = std::min(block, N - i0);
-    const int64_t bad = block_residuals(features, principal, pt.data(), center, i0, b, sq_norm, w, w.r.data());
+    const int64_t bad =
+        block_residuals(features, principal, pt.data(), center, i0, b, sq_norm, w, w.r.data());
     if (bad >= 0) first_bad.offer(bad);
     for (int64_t i = 0; i < b; ++i)
       out[i0 + i] = vim ? T(double(out[i0 + i]) - alpha * w.r[i]) : T(-w.r[i]);
   });
-  GENCORE_CHECK(!first_bad.any(), "features contains NaN or inf (row ", first_bad.get(), "); inputs must be finite");
+  if (first_bad.any()) fail_non_finite_row("features", first_bad.get());
 }
 
 template void residual_scores<float>(MatrixView<const float>, MatrixView<const float>, const float*,

@@ -30,7 +30,9 @@ class SingleThreadedScope {
  public:
   SingleThreadedScope();
   ~SingleThreadedScope();
-  SingleThreadedScope(SingleThreadedScope&& other) noexcept : previous_(other.previous_) { other.previous_ = -1; }
+  SingleThreadedScope(SingleThreadedScope&& other) noexcept : previous_(other.previous_) {
+    other.previous_ = -1;
+  }
   SingleThreadedScope(const SingleThreadedScope&) = delete;
   SingleThreadedScope& operator=(const SingleThreadedScope&) = delete;
   SingleThreadedScope& operator=(SingleThreadedScope&&) = delete;

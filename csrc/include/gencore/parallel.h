@@ -104,9 +104,14 @@ class FirstError {
 template <typename MakeState, typename Body>
 void parallel_for(int64_t n_items, int threads, Schedule schedule, MakeState&& make_state, Body&& body) {
   if (n_items <= 0) return;
+  const int team = clamp_threads(threads, n_items);
+  if (team == 1) {  // no region to leave: run inline, exceptions propagate as usual
+    auto state = make_state();
+    for (int64_t item = 0; item < n_items; ++item) body(state, item);
+    return;
+  }
   using State = std::decay_t<decltype(make_state())>;
   detail::FirstError error;
-  const int team = clamp_threads(threads, n_items);
 #pragma omp parallel num_threads(team)
   {
     std::optional<State> state;
