@@ -11,8 +11,10 @@ grid s [..., n + 1] (per-sample grids have a leading batch dimension) into the
 [n, ..., 6] table of (c_x, c_d, c_1, c_2, c_3, c_z), so the sampling loop does
 no coefficient math at all, and nothing on the host waits for the device.
 
-Notation: lambda = -log s, h_i = lambda_{i+1} - lambda_i > 0, and a step to
-s = 0 is the pure denoising step x_next = D (the shared final-step policy).
+Notation: lambda = -log s, h_i = lambda_{i+1} - lambda_i (> 0 when sampling,
+< 0 on the increasing grids of an inversion; h = 0 marks "no such step": before
+the first and on a step to 0), and a step to s = 0 is the pure denoising step
+x_next = D (the shared final-step policy).
 """
 from __future__ import annotations
 
@@ -90,8 +92,8 @@ def dpmpp_2m(s: torch.Tensor) -> torch.Tensor:
     phi = -torch.expm1(-h)                                   # 1 - s'/s
     t[..., X] = ratio
     h_prev = torch.cat([torch.zeros_like(h[:1]), h[:-1]])
-    second = h_prev > 0
-    r = torch.where(second, h_prev / torch.where(h > 0, h, torch.ones_like(h)), torch.ones_like(h))
+    second = h_prev != 0
+    r = torch.where(second, h_prev / torch.where(h != 0, h, torch.ones_like(h)), torch.ones_like(h))
     t[..., D] = phi * torch.where(second, 1 + 1 / (2 * r), torch.ones_like(r))
     t[..., H1] = torch.where(second, -phi / (2 * r), torch.zeros_like(r))
     return _denoise_where_final(t, final)
@@ -109,14 +111,14 @@ def dpmpp_3m(s: torch.Tensor) -> torch.Tensor:
     cur, nxt, final, h = _steps(s)
     t = _table(s)
     one = torch.ones_like(h)
-    safe_h = torch.where(h > 0, h, one)
+    safe_h = torch.where(h != 0, h, one)
     t[..., X] = torch.exp(-h)
     t[..., D] = -torch.expm1(-h)
     h1 = torch.cat([torch.zeros_like(h[:1]), h[:-1]])
     h2 = torch.cat([torch.zeros_like(h[:2]), h[:-2]])
     phi_2 = torch.expm1(-safe_h) / safe_h + 1               # = 1 + (e^-h - 1)/h
     phi_3 = phi_2 / safe_h - 0.5
-    has1, has2 = h1 > 0, (h1 > 0) & (h2 > 0)
+    has1, has2 = h1 != 0, (h1 != 0) & (h2 != 0)
     r0 = torch.where(has1, h1 / safe_h, one)
     r1 = torch.where(has2, h2 / safe_h, one)
     # order 3: x += phi_2 d1 - phi_3 d2, expanded into D, D1, D2
@@ -155,12 +157,12 @@ def dpmpp_2m_sde(s: torch.Tensor, eta: float = 1.0, s_noise: float = 1.0, solver
     t[..., X] = ratio * torch.exp(-eh)
     t[..., D] = phi
     h_prev = torch.cat([torch.zeros_like(h[:1]), h[:-1]])
-    second = h_prev > 0
-    r = torch.where(second, h_prev / torch.where(h > 0, h, one), one)
+    second = h_prev != 0
+    r = torch.where(second, h_prev / torch.where(h != 0, h, one), one)
     if solver_type == "midpoint":
         c = 0.5 * phi / r
     elif solver_type == "heun":
-        safe_total = torch.where(total > 0, total, one)
+        safe_total = torch.where(total != 0, total, one)
         c = (1 - phi / safe_total) / r           # ((1 - e^-T) / (-T) + 1) / r, T = (1 + eta) h
     else:
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
@@ -193,7 +195,7 @@ def unipc(s: torch.Tensor, order: int = 3, variant: str = "bh2", corrector: bool
     cur, nxt, final, h = _steps(s)
     n = h.shape[0]
     lam = -torch.log(s.to(torch.float64).movedim(-1, 0)[:-1])     # [n, ...] lambda_i (s_i > 0)
-    safe_h = torch.where(h > 0, h, torch.ones_like(h))
+    safe_h = torch.where(h != 0, h, torch.ones_like(h))
 
     def b_of(hh):
         return hh if variant == "bh1" else torch.expm1(hh)

@@ -119,9 +119,13 @@ class _Stepper:
             raise
 
 
-def _used_slots(table: torch.Tensor) -> list[tuple[bool, ...]]:
+def _used_slots(table: torch.Tensor, stochastic: bool) -> list[tuple[bool, ...]]:
     """Per step, which of the 6 coefficient columns are non-zero anywhere (decided on the
-    host, once: absent tensors are passed as None and never read)."""
+    host, once: absent tensors are passed as None and never read). While torch.compile
+    traces, values cannot steer Python: every slot whose tensor exists is passed (its
+    coefficient is 0 where it is unused), and the noise slot only for a stochastic solver."""
+    if torch.compiler.is_compiling():
+        return [(True,) * coef.Z + (stochastic,)] * table.shape[0]
     flat = table.reshape(table.shape[0], -1, coef.N_COEFFS)
     return [tuple(bool(v) for v in (flat[i] != 0).any(0)) for i in range(table.shape[0])]
 
@@ -136,7 +140,7 @@ def _as_rows(table: torch.Tensor, b: int, device) -> torch.Tensor:
 # ---------------------------------------------------------------- the solvers
 
 def _multistep(stepper: _Stepper, x, table, noise_fn, callback):
-    rows, used = _as_rows(table, stepper.b, stepper.device), _used_slots(table)
+    rows, used = _as_rows(table, stepper.b, stepper.device), _used_slots(table, noise_fn is not None)
     history = [None, None, None]
     for i in range(table.shape[0]):
         d = stepper.denoise(x, i)
@@ -233,7 +237,9 @@ def sample(denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, solver: st
         else:
             table = coef.unipc(s, _checks.integer(order, "order", low=1, high=3), unipc_variant, bool(corrector),
                                bool(lower_order_final))
-        if noise_sampler is None:
+        if solver != "dpmpp_2m_sde":
+            noise_sampler = None
+        elif noise_sampler is None:
             def noise_sampler(i):
                 return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         out = _multistep(stepper, x, table, noise_sampler, callback)
