@@ -9,6 +9,7 @@
   supports, and a fixture parametrized over them that restores the previous
   level afterwards.
 * ``reference_backend``: forces the pure-torch reference (GENCORE_BACKEND).
+* ``on_a_busy_side_stream(source, call)``: the stream-order check of CUDA ops.
 * Every test runs with gencore's thread count and SIMD level restored
   afterwards, so one test's settings never leak into the next.
 """
@@ -114,3 +115,19 @@ def reference_backend(monkeypatch):
     """Forces every op onto the pure-torch reference."""
     monkeypatch.setenv("GENCORE_BACKEND", "reference")
     yield "reference"
+
+
+def on_a_busy_side_stream(source: torch.Tensor, call):
+    """call(filled) on a side stream that is kept busy first (torch.cuda._sleep) and then
+    writes `filled`, a copy of the CUDA tensor `source`; returns call's result once the stream
+    is done. Work that call queues on any stream but the caller's current one reads `filled`
+    before it is written, i.e. zeros, so comparing with call(source) shows it."""
+    torch.cuda.synchronize()
+    filled = torch.zeros_like(source)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU cycles queued ahead on this stream
+        filled.copy_(source)
+        out = call(filled)
+    stream.synchronize()
+    return out

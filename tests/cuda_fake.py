@@ -2,7 +2,8 @@
 CUDA Python glue of every op with CPU tensors.
 
 ``FakeCuda`` has exactly the API of the real module (``cuda/module.cu``,
-``cuda/bindings/ood.cu``) and its contract as documented in ``cuda/ood/*.cuh``:
+``cuda/bindings/ood.cu``, ``cuda/bindings/score.cu``) and its contract as
+documented in ``cuda/ood/*.cuh`` and ``cuda/score/*.cuh``:
 the same outputs (keys formed in float32 the way the kernels form them, sums
 in float64), the same tie rules (lower index first; NaN keys rank last in kNN
 and win the Mahalanobis min), the same ValueError messages for bad sizes, and
@@ -50,6 +51,8 @@ _MAHALANOBIS_MAX_CHUNK = 16384
 _TINY_REST = 1e-20                   # csrc/ood/logit_math.h kTinyRest
 _FLT_MAX = float(np.finfo(np.float32).max)
 _INT_MAX = 2**31 - 1
+SCORE_SEGMENT = 4096                 # cuda/score/rows.cuh kSegment: row elements per warp
+_LOG_2PI = math.log(2 * math.pi)
 
 
 class FakeStream:
@@ -379,3 +382,230 @@ class FakeCuda:
             return
         m, _, finite, rest = _row_summary(_view(logits_ptr, (N, C), F32, "logits", op), 1.0)
         out[:] = np.where(finite, m.astype(F64) + np.log1p(rest) - alpha * r, np.nan).astype(F32)
+
+    # ------------------------------------------------------------ score: data-set denoiser tile
+
+    def dataset_denoise_tile(self, scores_ptr, B, T, tile_sq_ptr, log_w_ptr, sigma_ptr, alpha_ptr, running_max_ptr,
+                             total_ptr, rescale_ptr, stream, device):
+        """scores [B, T] in place (x'.y'^T -> exp(l - m')), tile_sq [T], log_w [T] (0: none), sigma,
+        alpha [B]; running_max, total [B] in place, rescale [B] out (cuda/score/dataset_denoise.cuh)."""
+        op = "dataset_denoise_tile"
+        self.calls[op] += 1
+        if B < 0 or T < 1:
+            _fail(op, f"need B >= 0 and T >= 1, got B={B}, T={T}")
+        if B == 0:
+            return
+        _require(op, scores_ptr, tile_sq_ptr, sigma_ptr, alpha_ptr, running_max_ptr, total_ptr, rescale_ptr)
+        self._enter(op, device, stream)
+        scores = _view(scores_ptr, (B, T), F32, "scores", op)
+        tile_sq = _view(tile_sq_ptr, (T,), F32, "tile_sq", op)
+        sigma, alpha = (_view(p, (B,), F32, n, op) for p, n in ((sigma_ptr, "sigma"), (alpha_ptr, "alpha")))
+        running_max, total, rescale = (_view(p, (B,), F32, n, op) for p, n in (
+            (running_max_ptr, "running_max"), (total_ptr, "total"), (rescale_ptr, "rescale")))
+        s64, a64 = sigma.astype(F64), alpha.astype(F64)
+        with np.errstate(all="ignore"):
+            ca = (a64 / (s64 * s64)).astype(F32)                        # formed in double, as the kernel
+            cq = (0.5 * a64 * a64 / (s64 * s64)).astype(F32)
+            quad = cq[:, None] * tile_sq[None, :]                       # float32 product
+            logits = (ca.astype(F64)[:, None] * scores.astype(F64) - quad.astype(F64)).astype(F32)  # fmaf
+            if log_w_ptr:
+                logits = logits + _view(log_w_ptr, (T,), F32, "log_w", op)[None, :]
+            new_max = np.fmax(running_max, np.fmax.reduce(logits, axis=1, initial=-np.inf))  # NaN skipped
+            shift = np.where(np.isfinite(new_max), new_max, F32(0))
+            p = np.exp(logits - shift[:, None])
+            r = np.exp(running_max - shift)
+            total[:] = (total.astype(F64) * r + p.sum(1, dtype=F64)).astype(F32)
+        scores[:] = p
+        rescale[:] = r
+        running_max[:] = new_max
+
+    # ------------------------------------------------------------ score: Gaussian mixture
+
+    def gmm_score(self, x_ptr, B, d, means_ptr, K, log_weights_ptr, eigvals_ptr, sigma_ptr, alpha_ptr,
+                  log_prob_out_ptr, score_out_ptr, stream, device):
+        """x [B, d], means [K, d], log_weights [K], eigvals [K, d] (iso / diagonal variances), sigma,
+        alpha [B] -> log_prob [B], score [B, d] (cuda/score/gmm.cuh)."""
+        op = "gmm_score"
+        self.calls[op] += 1
+        _check_gmm_sizes(op, B, d, K, "K")
+        if B == 0:
+            return
+        _require(op, x_ptr, means_ptr, log_weights_ptr, eigvals_ptr, sigma_ptr, alpha_ptr, log_prob_out_ptr,
+                 score_out_ptr)
+        self._enter(op, device, stream)
+        x = _view(x_ptr, (B, d), F32, "x", op)
+        means = _view(means_ptr, (K, d), F32, "means", op)
+        eigvals = _view(eigvals_ptr, (K, d), F32, "eigvals", op)
+        log_w = _view(log_weights_ptr, (K,), F32, "log_weights", op)
+        smoothing = _smoothing(_view(sigma_ptr, (B,), F32, "sigma", op), _view(alpha_ptr, (B,), F32, "alpha", op))
+        log_n = np.empty((B, K), F64)
+        for k in range(K):   # O(B d) at a time, as the kernel
+            w, log_n[:, k] = _gmm_terms(x, means[k][None, :], eigvals[k][None, :], log_w[k], smoothing)
+        with np.errstate(all="ignore"):
+            top = log_n.max(1)
+            log_prob = top + np.log(np.exp(log_n - top[:, None]).sum(1))
+            score = np.zeros((B, d), F64)
+            for k in range(K):
+                w, _ = _gmm_terms(x, means[k][None, :], eigvals[k][None, :], log_w[k], smoothing)
+                score -= np.exp(log_n[:, k] - log_prob)[:, None] * w
+        _view(log_prob_out_ptr, (B,), F32, "log_prob_out", op)[:] = log_prob.astype(F32)
+        _view(score_out_ptr, (B, d), F32, "score_out", op)[:] = score.astype(F32)
+
+    def gmm_score_tile_workspace_bytes(self, B: int, C: int) -> int:
+        if B < 0 or C < 0:
+            _fail("gmm_score_tile_workspace_bytes", f"need B >= 0 and C >= 0, got B={B}, C={C}")
+        return 4 * B * C
+
+    def gmm_score_tile(self, zx_ptr, B, C, d, rotated_means_ptr, log_weights_ptr, eigvals_ptr, sigma_ptr, alpha_ptr,
+                       running_max_ptr, total_ptr, rescale_ptr, workspace_ptr, workspace_bytes, stream, device):
+        """zx [B, C, d] in place (x U_k -> -p_k (z / c)_k), rotated_means [C, d], log_weights [C],
+        eigvals [C, d], sigma, alpha [B]; running_max, total [B] in place, rescale [B] out."""
+        op = "gmm_score_tile"
+        self.calls[op] += 1
+        _check_gmm_sizes(op, B, d, C, "C")
+        self._workspace(op, workspace_ptr, workspace_bytes, self.gmm_score_tile_workspace_bytes(B, C))
+        if B == 0:
+            return
+        _require(op, zx_ptr, rotated_means_ptr, log_weights_ptr, eigvals_ptr, sigma_ptr, alpha_ptr, running_max_ptr,
+                 total_ptr, rescale_ptr)
+        self._enter(op, device, stream)
+        zx = _view(zx_ptr, (B, C, d), F32, "zx", op)
+        means = _view(rotated_means_ptr, (C, d), F32, "rotated_means", op)
+        eigvals = _view(eigvals_ptr, (C, d), F32, "eigvals", op)
+        log_w = _view(log_weights_ptr, (C,), F32, "log_weights", op)
+        smoothing = _smoothing(_view(sigma_ptr, (B,), F32, "sigma", op), _view(alpha_ptr, (B,), F32, "alpha", op))
+        running_max, total, rescale = (_view(p, (B,), F32, n, op) for p, n in (
+            (running_max_ptr, "running_max"), (total_ptr, "total"), (rescale_ptr, "rescale")))
+        w, log_n = _gmm_terms(zx, means[None], eigvals[None], log_w[None], tuple(v[:, None] for v in smoothing))
+        log_n = log_n.astype(F32)                                        # the kernel's log N is float32
+        with np.errstate(all="ignore"):
+            new_max = np.fmax(running_max, np.fmax.reduce(log_n, axis=1, initial=-np.inf))
+            shift = np.where(np.isfinite(new_max), new_max, F32(0))
+            p = np.exp(log_n - shift[:, None])
+            r = np.exp(running_max - shift)
+            total[:] = (total.astype(F64) * r + p.sum(1, dtype=F64)).astype(F32)
+            zx[:] = -p[:, :, None] * w.astype(F32)
+        rescale[:] = r
+        running_max[:] = new_max
+
+    # ------------------------------------------------------------ score: DSM loss, DMD gradient
+
+    def dsm_loss_workspace_bytes(self, B: int, M: int) -> int:
+        _check_rows("dsm_loss_workspace_bytes", B, M)
+        return _partials_bytes(B, M)
+
+    def dsm_loss(self, raw_ptr, x_ptr, target_ptr, B, M, c_skip_ptr, c_out_ptr, weight_ptr, loss_out_ptr,
+                 workspace_ptr, workspace_bytes, stream, device):
+        """raw, x, target [B, M], c_skip, c_out, weight [B] -> loss [B] = weight * mean_j
+        (c_skip x + c_out raw - target)^2 (weight * 0 for M = 0)."""
+        op = "dsm_loss"
+        self.calls[op] += 1
+        _check_rows(op, B, M)
+        self._workspace(op, workspace_ptr, workspace_bytes, _partials_bytes(B, M))
+        if B == 0:
+            return
+        _require(op, c_skip_ptr, c_out_ptr, weight_ptr, loss_out_ptr, *((raw_ptr, x_ptr, target_ptr) if M else ()))
+        self._enter(op, device, stream)
+        err = _dsm_error(op, raw_ptr, x_ptr, target_ptr, B, M, c_skip_ptr, c_out_ptr).astype(F64)
+        weight = _view(weight_ptr, (B,), F32, "weight", op).astype(F64)
+        mean = (err * err).sum(1) / M if M else np.zeros(B)
+        _view(loss_out_ptr, (B,), F32, "loss_out", op)[:] = (weight * mean).astype(F32)
+
+    def dsm_loss_backward(self, raw_ptr, x_ptr, target_ptr, B, M, c_skip_ptr, c_out_ptr, weight_ptr, grad_loss_ptr,
+                          grad_raw_out_ptr, stream, device):
+        """grad_raw [B, M] = 2 grad_loss weight c_out (c_skip x + c_out raw - target) / M."""
+        op = "dsm_loss_backward"
+        self.calls[op] += 1
+        _check_rows(op, B, M)
+        if B == 0 or M == 0:
+            return
+        _require(op, raw_ptr, x_ptr, target_ptr, c_skip_ptr, c_out_ptr, weight_ptr, grad_loss_ptr, grad_raw_out_ptr)
+        self._enter(op, device, stream)
+        err = _dsm_error(op, raw_ptr, x_ptr, target_ptr, B, M, c_skip_ptr, c_out_ptr)
+        weight, grad_loss, c_out = (_view(p, (B,), F32, n, op).astype(F64) for p, n in (
+            (weight_ptr, "weight"), (grad_loss_ptr, "grad_loss"), (c_out_ptr, "c_out")))
+        scale = (2.0 * grad_loss * weight * c_out / M).astype(F32)
+        with np.errstate(all="ignore"):
+            _view(grad_raw_out_ptr, (B, M), F32, "grad_raw_out", op)[:] = scale[:, None] * err
+
+    def dmd_gradient_workspace_bytes(self, B: int, M: int) -> int:
+        _check_rows("dmd_gradient_workspace_bytes", B, M)
+        return _partials_bytes(B, M)
+
+    def dmd_gradient(self, x0_ptr, real_ptr, fake_ptr, B, M, out_ptr, workspace_ptr, workspace_bytes, stream,
+                     device):
+        """x0, real, fake [B, M] -> out [B, M] = (fake - real) / mean_j |x0 - real| (float32), 0 where
+        that mean is not > 0."""
+        op = "dmd_gradient"
+        self.calls[op] += 1
+        _check_rows(op, B, M)
+        self._workspace(op, workspace_ptr, workspace_bytes, _partials_bytes(B, M))
+        if B == 0 or M == 0:
+            return
+        _require(op, x0_ptr, real_ptr, fake_ptr, out_ptr)
+        self._enter(op, device, stream)
+        x0, real, fake = (_view(p, (B, M), F32, n, op) for p, n in (
+            (x0_ptr, "x0"), (real_ptr, "real"), (fake_ptr, "fake")))
+        with np.errstate(all="ignore"):
+            norm = (np.abs(x0 - real).astype(F64).sum(1) / M).astype(F32)
+            grad = (fake - real) / norm[:, None]
+        _view(out_ptr, (B, M), F32, "out", op)[:] = np.where((norm > 0)[:, None], grad, F32(0))
+
+
+# ---------------------------------------------------------------- score helpers
+
+def _require(op: str, *ptrs) -> None:
+    """The kernels' null check, before any work."""
+    if not all(ptrs):
+        _fail(op, "a data pointer is null")
+
+
+def _check_rows(op: str, B: int, M: int) -> None:
+    if B < 0 or M < 0:
+        _fail(op, f"need B >= 0 and M >= 0, got B={B}, M={M}")
+
+
+def _partials_bytes(B: int, M: int) -> int:
+    """cuda/score/rows.cuh partials_layout: 8 B S bytes when a row has S > 1 segments."""
+    segments = max(1, -(-M // SCORE_SEGMENT))
+    return 8 * B * segments if segments > 1 else 0
+
+
+def _dsm_error(op, raw_ptr, x_ptr, target_ptr, B, M, c_skip_ptr, c_out_ptr) -> np.ndarray:
+    """fmaf(c_skip, x, c_out * raw) - target, float32 [B, M], as the kernels form it."""
+    raw, x, target = (_view(p, (B, M), F32, n, op) for p, n in (
+        (raw_ptr, "raw"), (x_ptr, "x"), (target_ptr, "target")))
+    c_skip = _view(c_skip_ptr, (B,), F32, "c_skip", op)
+    c_out = _view(c_out_ptr, (B,), F32, "c_out", op)
+    with np.errstate(all="ignore"):
+        scaled = c_out[:, None] * raw                                             # float32 product
+        pred = (c_skip.astype(F64)[:, None] * x.astype(F64) + scaled.astype(F64)).astype(F32)  # one rounding
+        return pred - target
+
+
+def _check_gmm_sizes(op: str, B: int, d: int, K: int, k_name: str) -> None:
+    if B < 0:
+        _fail(op, f"B must be >= 0, got {B}")
+    _check_dim(op, "d", d)
+    if K < 1 or K > _INT_MAX:
+        _fail(op, f"{k_name} must be in [1, 2^31 - 1], got {K}")
+
+
+def _smoothing(sigma: np.ndarray, alpha: np.ndarray):
+    """(alpha, alpha^2, sigma^2) per query, float32 (squares formed in double), as gmm.cu."""
+    a64, s64 = alpha.astype(F64), sigma.astype(F64)
+    return alpha, (a64 * a64).astype(F32), (s64 * s64).astype(F32)
+
+
+def _gmm_terms(x, means, eigvals, log_w, smoothing):
+    """(w = z / c float32, log N float64) over the last axis, gmm.cu's elements: z = fmaf(-a, mu, x),
+    c = fmaf(a2, lambda, s2) (one rounding each), w = z / c; sums of z w and log c in float64.
+    smoothing arrays broadcast against x's leading axes."""
+    a, a2, s2 = (v.astype(F64)[..., None] for v in smoothing)
+    with np.errstate(all="ignore"):
+        z = (x.astype(F64) - a * means.astype(F64)).astype(F32)
+        c = (a2 * eigvals.astype(F64) + s2).astype(F32)
+        w = z / c
+        log_n = log_w.astype(F64) - 0.5 * ((z.astype(F64) * w).sum(-1) + np.log(c.astype(F64)).sum(-1)
+                                           + x.shape[-1] * _LOG_2PI)
+    return w, log_n

@@ -4,21 +4,26 @@ the real ``gencore._cuda`` where it is built: same API, same workspace sizes.
 The fake stands in for the CUDA kernels when the suite runs the CUDA Python
 glue on CPU tensors, so it must compute their contract: kNN (squared L2 and
 inner product, ties to the lower index, NaN last), Mahalanobis (both reduces,
-lowest class on ties, NaN wins the min), logit scores 0-4 and residual / ViM.
+lowest class on ties, NaN wins the min), logit scores 0-4 and residual / ViM;
+for the score family the data-set denoiser's tile step, the mixture score
+(iso/diagonal, and the full-covariance tile step), the DSM loss and its
+backward, the DMD gradient.
 Exact equality is asked where the arithmetic is exact (integer-valued data);
 elsewhere float32 tolerances against the float64 reference.
 """
 from __future__ import annotations
 
 import inspect
+import math
 
 import pytest
 import torch
 
 from gencore import _native
 from gencore.ood import reference
+from gencore.score import reference as score_reference
 
-from tests.cuda_fake import KNN_MAX_K, FakeCuda
+from tests.cuda_fake import KNN_MAX_K, SCORE_SEGMENT, FakeCuda
 
 NAN_I64 = -7  # poison for index outputs
 
@@ -265,6 +270,309 @@ def test_vim_matches_reference(rng, alpha):
     assert ((got.double() - want).abs() <= 1e-5 * scale).all()
 
 
+
+
+# ====================================================================== score: data-set denoiser tile
+
+def score_rand(rng, *shape, scale=1.0, low=None, high=None):
+    if low is not None:
+        return low + (high - low) * torch.rand(*shape, generator=rng)
+    return torch.randn(*shape, generator=rng) * scale
+
+
+def fake_tile_step(fake, scores, tile_sq, log_w, sigma, alpha, running_max, total):
+    """One dataset_denoise_tile call on copies; returns (scores, running_max, total, rescale)."""
+    b, t = scores.shape
+    scores, running_max, total = scores.clone(), running_max.clone(), total.clone()
+    rescale = poisoned(b)
+    fake.dataset_denoise_tile(scores.data_ptr(), b, t, tile_sq.data_ptr(), 0 if log_w is None else log_w.data_ptr(),
+                              sigma.data_ptr(), alpha.data_ptr(), running_max.data_ptr(), total.data_ptr(),
+                              rescale.data_ptr(), 0, 0)
+    return scores, running_max, total, rescale
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_dataset_tile_step_is_the_online_logsumexp_step(rng, weighted):
+    b, t = 9, 13
+    scores, tile_sq = score_rand(rng, b, t, scale=3.0), score_rand(rng, t, low=0.0, high=4.0)
+    sigma, alpha = score_rand(rng, b, low=0.3, high=2.0), score_rand(rng, b, low=0.5, high=1.0)
+    log_w = torch.log(score_rand(rng, t, low=0.0, high=2.0)) if weighted else None
+    if weighted:
+        log_w[3] = -math.inf  # a zero weight: exp(-inf - m) = 0
+    running_max = score_rand(rng, b, scale=2.0)
+    running_max[:3] = -math.inf  # first tile for these rows
+    total = torch.where(torch.isfinite(running_max), score_rand(rng, b, low=0.5, high=3.0), torch.zeros(b))
+    got, new_max, new_total, rescale = fake_tile_step(FakeCuda(), scores, tile_sq, log_w, sigma, alpha,
+                                                      running_max, total)
+    s, a = sigma.double(), alpha.double()
+    logits = (a[:, None] * scores.double() - 0.5 * (a * a)[:, None] * tile_sq.double()) / (s * s)[:, None]
+    if weighted:
+        logits = logits + log_w.double()
+    want_max = torch.maximum(running_max.double(), logits.amax(1))
+    want = torch.exp(logits - want_max[:, None])
+    want_rescale = torch.exp(running_max.double() - want_max)
+    torch.testing.assert_close(new_max.double(), want_max, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rescale.double(), want_rescale, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(new_total.double(), total.double() * want_rescale + want.sum(1), rtol=1e-5, atol=1e-6)
+    assert (rescale[:3] == 0).all() and (got[:3].amax(1) == 1).all()  # first tile: its max is the max
+
+
+def test_dataset_tile_of_zero_weights_changes_nothing_and_gives_no_nan(rng):
+    b, t = 4, 6
+    scores, tile_sq = score_rand(rng, b, t), score_rand(rng, t, low=0.0, high=1.0)
+    sigma, alpha = torch.ones(b), torch.ones(b)
+    log_w = torch.full((t,), -math.inf)
+    running_max = torch.tensor([-math.inf, -math.inf, 0.5, -2.0])
+    total = torch.tensor([0.0, 0.0, 1.5, 2.0])
+    got, new_max, new_total, rescale = fake_tile_step(FakeCuda(), scores, tile_sq, log_w, sigma, alpha,
+                                                      running_max, total)
+    assert torch.equal(got, torch.zeros(b, t))
+    assert torch.equal(new_max, running_max) and torch.equal(new_total, total)
+    assert rescale.tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def fake_dataset_denoise(fake, x, data, sigma, alpha, weights, tile):
+    """The CUDA glue's loop (score/ops/_dataset.py) written out over the fake, float32."""
+    b = x.shape[0]
+    center = data.mean(0)
+    xc = x - alpha[:, None] * center
+    log_w = None if weights is None else torch.log(weights)
+    running_max, total = torch.full((b,), -math.inf), torch.zeros(b)
+    acc = torch.zeros_like(x)
+    for start in range(0, data.shape[0], tile):
+        y = (data[start:start + tile] - center).contiguous()
+        lw = None if log_w is None else log_w[start:start + tile].contiguous()
+        scores, running_max, total, rescale = fake_tile_step(fake, (xc @ y.T).contiguous(), (y * y).sum(1), lw,
+                                                             sigma, alpha, running_max, total)
+        acc = acc * rescale[:, None] + scores @ y
+    safe = torch.where(torch.isfinite(running_max), running_max, torch.zeros_like(running_max))
+    return acc / total[:, None] + center, safe + torch.log(total) - 0.5 * (xc * xc).sum(1) / (sigma * sigma)
+
+
+@pytest.mark.parametrize("tile", [1, 7, 64])
+def test_dataset_tiles_stream_to_the_dense_oracle(rng, tile):
+    b, n, d = 11, 45, 5
+    x, data = score_rand(rng, b, d, scale=1.5), score_rand(rng, n, d)
+    sigma, alpha = score_rand(rng, b, low=0.4, high=2.0), score_rand(rng, b, low=0.5, high=1.0)
+    weights = score_rand(rng, n, low=0.1, high=2.0)
+    weights[:10] = 0.0  # the first tiles (tile <= 7) have no mass at all
+    fake = FakeCuda()
+    denoised, log_z = fake_dataset_denoise(fake, x, data, sigma, alpha, weights, tile)
+    want_d, want_z = score_reference.dataset_denoise_dense(x, data, sigma, alpha, torch.log(weights.double()))
+    torch.testing.assert_close(denoised.double(), want_d, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(log_z.double(), want_z, rtol=1e-5, atol=1e-4)
+    assert fake.calls["dataset_denoise_tile"] == -(-n // tile)
+
+
+def test_dataset_tile_argument_checks():
+    fake = FakeCuda()
+    with pytest.raises(ValueError, match=r"dataset_denoise_tile: need B >= 0 and T >= 1, got B=2, T=0"):
+        fake.dataset_denoise_tile(16, 2, 0, 16, 0, 16, 16, 16, 16, 16, 0, 0)
+    with pytest.raises(ValueError, match="a data pointer is null"):
+        fake.dataset_denoise_tile(16, 2, 3, 0, 0, 16, 16, 16, 16, 16, 0, 0)
+    fake.dataset_denoise_tile(0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # no rows: nothing is read
+
+
+# ====================================================================== score: Gaussian mixture
+
+def fake_gmm_score(fake, x, means, log_weights, eigvals, sigma, alpha):
+    b, d = x.shape
+    log_prob, score = poisoned(b), poisoned(b, d)
+    fake.gmm_score(x.data_ptr(), b, d, means.data_ptr(), means.shape[0], log_weights.data_ptr(), eigvals.data_ptr(),
+                   sigma.data_ptr(), alpha.data_ptr(), log_prob.data_ptr(), score.data_ptr(), 0, 0)
+    return log_prob, score
+
+
+def score_mixture(rng, k, d, kind):
+    means = score_rand(rng, k, d, scale=2.0)
+    log_weights = torch.log_softmax(score_rand(rng, k), 0)
+    if kind == "iso":
+        eigvals = score_rand(rng, k, 1, low=0.2, high=2.0).expand(k, d).contiguous()
+    else:
+        eigvals = score_rand(rng, k, d, low=0.0, high=2.0)  # eigenvalue 0 allowed (sigma > 0)
+    return means, log_weights, eigvals
+
+
+@pytest.mark.parametrize("kind", ["iso", "diag"])
+@pytest.mark.parametrize("b,k,d", [(1, 1, 1), (13, 3, 2), (7, 6, 33), (20, 9, 5)], ids=str)
+def test_gmm_score_matches_reference(rng, b, k, d, kind):
+    means, log_weights, eigvals = score_mixture(rng, k, d, kind)
+    if k > 2:
+        log_weights[1] = -math.inf  # a component of weight 0
+    x = score_rand(rng, b, d, scale=3.0)
+    sigma, alpha = score_rand(rng, b, low=0.05, high=2.0), score_rand(rng, b, low=0.3, high=1.0)
+    log_prob, score = fake_gmm_score(FakeCuda(), x, means, log_weights, eigvals, sigma, alpha)
+    keep = torch.isfinite(log_weights)
+    want_lp, want_score = score_reference.gmm(x.double(), means[keep].double(), log_weights[keep].double(),
+                                              eigvals[keep].double(), None, sigma.double(), alpha.double())
+    torch.testing.assert_close(log_prob.double(), want_lp, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(score.double(), want_score, rtol=1e-4, atol=1e-4 * (1 + float(want_score.abs().max())))
+
+
+def fake_gmm_full(fake, x, means, log_weights, eigvals, eigvecs, sigma, alpha, tile):
+    """The CUDA glue's full-covariance loop (score/ops/_gmm.py) written out over the fake."""
+    b, d = x.shape
+    k = means.shape[0]
+    center = means.mean(0)
+    xc = x - alpha[:, None] * center
+    u_cat = eigvecs.permute(1, 0, 2).reshape(d, k * d)
+    mu_rot = torch.bmm((means - center)[:, None, :], eigvecs)[:, 0, :].contiguous()
+    running_max, total, acc = torch.full((b,), -math.inf), torch.zeros(b), torch.zeros(b, d)
+    nbytes = fake.gmm_score_tile_workspace_bytes(b, tile)
+    ws = workspace(nbytes)
+    for start in range(0, k, tile):
+        n = min(tile, k - start)
+        u_tile = u_cat[:, start * d:(start + n) * d]
+        zx = (xc @ u_tile).contiguous()
+        rescale = poisoned(b)
+        fake.gmm_score_tile(zx.data_ptr(), b, n, d, mu_rot[start].data_ptr(), log_weights[start].data_ptr(),
+                            eigvals[start].data_ptr(), sigma.data_ptr(), alpha.data_ptr(), running_max.data_ptr(),
+                            total.data_ptr(), rescale.data_ptr(), ws.data_ptr(), nbytes, 0, 0)
+        acc = acc * rescale[:, None] + zx @ u_tile.T
+    return running_max + torch.log(total), acc / total[:, None]
+
+
+@pytest.mark.parametrize("tile", [1, 2, 5])
+@pytest.mark.parametrize("b,k,d", [(1, 1, 1), (9, 5, 3), (6, 4, 12)], ids=str)
+def test_gmm_full_covariance_tiles_match_reference(rng, b, k, d, tile):
+    means, log_weights, eigvals = score_mixture(rng, k, d, "diag")
+    eigvecs = torch.linalg.qr(torch.randn(k, d, d, generator=rng, dtype=torch.float64))[0].float()
+    if k > 3:
+        log_weights[:2] = -math.inf  # the first tile (tile <= 2) has no mass
+    x = score_rand(rng, b, d, scale=3.0) + 10.0  # far from the origin: centring keeps float32 accurate
+    means = means + 10.0
+    sigma, alpha = score_rand(rng, b, low=0.1, high=2.0), score_rand(rng, b, low=0.5, high=1.0)
+    fake = FakeCuda()
+    log_prob, score = fake_gmm_full(fake, x, means, log_weights, eigvals, eigvecs, sigma, alpha, tile)
+    keep = torch.isfinite(log_weights)  # the oracle without the weight-0 components (the reference needs finite ones)
+    want_lp, want_score = score_reference.gmm(x.double(), means[keep].double(), log_weights[keep].double(),
+                                              eigvals[keep].double(), eigvecs[keep].double(), sigma.double(),
+                                              alpha.double())
+    assert not torch.isnan(log_prob).any() and not torch.isnan(score).any()
+    torch.testing.assert_close(log_prob.double(), want_lp, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(score.double(), want_score, rtol=1e-4, atol=1e-3 * (1 + float(want_score.abs().max())))
+    assert fake.calls["gmm_score_tile"] == -(-k // tile)
+    assert all(nbytes == 4 * b * tile for op, nbytes in fake.workspaces if op == "gmm_score_tile")
+
+
+def test_gmm_argument_checks():
+    fake = FakeCuda()
+    with pytest.raises(ValueError, match=r"gmm_score: K must be in \[1, 2\^31 - 1\], got 0"):
+        fake.gmm_score(16, 1, 2, 16, 0, 16, 16, 16, 16, 16, 16, 0, 0)
+    with pytest.raises(ValueError, match=r"gmm_score: d must be in \[1, 2\^31 - 1\], got 0"):
+        fake.gmm_score(16, 1, 0, 16, 2, 16, 16, 16, 16, 16, 16, 0, 0)
+    with pytest.raises(ValueError, match=r"gmm_score_tile: workspace too small: 8 bytes, need 24"):
+        fake.gmm_score_tile(16, 2, 3, 4, 16, 16, 16, 16, 16, 16, 16, 16, 16, 8, 0, 0)
+    with pytest.raises(ValueError, match="a data pointer is null"):
+        fake.gmm_score(16, 1, 2, 16, 1, 16, 0, 16, 16, 16, 16, 0, 0)
+
+
+# ====================================================================== score: DSM loss, DMD gradient
+
+ROW_LENGTHS = [0, 1, 37, SCORE_SEGMENT, SCORE_SEGMENT + 1, 3 * SCORE_SEGMENT - 5]
+
+
+def loss_inputs(rng, b, m, n):
+    return [score_rand(rng, b, m) for _ in range(n)]
+
+
+def coefficients(rng, b, n=3):
+    return [score_rand(rng, b, low=0.1, high=1.5) for _ in range(n)]
+
+
+def fake_dsm_loss(fake, raw, x, target, c_skip, c_out, weight):
+    b, m = raw.shape
+    loss = poisoned(b)
+    nbytes = fake.dsm_loss_workspace_bytes(b, m)
+    ws = workspace(nbytes)
+    fake.dsm_loss(raw.data_ptr(), x.data_ptr(), target.data_ptr(), b, m, c_skip.data_ptr(), c_out.data_ptr(),
+                  weight.data_ptr(), loss.data_ptr(), ws.data_ptr(), nbytes, 0, 0)
+    return loss
+
+
+@pytest.mark.parametrize("m", ROW_LENGTHS)
+def test_dsm_loss_matches_reference(rng, m):
+    b = 5
+    raw, x, target = loss_inputs(rng, b, m, 3)
+    c = coefficients(rng, b)
+    got = fake_dsm_loss(FakeCuda(), raw, x, target, *c)
+    want = score_reference.dsm_loss(raw.double(), x.double(), target.double(), *(t.double() for t in c))
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    if m == 0:
+        assert torch.equal(got, torch.zeros(b))
+
+
+@pytest.mark.parametrize("m", ROW_LENGTHS)
+def test_dsm_loss_backward_matches_autograd_of_the_reference(rng, m):
+    b = 4
+    raw, x, target = loss_inputs(rng, b, m, 3)
+    c_skip, c_out, weight = coefficients(rng, b)
+    grad_loss = score_rand(rng, b)
+    grad = poisoned(b, m)
+    FakeCuda().dsm_loss_backward(raw.data_ptr(), x.data_ptr(), target.data_ptr(), b, m, c_skip.data_ptr(),
+                                 c_out.data_ptr(), weight.data_ptr(), grad_loss.data_ptr(), grad.data_ptr(), 0, 0)
+    if m == 0:
+        return  # nothing to write (and nothing for autograd to differentiate)
+    r = raw.double().requires_grad_()
+    loss = score_reference.dsm_loss(r, x.double(), target.double(), c_skip.double(), c_out.double(), weight.double())
+    (want,) = torch.autograd.grad(loss, r, grad_loss.double())
+    torch.testing.assert_close(grad.double(), want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("m", ROW_LENGTHS)
+def test_dmd_gradient_matches_reference(rng, m):
+    b = 4
+    x0, real, fake_d = loss_inputs(rng, b, m, 3)
+    if m:
+        real[2] = x0[2]  # zero normaliser: the row is 0
+    out = poisoned(b, m)
+    fake = FakeCuda()
+    nbytes = fake.dmd_gradient_workspace_bytes(b, m)
+    ws = workspace(nbytes)
+    fake.dmd_gradient(x0.data_ptr(), real.data_ptr(), fake_d.data_ptr(), b, m, out.data_ptr(), ws.data_ptr(), nbytes,
+                      0, 0)
+    want = score_reference.dmd_gradient(x0.double(), real.double(), fake_d.double())
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    if m:
+        assert torch.equal(out[2], torch.zeros(m))
+
+
+@pytest.mark.parametrize("m", ROW_LENGTHS)
+def test_loss_workspace_is_the_partials_of_long_rows(m):
+    fake = FakeCuda()
+    segments = max(1, -(-m // SCORE_SEGMENT))
+    want = 8 * 6 * segments if segments > 1 else 0
+    assert fake.dsm_loss_workspace_bytes(6, m) == want == fake.dmd_gradient_workspace_bytes(6, m)
+
+
+def test_loss_argument_checks(rng):
+    fake = FakeCuda()
+    raw, x, target = loss_inputs(rng, 2, SCORE_SEGMENT + 3, 3)
+    c_skip, c_out, weight = coefficients(rng, 2)
+    loss = poisoned(2)
+    need = fake.dsm_loss_workspace_bytes(2, SCORE_SEGMENT + 3)
+    assert need == 32
+    ws = workspace(need)
+    args = (raw.data_ptr(), x.data_ptr(), target.data_ptr(), 2, SCORE_SEGMENT + 3, c_skip.data_ptr(), c_out.data_ptr(),
+            weight.data_ptr(), loss.data_ptr())
+    with pytest.raises(ValueError, match=r"dsm_loss: workspace too small: 16 bytes, need 32 \(see dsm_loss_workspace"):
+        fake.dsm_loss(*args, ws.data_ptr(), 16, 0, 0)
+    with pytest.raises(ValueError, match=r"dsm_loss: need B >= 0 and M >= 0, got B=-1, M=3"):
+        fake.dsm_loss(1, 1, 1, -1, 3, 1, 1, 1, 1, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match=r"dmd_gradient_workspace_bytes: need B >= 0 and M >= 0"):
+        fake.dmd_gradient_workspace_bytes(2, -1)
+    with pytest.raises(ValueError, match="a data pointer is null"):
+        fake.dsm_loss_backward(0, 16, 16, 2, 3, 16, 16, 16, 16, 16, 0, 0)
+    with pytest.raises(RuntimeError, match="invalid device ordinal"):
+        fake.dsm_loss(*args, ws.data_ptr(), need, 0, 3)
+    fake.dsm_loss(*args, ws.data_ptr(), need, 0, 0)
+    assert not torch.isnan(loss).any() and (ws == 0xFF).all()
+    # M = 0: only the per-sample pointers are read; the sample pointers may be null
+    fake.dsm_loss(0, 0, 0, 2, 0, c_skip.data_ptr(), c_out.data_ptr(), weight.data_ptr(), loss.data_ptr(), 0, 0, 0, 0)
+    assert torch.equal(loss, torch.zeros(2))
+
+
 # ====================================================================== the fake's own checks
 
 def test_workspace_checks_and_poison(rng):
@@ -368,3 +676,55 @@ def test_real_module_without_gpu_says_so():
         pytest.skip("a GPU is present")
     assert _native.cuda.has_kernel_image(0) is False
     assert _native.cuda.device_capability(0) == (0, 0)
+
+
+@real_cuda
+def test_fake_score_workspace_sizes_are_the_real_ones():
+    fake, real = FakeCuda(), _native.cuda
+    for b in SIZES:
+        for m in SIZES:
+            assert fake.dsm_loss_workspace_bytes(b, m) == real.dsm_loss_workspace_bytes(b, m), (b, m)
+            assert fake.dmd_gradient_workspace_bytes(b, m) == real.dmd_gradient_workspace_bytes(b, m), (b, m)
+        for c in (0, 1, 7, 300):
+            assert fake.gmm_score_tile_workspace_bytes(b, c) == real.gmm_score_tile_workspace_bytes(b, c), (b, c)
+
+
+# Calls the real module refuses (or accepts as no work) before it touches a device: the fake must
+# answer each the same way, with the same message.
+SCORE_ARGUMENT_CASES = {
+    "dsm rows": lambda m: m.dsm_loss(16, 16, 16, -1, 3, 16, 16, 16, 16, 0, 0, 0, 0),
+    "dsm workspace": lambda m: m.dsm_loss(16, 16, 16, 2, 5000, 16, 16, 16, 16, 16, 8, 0, 0),
+    "dsm null": lambda m: m.dsm_loss(16, 16, 16, 2, 3, 0, 16, 16, 16, 0, 0, 0, 0),
+    "dsm no samples": lambda m: m.dsm_loss(0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0),
+    "dsm backward null": lambda m: m.dsm_loss_backward(16, 16, 0, 2, 3, 16, 16, 16, 16, 16, 0, 0),
+    "dsm backward empty rows": lambda m: m.dsm_loss_backward(0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0),
+    "dmd rows": lambda m: m.dmd_gradient(16, 16, 16, 2, -4, 16, 0, 0, 0, 0),
+    "dmd workspace": lambda m: m.dmd_gradient(16, 16, 16, 3, 9000, 16, 0, 0, 0, 0),
+    "dmd null": lambda m: m.dmd_gradient(16, 0, 16, 3, 9, 16, 0, 0, 0, 0),
+    "tile rows": lambda m: m.dataset_denoise_tile(16, 2, 0, 16, 0, 16, 16, 16, 16, 16, 0, 0),
+    "tile null": lambda m: m.dataset_denoise_tile(16, 2, 5, 16, 0, 16, 0, 16, 16, 16, 0, 0),
+    "tile no rows": lambda m: m.dataset_denoise_tile(0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+    "gmm K": lambda m: m.gmm_score(16, 2, 3, 16, 0, 16, 16, 16, 16, 16, 16, 0, 0),
+    "gmm d": lambda m: m.gmm_score(16, 2, 0, 16, 1, 16, 16, 16, 16, 16, 16, 0, 0),
+    "gmm B": lambda m: m.gmm_score(16, -2, 3, 16, 1, 16, 16, 16, 16, 16, 16, 0, 0),
+    "gmm null": lambda m: m.gmm_score(16, 2, 3, 16, 1, 16, 16, 0, 16, 16, 16, 0, 0),
+    "gmm tile C": lambda m: m.gmm_score_tile(16, 2, 0, 3, 16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0),
+    "gmm tile workspace": lambda m: m.gmm_score_tile(16, 2, 3, 4, 16, 16, 16, 16, 16, 16, 16, 16, 16, 8, 0, 0),
+    "gmm tile workspace bytes": lambda m: m.gmm_score_tile_workspace_bytes(-1, 2),
+}
+
+SCORE_NO_WORK_CASES = {"dsm no samples", "dsm backward empty rows", "tile no rows"}  # accepted: nothing to do
+
+
+@real_cuda
+@pytest.mark.parametrize("case", SCORE_ARGUMENT_CASES)
+def test_fake_answers_score_arguments_as_the_real_module(case):
+    call = SCORE_ARGUMENT_CASES[case]
+    answers = []
+    for module in (_native.cuda, FakeCuda()):
+        try:
+            answers.append(("returned", call(module)))
+        except ValueError as e:
+            answers.append(("ValueError", str(e)))
+    assert answers[0] == answers[1]
+    assert (answers[0][0] == "returned") == (case in SCORE_NO_WORK_CASES), answers[0]

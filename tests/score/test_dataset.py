@@ -18,7 +18,7 @@ import torch
 import gencore
 from gencore.score import dataset_denoiser, dataset_log_density, dataset_score, reference
 
-from tests.conftest import cuda_only, native_cpu_only
+from tests.conftest import cuda_only, native_cpu_only, on_a_busy_side_stream
 
 SHAPES = [(1, 1, 1), (7, 40, 3), (5, 1, 4), (33, 257, 17), (3, 5000, 6), (64, 1025, 32), (2, 10000, 2)]
 
@@ -257,3 +257,51 @@ def test_cuda_matches_dense_oracle(rng, b, n, d):
     got = dataset_denoiser(x.float().cuda(), data.float().cuda(), sigma.float().cuda())
     assert got.device.type == "cuda"
     check_denoiser(got.cpu(), x, data, sigma, what="cuda")
+
+
+@cuda_only
+def test_cuda_tiles_without_mass_and_half_inputs(rng):
+    # 10000 points = 3 data tiles of 4096 on CUDA; the first tile has weight 0 everywhere,
+    # so its step must keep every running max at -inf and produce no NaN.
+    x, data, sigma = randn(rng, 40, 8), randn(rng, 10000, 8), uniform(rng, 40, 0.2, 2.0)
+    weights = uniform(rng, 10000, 0.1, 1.0)
+    weights[:5000] = 0.0
+    got = dataset_denoiser(x.float().cuda(), data.float().cuda(), sigma.float().cuda(), weights.float().cuda())
+    check_denoiser(got.cpu(), x, data, sigma, weights=weights, what="cuda, empty first tile")
+    half = dataset_denoiser(x.half().cuda(), data.half().cuda(), 0.7)
+    assert half.dtype == torch.float32
+    check_denoiser(half.cpu(), x.half().double(), data.half().double(), 0.7, what="cuda fp16")
+
+
+@cuda_only
+def test_cuda_runs_on_the_callers_stream(rng):
+    # Both the torch GEMMs and the gencore tile kernel must queue on the caller's stream.
+    x, data = randn(rng, 200, 16).float().cuda(), randn(rng, 9000, 16).float().cuda()
+    sigma = uniform(rng, 200, 0.2, 1.0).float().cuda()
+    expected = dataset_denoiser(x, data, sigma)
+    got = on_a_busy_side_stream(x, lambda queries: dataset_denoiser(queries, data, sigma))
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- the CUDA glue over tests/cuda_fake.py
+
+def test_cuda_glue_streams_tiles_over_the_fake(rng, monkeypatch):
+    from gencore import _native, _native_call
+    from gencore.score.ops import _dataset as ops
+
+    from tests.cuda_fake import FakeCuda
+
+    fake = FakeCuda()
+    monkeypatch.setattr(_native, "cuda", fake)
+    monkeypatch.setattr(_native_call, "cuda_stream", lambda device: 0)
+    monkeypatch.setattr(_native_call, "POISON", True)
+    monkeypatch.setattr(ops, "_CUDA_TILE", 7)
+    x, data, sigma = randn(rng, 9, 4), randn(rng, 45, 4), uniform(rng, 9, 0.3, 2.0)
+    alpha, weights = uniform(rng, 9, 0.5, 1.0), uniform(rng, 45, 0.1, 2.0)
+    weights[:14] = 0.0  # the first two tiles have no mass
+    args = [t.float() for t in (x, data, sigma, alpha, weights)]
+    denoised, log_z = ops.DATASET_DENOISE.implementation("native-cuda")(*args)
+    assert fake.calls["dataset_denoise_tile"] == 7  # ceil(45 / 7)
+    check_denoiser(denoised, x, data, sigma, alpha, weights, what="cuda glue")
+    want = oracle(x, data, sigma, alpha, weights)[1]
+    torch.testing.assert_close(log_z.double(), want, rtol=1e-5, atol=1e-4)

@@ -14,7 +14,7 @@ from torch.distributions import MultivariateNormal
 
 from gencore.score import gmm_denoiser, gmm_log_prob, gmm_score
 
-from tests.conftest import cuda_only
+from tests.conftest import cuda_only, on_a_busy_side_stream
 
 KINDS = ("iso", "diag", "full")
 
@@ -172,3 +172,71 @@ def test_cuda_matches_oracle(rng, kind):
     want = oracle(x, means, weights, variances, sigma, 1.0)[1]
     got = gmm_score(*(t.float().cuda() for t in (x, means, weights, variances)), sigma.float().cuda())
     torch.testing.assert_close(got.cpu().double(), want, rtol=2e-4, atol=2e-3 * (1 + float(want.abs().max())))
+
+
+def cuda_tile_floats(monkeypatch, floats):
+    """Full covariances on CUDA stream the components in tiles of this many floats of [B, C, d]."""
+    from gencore.score.ops import _gmm as ops
+    monkeypatch.setattr(ops, "_CUDA_TILE_FLOATS", floats)
+
+
+@cuda_only
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 16, 17, 32, 33, 100])  # every group size of gmm.cu, and d > 32
+def test_cuda_every_dimension(rng, monkeypatch, kind, d):
+    means, weights, variances = mixture(rng, 7, d, kind)
+    weights[0] = 0.0  # a component of weight 0 first (log weight -inf: no NaN)
+    x = randn(rng, 301, d, scale=2.0) + 5.0
+    means = means + 5.0  # off the origin
+    sigma, alpha = uniform(rng, 301, low=0.05, high=2.0), uniform(rng, 301, low=0.4, high=1.0)
+    cuda_tile_floats(monkeypatch, 301 * d * 3)  # full: tiles of 3 components
+    want_lp, want_score, _ = oracle(x, means[1:], weights[1:], variances[1:], sigma, alpha)
+    args = [t.float().cuda() for t in (x, means, weights, variances)]
+    lp = gmm_log_prob(*args, sigma.float().cuda(), alpha=alpha.float().cuda())
+    sc = gmm_score(*args, sigma.float().cuda(), alpha=alpha.float().cuda())
+    torch.testing.assert_close(lp.cpu().double(), want_lp, rtol=2e-4, atol=2e-3 * (1 + float(want_lp.abs().max())))
+    torch.testing.assert_close(sc.cpu().double(), want_score, rtol=2e-4,
+                               atol=2e-3 * (1 + float(want_score.abs().max())))
+
+
+@cuda_only
+@pytest.mark.parametrize("kind", ["diag", "full"])
+def test_cuda_runs_on_the_callers_stream(rng, kind):
+    # The kernels (and, for full covariances, the GEMMs) must queue on the caller's stream.
+    means, weights, variances = mixture(rng, 20, 24, kind)
+    x = randn(rng, 5000, 24, scale=2.0).float().cuda()
+    args = [t.float().cuda() for t in (means, weights, variances)]
+    expected = gmm_score(x, *args, 0.5)
+    got = on_a_busy_side_stream(x, lambda queries: gmm_score(queries, *args, 0.5))
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- the CUDA glue over tests/cuda_fake.py
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_glue_over_the_fake(rng, monkeypatch, kind):
+    from gencore import _native, _native_call
+    from gencore.score.ops import _gmm as ops
+
+    from tests.cuda_fake import FakeCuda
+
+    fake = FakeCuda()
+    monkeypatch.setattr(_native, "cuda", fake)
+    monkeypatch.setattr(_native_call, "cuda_stream", lambda device: 0)
+    monkeypatch.setattr(_native_call, "POISON", True)
+    cuda_tile_floats(monkeypatch, 11 * 4 * 2)  # tiles of 2 components of [11, 2, 4]
+    means, weights, variances = mixture(rng, 5, 4, kind)
+    x = randn(rng, 11, 4, scale=2.0) + 20.0
+    means = means + 20.0
+    sigma, alpha = uniform(rng, 11, low=0.1, high=2.0), uniform(rng, 11, low=0.5, high=1.0)
+    log_weights, eigvals, eigvecs = ops._mixture(x, means, weights, variances)
+    args = [None if t is None else t.float() for t in (x, means, log_weights, eigvals, eigvecs, sigma, alpha)]
+    log_prob, score = ops.GMM.implementation("native-cuda")(*args)
+    if kind == "full":
+        assert fake.calls["gmm_score_tile"] == 3 and fake.calls["gmm_score"] == 0  # ceil(5 / 2) tiles
+        assert {nbytes for op, nbytes in fake.workspaces} == {4 * 11 * 2}
+    else:
+        assert fake.calls["gmm_score"] == 1 and fake.calls["gmm_score_tile"] == 0
+    want_lp, want_score, _ = oracle(x, means, weights, variances, sigma, alpha)
+    torch.testing.assert_close(log_prob.double(), want_lp, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(score.double(), want_score, rtol=1e-4, atol=1e-3 * (1 + float(want_score.abs().max())))

@@ -12,8 +12,9 @@ import gencore
 from gencore.score import (EDMPrecond, VEPrecond, VPPrecond, dmd_gradient, dmd_loss, dsm_loss, dsm_target, edm_loss,
                            edm_precond, gmm_denoiser, sliced_score_matching_loss, ve_loss, ve_precond, vp_loss,
                            vp_precond)
+from gencore.score import reference
 
-from tests.conftest import cuda_only
+from tests.conftest import cuda_only, on_a_busy_side_stream
 
 
 def randn(rng, *shape, dtype=torch.float64):
@@ -279,3 +280,89 @@ def test_cuda_dsm_and_dmd(rng):
     torch.testing.assert_close(r.grad.cpu(), a.grad, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(dmd_gradient(raw.cuda(), x.cuda(), target.cuda()).cpu(), dmd_gradient(raw, x, target),
                                rtol=1e-5, atol=1e-5)
+
+
+def misaligned(t: torch.Tensor) -> torch.Tensor:
+    """t's values in contiguous memory that starts 4 bytes past a 16-byte boundary (no float4 loads)."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buf[1:].view(t.shape)
+    out.copy_(t)
+    return out
+
+
+ROW_LENGTHS = [1, 3, 4096, 4097, 20000, 3 * 2 ** 16]  # one segment of 4096 (fused) and several (partials)
+
+
+@cuda_only
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("m", ROW_LENGTHS)
+def test_cuda_row_lengths_and_alignment(rng, m, aligned):
+    b = 6
+    raw, x, target = (randn(rng, b, m, dtype=torch.float32) for _ in range(3))
+    c = [0.1 + torch.rand(b, generator=rng) for _ in range(3)]
+    real = target.clone()
+    real[2] = raw[2]  # a zero DMD normaliser: row 2 is 0
+    move = (lambda t: t.cuda()) if aligned else (lambda t: misaligned(t.cuda()))
+    got = dsm_loss(*(move(t) for t in (raw, x, target)), *(t.cuda() for t in c), reduction="none")
+    want = direct_dsm(*(t.double() for t in (raw, x, target, *c)))
+    torch.testing.assert_close(got.cpu().double(), want, rtol=1e-5, atol=1e-7)
+    r = move(raw).requires_grad_()
+    dsm_loss(r, move(x), move(target), *(t.cuda() for t in c), reduction="sum").backward()
+    a = raw.double().requires_grad_()
+    direct_dsm(a, *(t.double() for t in (x, target, *c))).sum().backward()
+    torch.testing.assert_close(r.grad.cpu().double(), a.grad, rtol=1e-5, atol=1e-9)
+    grad = dmd_gradient(move(raw), move(real), move(x))
+    want = reference.dmd_gradient(raw.double(), real.double(), x.double())
+    torch.testing.assert_close(grad.cpu().double(), want, rtol=1e-5, atol=1e-5)
+    assert (grad[2] == 0).all()
+
+
+@cuda_only
+def test_cuda_empty_rows():
+    raw = torch.zeros(3, 0, device="cuda")
+    c = [torch.rand(3, device="cuda") for _ in range(3)]
+    assert torch.equal(dsm_loss(raw, raw, raw, *c, reduction="none").cpu(), torch.zeros(3))
+    assert dmd_gradient(raw, raw, raw).shape == (3, 0)
+
+
+@cuda_only
+def test_cuda_runs_on_the_callers_stream(rng):
+    # Deterministic kernels (no atomics): the results are bit-identical.
+    raw, x, target = (randn(rng, 8, 3 * 64 * 64, dtype=torch.float32).cuda() for _ in range(3))
+    c = [(0.1 + torch.rand(8, generator=rng)).cuda() for _ in range(3)]
+    def both(r):
+        return dsm_loss(r, x, target, *c, reduction="none"), dmd_gradient(r, x, target)
+    expected = both(raw)
+    got = on_a_busy_side_stream(raw, both)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+# ---------------------------------------------------------------- the CUDA glue over tests/cuda_fake.py
+
+def test_cuda_glue_of_long_rows_over_the_fake(rng, monkeypatch):
+    from gencore import _native, _native_call
+    from gencore.score.ops import _losses as ops
+
+    from tests.cuda_fake import SCORE_SEGMENT, FakeCuda
+
+    fake = FakeCuda()
+    monkeypatch.setattr(_native, "cuda", fake)
+    monkeypatch.setattr(_native_call, "cuda_stream", lambda device: 0)
+    monkeypatch.setattr(_native_call, "POISON", True)
+    b, shape = 3, (3, 2, 41, 50)  # 4100 elements a sample: two segments, so partials in the workspace
+    raw, x, target = (randn(rng, *shape, dtype=torch.float32) for _ in range(3))
+    c = [0.1 + torch.rand(b, generator=rng) for _ in range(3)]
+    g = torch.randn(b, generator=rng)
+    loss = ops.DSM_LOSS.implementation("native-cuda")(raw, x, target, *c)
+    grad = ops.DSM_LOSS_BACKWARD.implementation("native-cuda")(raw, x, target, *c, g)
+    dmd = ops.DMD_GRADIENT.implementation("native-cuda")(raw, x, target)
+    assert grad.shape == shape and dmd.shape == shape
+    want = direct_dsm(*(t.double() for t in (raw, x, target, *c)))
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad.double(), ops._dsm_grads_reference(*(t.double() for t in (raw, x, target, *c, g))),
+                               rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(dmd.double(), reference.dmd_gradient(raw.double(), x.double(), target.double()),
+                               rtol=1e-5, atol=1e-6)
+    partials = 8 * b * 2
+    assert 4100 > SCORE_SEGMENT and fake.workspaces == [("dsm_loss", partials), ("dmd_gradient", partials)]
+    assert fake.calls["dsm_loss"] == fake.calls["dsm_loss_backward"] == fake.calls["dmd_gradient"] == 1

@@ -9,6 +9,7 @@ input). See gencore.score.reference for the math.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
@@ -75,18 +76,47 @@ def _cpu(x, means, log_weights, eigvals, eigvecs, sigma, alpha):
     return log_prob, score
 
 
+_CUDA_TILE_FLOATS = 1 << 24  # full covariances on CUDA: floats of the rotated tile [B, C, d] (64 MiB)
+
+
 def _cuda(x, means, log_weights, eigvals, eigvecs, sigma, alpha):
     xs, mu, lw, lam = (_native_call.cuda_input(t) for t in (x, means, log_weights, eigvals))
     s, a = _native_call.cuda_input(sigma), _native_call.cuda_input(alpha)
-    k, d = mu.shape
-    vecs = None if eigvecs is None else _native_call.cuda_input(eigvecs)
-    log_prob = _native_call.output((xs.shape[0],), torch.float32, xs.device)
-    score = _native_call.output(xs.shape, torch.float32, xs.device)
-    _native.cuda.gmm_score(xs.data_ptr(), xs.shape[0], d, mu.data_ptr(), k, lw.data_ptr(), lam.data_ptr(),
-                           0 if vecs is None else vecs.data_ptr(), s.data_ptr(), a.data_ptr(),
-                           log_prob.data_ptr(), score.data_ptr(),
-                           _native_call.cuda_stream(xs.device), _native_call.device_index(xs.device))
-    return log_prob, score
+    b, (k, d) = xs.shape[0], mu.shape
+    stream, device = _native_call.cuda_stream(xs.device), _native_call.device_index(xs.device)
+    if eigvecs is None:  # iso / diagonal: one fused kernel
+        log_prob = _native_call.output((b,), torch.float32, xs.device)
+        score = _native_call.output(xs.shape, torch.float32, xs.device)
+        _native.cuda.gmm_score(xs.data_ptr(), b, d, mu.data_ptr(), k, lw.data_ptr(), lam.data_ptr(), s.data_ptr(),
+                               a.data_ptr(), log_prob.data_ptr(), score.data_ptr(), stream, device)
+        return log_prob, score
+    # Full covariances: the rotations are GEMMs, so torch (cuBLAS, caller's stream) does them,
+    # C components at a time: zx = x' [U_k0 | U_k0+1 | ...] [B, C d]; one gencore kernel turns
+    # zx into -p_k (z_k / c_k), still rotated, and advances the online log-sum-exp; one GEMM
+    # rotates back and sums over the tile into acc. Memory O(B d C). Queries and means are
+    # centred on the mean of the means (z = U^T ((x - a m) - a (mu - m)) exactly), so x U and
+    # a U^T mu do not cancel in float32 for a mixture far from the origin.
+    u = _native_call.cuda_input(eigvecs)                               # [K, d, d], columns U_k
+    center = mu.mean(0)
+    xc = xs - a[:, None] * center                                      # [B, d]
+    u_cat = u.permute(1, 0, 2).reshape(d, k * d)                       # [d, K d] = [U_0 | U_1 | ...]
+    mu_rot = torch.bmm((mu - center)[:, None, :], u)[:, 0, :].contiguous()   # [K, d]: rows (mu_k - m) U_k
+    c = max(1, min(k, _CUDA_TILE_FLOATS // max(1, b * d)))  # components a tile
+    running_max = torch.full((b,), -math.inf, device=xs.device)
+    total = torch.zeros(b, device=xs.device)
+    rescale = torch.empty(b, device=xs.device)
+    acc = torch.zeros_like(xs)
+    workspace = _native_call.cuda_workspace(_native.cuda.gmm_score_tile_workspace_bytes(b, c), xs.device)
+    for start in range(0, k, c):
+        n = min(c, k - start)
+        u_tile = u_cat[:, start * d:(start + n) * d]                   # [d, n d]
+        zx = xc @ u_tile                                                # [B, n, d] as [B, n d]
+        _native.cuda.gmm_score_tile(zx.data_ptr(), b, n, d, mu_rot[start].data_ptr(), lw[start].data_ptr(),
+                                    lam[start].data_ptr(), s.data_ptr(), a.data_ptr(), running_max.data_ptr(),
+                                    total.data_ptr(), rescale.data_ptr(), workspace.data_ptr(), workspace.numel(),
+                                    stream, device)
+        acc.mul_(rescale[:, None]).addmm_(zx, u_tile.T)
+    return running_max + torch.log(total), acc / total[:, None]
 
 
 def _setup_context(ctx, inputs, output):

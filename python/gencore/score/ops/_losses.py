@@ -66,9 +66,11 @@ def _dsm_cuda(raw, x, target, c_skip, c_out, weight):
     r, xs, tg = (_native_call.cuda_input(_rows(t, b)) for t in (raw, x, target))
     cs, co, w = (_native_call.cuda_input(t) for t in (c_skip, c_out, weight))
     loss = _native_call.output((b,), torch.float32, r.device)
+    # Rows longer than one kernel segment are summed through per-segment partials (workspace).
+    workspace = _native_call.cuda_workspace(_native.cuda.dsm_loss_workspace_bytes(b, r.shape[1]), r.device)
     _native.cuda.dsm_loss(r.data_ptr(), xs.data_ptr(), tg.data_ptr(), b, r.shape[1], cs.data_ptr(), co.data_ptr(),
-                          w.data_ptr(), loss.data_ptr(), _native_call.cuda_stream(r.device),
-                          _native_call.device_index(r.device))
+                          w.data_ptr(), loss.data_ptr(), workspace.data_ptr(), workspace.numel(),
+                          _native_call.cuda_stream(r.device), _native_call.device_index(r.device))
     return loss
 
 
@@ -196,8 +198,11 @@ def _dmd_cuda(x0, denoised_real, denoised_fake):
     b = x0.shape[0]
     x, real, fake = (_native_call.cuda_input(_rows(t, b)) for t in (x0, denoised_real, denoised_fake))
     grad = _native_call.output(x.shape, torch.float32, x.device)
+    # Rows longer than one kernel segment get their normaliser through per-segment partials (workspace).
+    workspace = _native_call.cuda_workspace(_native.cuda.dmd_gradient_workspace_bytes(b, x.shape[1]), x.device)
     _native.cuda.dmd_gradient(x.data_ptr(), real.data_ptr(), fake.data_ptr(), b, x.shape[1], grad.data_ptr(),
-                              _native_call.cuda_stream(x.device), _native_call.device_index(x.device))
+                              workspace.data_ptr(), workspace.numel(), _native_call.cuda_stream(x.device),
+                              _native_call.device_index(x.device))
     return grad.reshape(x0.shape)
 
 

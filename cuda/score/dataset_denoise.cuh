@@ -1,0 +1,34 @@
+// The data-set denoiser's tile epilogue on the GPU, float32: one step of the
+// online log-sum-exp of gencore.score.reference.dataset_denoise. The Python
+// layer does the two GEMMs of a tile with torch (cuBLAS, caller's stream):
+//   scores = x' y'^T                 before this kernel, [B, T]
+//   acc = acc * rescale + scores y'  after it, [B, d]
+// with x' = x - alpha m and y' the tile of the data minus the data mean m.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace gencore::gpu {
+
+// scores [B, T] (in place), tile_sq [T] = ||y'_t||^2, log_w [T] (null: all
+// weights 1), sigma [B], alpha [B], running_max [B], total [B] (in place),
+// rescale [B] (out); all contiguous float32. Per row b:
+//   l_bt         = log_w_t + (alpha_b scores_bt - alpha_b^2 tile_sq_t / 2) / sigma_b^2
+//   m            = max(running_max_b, max_t l_bt)       (NaN logits are skipped)
+//   m'           = m if finite, else 0
+//   scores_bt   := exp(l_bt - m')                       (0 for l = -inf)
+//   rescale_b   := exp(running_max_b - m')              (0 while the old max is -inf)
+//   total_b     := total_b rescale_b + sum_t scores_bt  (summed in double)
+//   running_max_b := m
+// so a row whose logits are all -inf (weights 0 in this tile) keeps its
+// running max and total and gets no NaN. One block per row, two passes over
+// it (the second from cache); float4 where T % 4 == 0 and the arrays are
+// 16-byte aligned. Queued on `stream` on `device`; never synchronises,
+// allocates nothing. Throws std::invalid_argument for B < 0, T < 1 or a null
+// pointer (log_w excepted), std::runtime_error on CUDA errors.
+void dataset_denoise_tile(float* scores, int64_t B, int64_t T, const float* tile_sq, const float* log_w,
+                          const float* sigma, const float* alpha, float* running_max, float* total, float* rescale,
+                          cudaStream_t stream, int device);
+
+}  // namespace gencore::gpu
