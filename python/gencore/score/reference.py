@@ -128,8 +128,9 @@ def gmm(x: torch.Tensor, means: torch.Tensor, log_weights: torch.Tensor, eigvals
         log_n = -0.5 * ((z * w).sum(1) + torch.log(var).sum(1) + d * log_2pi) + lw[k]
         grad = -(w if eigvecs is None else w @ eigvecs[k].to(dtype).T)  # C^-1 (x - alpha mu), negated
         new_max = torch.maximum(running_max, log_n)
-        rescale = torch.exp(running_max - new_max)
-        p = torch.exp(log_n - new_max)
+        safe_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+        rescale = torch.exp(running_max - safe_max)      # 0 while nothing has mass (running_max = -inf)
+        p = torch.exp(log_n - safe_max)
         total = total * rescale + p
         acc = acc * rescale[:, None] + p[:, None] * grad
         running_max = new_max

@@ -232,7 +232,10 @@ def _mixture(x, means, weights, variances):
             raise ValueError("weights must be finite and >= 0")
         if not bool((w > 0).any()):
             raise ValueError("weights are all zero: the mixture has no mass")
-    log_weights = torch.log(w) - torch.log(w.sum())
+    # A component of weight 0 gets the most negative finite log weight rather than -inf,
+    # so it contributes exactly 0 and stays within the ops' finiteness contract.
+    lowest = torch.full_like(w, torch.finfo(w.dtype).min)
+    log_weights = torch.where(w > 0, torch.log(torch.where(w > 0, w, torch.ones_like(w))) - torch.log(w.sum()), lowest)
     return log_weights, eigvals, eigvecs
 
 
