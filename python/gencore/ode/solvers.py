@@ -29,7 +29,7 @@ from .ops._step import STEP, _positive_or_inf
 
 __all__ = ["SOLVERS", "sample", "Guidance", "SampleInfo"]
 
-SOLVERS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "rk45")
+SOLVERS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "rk45", "learned")
 _MULTISTEP = {"euler", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc"}
 
 
@@ -177,7 +177,8 @@ def sample(denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, solver: st
            guidance: Optional[Guidance] = None, dynamic_threshold: Optional[float] = None,
            threshold_max: float = math.inf, eta: float = 1.0, s_noise: float = 1.0,
            sde_solver: str = "midpoint", order: int = 3, unipc_variant: str = "bh2", corrector: bool = True,
-           lower_order_final: bool = True, generator: Optional[torch.Generator] = None,
+           lower_order_final: bool = True, coefficients: Optional[torch.Tensor] = None,
+           generator: Optional[torch.Generator] = None,
            noise_sampler: Optional[Callable] = None, callback: Optional[Callable] = None,
            return_info: bool = False, **rk45_options):
     """Integrates from sigmas[0] to sigmas[-1]: the sample (or its partial result).
@@ -191,12 +192,15 @@ def sample(denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, solver: st
         solver: "euler" (= DDIM), "heun" (EDM's 2nd order, 2 NFE a step),
             "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde" (stochastic), "unipc"
             (predictor-corrector, ``order`` <= 3, ``unipc_variant`` bh1/bh2), "rk45"
-            (adaptive Dormand-Prince, per-sample steps; see ``rk45``).
+            (adaptive Dormand-Prince, per-sample steps; see ``rk45``), "learned"
+            (the multistep step with the ``coefficients`` table; see ``learn_coefficients``).
         guidance: classifier-free guidance inside the step (``Guidance``).
         dynamic_threshold: quantile q of |x0| per sample (Imagen, e.g. 0.995):
             x0 is clamped to [-t, t] and divided by t, t = max(1, quantile) (at
             most ``threshold_max``). None: off.
         eta, s_noise, sde_solver: noise amount, its scale, and "midpoint" / "heun" for dpmpp_2m_sde.
+        coefficients: "learned": [n, 6] (or [n, B, 6]) step coefficients
+            (c_x, c_d, c_1, c_2, c_3, c_z) over (x, D_i, D_{i-1}, D_{i-2}, D_{i-3}, 0).
         generator / noise_sampler: the SDE's noise (noise_sampler(i) -> [B, ...] standard normal).
         callback: called after each step with {"i", "x", "denoised", "sigma"}.
         return_info: also return a ``SampleInfo`` (NFE, steps, rk45 counts).
@@ -232,6 +236,11 @@ def sample(denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, solver: st
             table = coef.dpmpp_2m(s)
         elif solver == "dpmpp_3m":
             table = coef.dpmpp_3m(s)
+        elif solver == "learned":
+            if coefficients is None:
+                raise ValueError('solver "learned" needs coefficients= (a table from learn_coefficients)')
+            from .learned import check_table
+            table = check_table(coefficients, s, x.shape[0])
         elif solver == "dpmpp_2m_sde":
             table = coef.dpmpp_2m_sde(s, _checks.real(eta, "eta"), _checks.real(s_noise, "s_noise"), sde_solver)
         else:
