@@ -5,7 +5,7 @@ The model is the exact denoiser of the 1797 digits that ship with gencore
 denoiser of its training set, which a perfect solver turns into copies of
 training digits. DPM-Solver++(2M) and UniPC sample 64 digits each from the
 same noise on a 10-step Karras grid (80 -> 0.002, then 0); a float64
-reference solve of 512 steps gives the error of each, and
+reference solve of 256 steps gives the error of each, and
 ``gencore.score.nearest_training`` the distance of each sample to its nearest
 training digit and to the second nearest (a ratio near 0: a copy). A PNG grid
 of the samples is written to a temporary directory (the path is printed).
@@ -82,7 +82,7 @@ def run(out: Callable[[str], None] = print, *, seed: int = 0, samples: int = 64,
 
     out(f"ode: {samples} digits sampled from the exact denoiser of the {data.shape[0]} shipped digits, "
         f"Karras grid 80 -> 0.002, NFE {nfe}")
-    out(f"  {'solver':<10} {'NFE':>4} {'RMSE vs 512-step reference':>27} {'median distance to nearest digit':>34} "
+    out(f"  {'solver':<10} {'NFE':>4} {'RMSE vs 256-step reference':>27} {'median distance to nearest digit':>34} "
         f"{'copies (ratio < 1/3)':>21}")
     for solver, r in results.items():
         out(f"  {solver:<10} {r['nfe']:>4} {r['rmse_vs_reference']:>27.4f} {r['nearest_distance']:>34.4f} "
