@@ -75,22 +75,41 @@ std::string describe() {
   return b.config + (b.set_threads_local ? " (thread-local threads)" : " (global threads)");
 }
 
+namespace {
+
 // Row-major c[m,n] = a[m,k]·b[n,k]^T is column-major c^T[n,m] = op(b)·op(a)
 // with b transposed: gemm('T', 'N', n, m, k, alpha, b, ldb, a, lda, beta, c, ldc).
-void gemm_abt(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-              const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  GENCORE_CHECK(state().sgemm, "BLAS is not initialised (gencore._native sets it at import)");
+// Row-major c[m,n] = a[m,k]·b[k,n] is column-major c^T[n,m] = b^T·a^T with
+// nothing transposed: gemm('N', 'N', n, m, k, alpha, b, ldb, a, lda, beta, c, ldc).
+template <typename T, typename Gemm>
+void gemm_row_major(Gemm gemm, const char* trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+                    int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  GENCORE_CHECK(gemm, "BLAS is not initialised (gencore._native sets it at import)");
   const int M = checked_int(n, "n"), N = checked_int(m, "m"), K = checked_int(k, "k");
   const int LDA = checked_int(ldb, "ldb"), LDB = checked_int(lda, "lda"), LDC = checked_int(ldc, "ldc");
-  state().sgemm("T", "N", &M, &N, &K, &alpha, b, &LDA, a, &LDB, &beta, c, &LDC);
+  gemm(trans_b, "N", &M, &N, &K, &alpha, b, &LDA, a, &LDB, &beta, c, &LDC);
+}
+
+}  // namespace
+
+void gemm_abt(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+              const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  gemm_row_major(state().sgemm, "T", m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 void gemm_abt(int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
               const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
-  GENCORE_CHECK(state().dgemm, "BLAS is not initialised (gencore._native sets it at import)");
-  const int M = checked_int(n, "n"), N = checked_int(m, "m"), K = checked_int(k, "k");
-  const int LDA = checked_int(ldb, "ldb"), LDB = checked_int(lda, "lda"), LDC = checked_int(ldc, "ldc");
-  state().dgemm("T", "N", &M, &N, &K, &alpha, b, &LDA, a, &LDB, &beta, c, &LDC);
+  gemm_row_major(state().dgemm, "T", m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+void gemm_ab(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+             const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  gemm_row_major(state().sgemm, "N", m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+void gemm_ab(int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
+             const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+  gemm_row_major(state().dgemm, "N", m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 SingleThreadedScope::SingleThreadedScope() {
