@@ -8,8 +8,8 @@
 //   dmd_gradient:      x0, real, fake [B, M] -> out [B, M]
 //                      out_b = (fake_b - real_b) / mean_j |x0_bj - real_bj|, 0 where that is 0
 // Outputs are C-contiguous. NaN/inf in an input raise std::invalid_argument
-// naming the argument ("raw", "x", "target"; "x0", "denoised_real",
-// "denoised_fake") and the first row holding one.
+// naming the argument ("raw", "x", "target", "c_skip", "c_out", "weight";
+// "x0", "denoised_real", "denoised_fake") and the first row holding one.
 #pragma once
 #include <cstdint>
 

@@ -148,7 +148,8 @@ def _dsm_samples(gen):
     return out
 
 
-_DSM_KIT = dict(finite=("raw", "x", "target", "c_skip", "c_out", "weight"), cpu_kernel_checks=("raw", "x", "target"),
+_DSM_KIT = dict(finite=("raw", "x", "target", "c_skip", "c_out", "weight"),
+                cpu_kernel_checks=("raw", "x", "target", "c_skip", "c_out", "weight"),
                 empty=lambda raw, *rest: raw.shape[0] == 0)
 
 DSM_LOSS = Op(
