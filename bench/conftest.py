@@ -17,6 +17,10 @@ the convention cannot drift. The suites also ship inside the package as
 """
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -147,5 +151,37 @@ def run_timed(benchmark, bench_size):
         if bench_size in PEDANTIC_ROUNDS:
             return benchmark.pedantic(fn, rounds=PEDANTIC_ROUNDS[bench_size], iterations=1, warmup_rounds=0)
         return benchmark(fn)
+
+    return run
+
+
+# A small python that starts a memory probe: the probe inherits this process's
+# RSS high-water mark, not pytest's (on Linux a child starts with its parent's
+# mark: fork copies it, exec folds it into ru_maxrss).
+_PROBE_LAUNCHER = ("import subprocess, sys; "
+                   "sys.exit(subprocess.run([sys.executable, *sys.argv[1:]], timeout=100).returncode)")
+
+
+@pytest.fixture(scope="session")
+def rss_probe():
+    """Runs a probe script once per argument list, each in a fresh process
+    started through a small launcher (all at once), and returns the JSON object
+    each printed on its last line. A probe measures the rise of
+    ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` across the call it studies."""
+
+    def run(script: str, arg_lists, timeout: float = 120) -> list:
+        procs = [subprocess.Popen([sys.executable, "-c", _PROBE_LAUNCHER, "-c", script, *map(str, args)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in arg_lists]
+        reports = []
+        for args, proc in zip(arg_lists, procs):
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, stderr = proc.communicate()
+            if proc.returncode != 0:
+                pytest.fail(f"memory probe {list(args)} failed (exit {proc.returncode}):\n{stderr[-4000:]}")
+            reports.append(json.loads(stdout.strip().splitlines()[-1]))
+        return reports
 
     return run

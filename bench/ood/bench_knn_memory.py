@@ -10,15 +10,9 @@ shows that the method does see a Q x N allocation.
 On Linux a process starts with its parent's RSS high-water mark (fork copies
 the address space's mark, exec folds it into ru_maxrss), so a probe started
 straight from a big pytest process would see no rise at all. The probe is
-therefore started through a small launcher process.
+therefore started through a small launcher process (conftest's ``rss_probe``).
 """
 from __future__ import annotations
-
-import json
-import subprocess
-import sys
-
-import pytest
 
 Q, D, K = 100, 64, 10
 BANKS = (50_000, 200_000)
@@ -49,30 +43,8 @@ print(json.dumps({"n": n, "knn_extra": knn_extra, "dense_extra": dense_extra,
                   "dense_bytes": dense.numel() * 4, "bank_bytes": bank.numel() * 4}))
 """
 
-# A small python that starts the probe: the probe inherits this process's mark, not pytest's.
-LAUNCH = ("import subprocess, sys; "
-          "sys.exit(subprocess.run([sys.executable, *sys.argv[1:]], timeout=100).returncode)")
-
-
-def probe(sizes, threads: int) -> list:
-    """Runs the probe for every bank size at once (separate processes), returns their reports."""
-    procs = [subprocess.Popen([sys.executable, "-c", LAUNCH, "-c", PROBE, *map(str, (n, Q, D, K, threads))],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in sizes]
-    reports = []
-    for n, proc in zip(sizes, procs):
-        try:
-            stdout, stderr = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            stdout, stderr = proc.communicate()
-        if proc.returncode != 0:
-            pytest.fail(f"memory probe for N={n} failed (exit {proc.returncode}):\n{stderr[-4000:]}")
-        reports.append(json.loads(stdout.strip().splitlines()[-1]))
-    return reports
-
-
-def test_knn_peak_memory_does_not_scale_with_q_times_n(bench_threads, record_property):
-    small, large = probe(BANKS, bench_threads)
+def test_knn_peak_memory_does_not_scale_with_q_times_n(bench_threads, record_property, rss_probe):
+    small, large = rss_probe(PROBE, [(n, Q, D, K, bench_threads) for n in BANKS])
     growth = large["knn_extra"] - small["knn_extra"]
     dense_growth = Q * (BANKS[1] - BANKS[0]) * 4
     record_property("knn_extra_bytes", {s["n"]: s["knn_extra"] for s in (small, large)})
