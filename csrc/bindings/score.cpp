@@ -69,39 +69,47 @@ void gmm_score(const py::array& x, const py::array& means, const py::array& log_
   });
 }
 
-// raw, x, target [B, M], c_skip, c_out, weight [B] -> loss [B]
+// The inputs of both DSM kernels: raw, x, target [B, M], c_skip, c_out, weight [B].
+template <typename T>
+struct DsmInputs {
+  MatrixView<const T> raw, x, target;
+  const T *c_skip, *c_out, *weight;
+};
+
+template <typename T>
+DsmInputs<T> dsm_inputs(const py::array& raw, const py::array& x, const py::array& target, const py::array& c_skip,
+                        const py::array& c_out, const py::array& weight) {
+  DsmInputs<T> in{matrix_in<T>(raw, "raw"), matrix_in<T>(x, "x"), matrix_in<T>(target, "target"), nullptr, nullptr,
+                  nullptr};
+  in.c_skip = vector_in<T>(c_skip, "c_skip", in.raw.rows);
+  in.c_out = vector_in<T>(c_out, "c_out", in.raw.rows);
+  in.weight = vector_in<T>(weight, "weight", in.raw.rows);
+  return in;
+}
+
+// ... -> loss [B]
 void dsm_loss(const py::array& raw, const py::array& x, const py::array& target, const py::array& c_skip,
               const py::array& c_out, const py::array& weight, py::array& loss, int threads) {
   dispatch_floating(raw, "raw", [&](auto tag) {
     using T = decltype(tag);
-    const auto r = matrix_in<T>(raw, "raw");
-    const auto xs = matrix_in<T>(x, "x");
-    const auto t = matrix_in<T>(target, "target");
-    const T* cs = vector_in<T>(c_skip, "c_skip", r.rows);
-    const T* co = vector_in<T>(c_out, "c_out", r.rows);
-    const T* w = vector_in<T>(weight, "weight", r.rows);
-    T* out = vector_out<T>(loss, "loss", r.rows);
+    const DsmInputs<T> in = dsm_inputs<T>(raw, x, target, c_skip, c_out, weight);
+    T* out = vector_out<T>(loss, "loss", in.raw.rows);
     py::gil_scoped_release release;
-    score::dsm_loss<T>(r, xs, t, cs, co, w, out, threads);
+    score::dsm_loss<T>(in.raw, in.x, in.target, in.c_skip, in.c_out, in.weight, out, threads);
   });
 }
 
-// raw, x, target [B, M], c_skip, c_out, weight, grad_loss [B] -> grad_raw [B, M]
+// ..., grad_loss [B] -> grad_raw [B, M]
 void dsm_loss_backward(const py::array& raw, const py::array& x, const py::array& target, const py::array& c_skip,
                        const py::array& c_out, const py::array& weight, const py::array& grad_loss,
                        py::array& grad_raw, int threads) {
   dispatch_floating(raw, "raw", [&](auto tag) {
     using T = decltype(tag);
-    const auto r = matrix_in<T>(raw, "raw");
-    const auto xs = matrix_in<T>(x, "x");
-    const auto t = matrix_in<T>(target, "target");
-    const T* cs = vector_in<T>(c_skip, "c_skip", r.rows);
-    const T* co = vector_in<T>(c_out, "c_out", r.rows);
-    const T* w = vector_in<T>(weight, "weight", r.rows);
-    const T* g = vector_in<T>(grad_loss, "grad_loss", r.rows);
-    T* out = output<T>(grad_raw, "grad_raw", r.rows, r.cols);
+    const DsmInputs<T> in = dsm_inputs<T>(raw, x, target, c_skip, c_out, weight);
+    const T* g = vector_in<T>(grad_loss, "grad_loss", in.raw.rows);
+    T* out = output<T>(grad_raw, "grad_raw", in.raw.rows, in.raw.cols);
     py::gil_scoped_release release;
-    score::dsm_loss_backward<T>(r, xs, t, cs, co, w, g, out, threads);
+    score::dsm_loss_backward<T>(in.raw, in.x, in.target, in.c_skip, in.c_out, in.weight, g, out, threads);
   });
 }
 

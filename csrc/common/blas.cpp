@@ -92,25 +92,17 @@ void gemm_row_major(Gemm gemm, const char* trans_b, int64_t m, int64_t n, int64_
 
 }  // namespace
 
-void gemm_abt(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-              const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  gemm_row_major(state().sgemm, "T", m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-
-void gemm_abt(int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
-              const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
-  gemm_row_major(state().dgemm, "T", m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-
-void gemm_ab(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-             const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  gemm_row_major(state().sgemm, "N", m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-
-void gemm_ab(int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
-             const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
-  gemm_row_major(state().dgemm, "N", m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
+// The four public overloads: (gemm_abt | gemm_ab) x (float | double).
+#define GENCORE_ROW_MAJOR_GEMM(name, T, trans_b, fortran)                                                  \
+  void name(int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b, int64_t ldb, T beta, \
+            T* c, int64_t ldc) {                                                                           \
+    gemm_row_major(state().fortran, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);                \
+  }
+GENCORE_ROW_MAJOR_GEMM(gemm_abt, float, "T", sgemm)
+GENCORE_ROW_MAJOR_GEMM(gemm_abt, double, "T", dgemm)
+GENCORE_ROW_MAJOR_GEMM(gemm_ab, float, "N", sgemm)
+GENCORE_ROW_MAJOR_GEMM(gemm_ab, double, "N", dgemm)
+#undef GENCORE_ROW_MAJOR_GEMM
 
 SingleThreadedScope::SingleThreadedScope() {
   if (auto set = state().set_threads_local) previous_ = set(1);

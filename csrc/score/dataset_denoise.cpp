@@ -38,7 +38,6 @@
 #include <climits>
 #include <cmath>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
 #include "gencore/blas.h"
@@ -94,11 +93,7 @@ DenoiseRowOps<T> denoise_row_ops_portable() {
 
 template <typename T>
 DenoiseRowOps<T> pick_row_ops() {
-  if constexpr (std::is_same_v<T, float>)
-    return pick_isa(denoise_row_ops_portable<float>, GENCORE_ISA_FN(denoise_row_ops_avx2),
-                    GENCORE_ISA_FN(denoise_row_ops_avx512))();
-  else
-    return denoise_row_ops_portable<T>();
+  return pick_row_table<T, DenoiseRowOps>(denoise_row_ops_portable<T>, GENCORE_ISA_FN(denoise_row_ops_avx2), GENCORE_ISA_FN(denoise_row_ops_avx512));
 }
 
 // ---------------------------------------------------------------- passes over the inputs

@@ -14,7 +14,6 @@
 #include <algorithm>
 #include <cmath>
 #include <initializer_list>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -82,11 +81,7 @@ LossRowOps<T> loss_row_ops_portable() {
 
 template <typename T>
 LossRowOps<T> pick_row_ops() {
-  if constexpr (std::is_same_v<T, float>)
-    return pick_isa(loss_row_ops_portable<float>, GENCORE_ISA_FN(loss_row_ops_avx2),
-                    GENCORE_ISA_FN(loss_row_ops_avx512))();
-  else
-    return loss_row_ops_portable<T>();
+  return pick_row_table<T, LossRowOps>(loss_row_ops_portable<T>, GENCORE_ISA_FN(loss_row_ops_avx2), GENCORE_ISA_FN(loss_row_ops_avx512));
 }
 
 // ---------------------------------------------------------------- rows over threads
