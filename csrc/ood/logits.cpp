@@ -87,7 +87,8 @@ LogitRowOps<T> logit_row_ops_portable() {
 
 template <typename T>
 LogitRowOps<T> pick_row_ops() {
-  return pick_row_table<T, LogitRowOps>(logit_row_ops_portable<T>, GENCORE_ISA_FN(logit_row_ops_avx2), GENCORE_ISA_FN(logit_row_ops_avx512));
+  return pick_row_table<T, LogitRowOps>(logit_row_ops_portable<T>, GENCORE_ISA_FN(logit_row_ops_avx2),
+                                            GENCORE_ISA_FN(logit_row_ops_avx512));
 }
 
 // ---------------------------------------------------------------- per-row pieces

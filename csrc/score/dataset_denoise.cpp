@@ -29,7 +29,7 @@
 // each item keeps a partial (max, sum, A) of its chunk, merged per query at the
 // end exactly as a log-sum-exp merge.
 //
-// Peak extra memory (elements): d (c) + 4 B, plus per thread
+// Peak extra memory (elements): 2 kMeanChunks d + d (the mean) + 5 B, plus per thread
 // tile_rows * (d + 1) + qb * (tile_rows + d + 2); with the data split,
 // data_chunks * B * (d + 2) for the partials. Nothing of size B x N.
 #include "score/dataset_denoise.h"
@@ -51,11 +51,12 @@ namespace {
 
 // Data rows per tile (the K of the second GEMM): about kTileElements elements,
 // within [kMinTileRows, kMaxTileRows]. At d = 3072 (256 rows) 256 to 1024 rows
-// timed the same; the bound keeps a thread's tile buffer near 1 MiB.
+// timed the same; the bound keeps a thread's tile buffer near 1 MiB of float32
+// where d allows (at d = 3072, 256 rows: 3 MiB).
 constexpr int64_t kTileElements = int64_t(1) << 18;
 constexpr int64_t kMinTileRows = 256, kMaxTileRows = 1024;
 constexpr int64_t kMaxQueryBlock = 256;        // queries per GEMM tile
-constexpr int64_t kMinBlocksPerThread = 4;     // query blocks a thread needs before splitting them is even
+constexpr int64_t kMinBlocksPerThread = 4;     // from this many blocks per thread, whole blocks deal evenly enough
 constexpr int64_t kWorkPerThread = int64_t(1) << 22;  // B * N * d multiply-adds that pay for a thread
 constexpr int64_t kMeanChunks = 16;            // fixed, so the mean is the same for any thread count
 
@@ -93,7 +94,8 @@ DenoiseRowOps<T> denoise_row_ops_portable() {
 
 template <typename T>
 DenoiseRowOps<T> pick_row_ops() {
-  return pick_row_table<T, DenoiseRowOps>(denoise_row_ops_portable<T>, GENCORE_ISA_FN(denoise_row_ops_avx2), GENCORE_ISA_FN(denoise_row_ops_avx512));
+  return pick_row_table<T, DenoiseRowOps>(denoise_row_ops_portable<T>, GENCORE_ISA_FN(denoise_row_ops_avx2),
+                                              GENCORE_ISA_FN(denoise_row_ops_avx512));
 }
 
 // ---------------------------------------------------------------- passes over the inputs

@@ -81,7 +81,8 @@ LossRowOps<T> loss_row_ops_portable() {
 
 template <typename T>
 LossRowOps<T> pick_row_ops() {
-  return pick_row_table<T, LossRowOps>(loss_row_ops_portable<T>, GENCORE_ISA_FN(loss_row_ops_avx2), GENCORE_ISA_FN(loss_row_ops_avx512));
+  return pick_row_table<T, LossRowOps>(loss_row_ops_portable<T>, GENCORE_ISA_FN(loss_row_ops_avx2),
+                                           GENCORE_ISA_FN(loss_row_ops_avx512));
 }
 
 // ---------------------------------------------------------------- rows over threads
@@ -101,7 +102,9 @@ RowPlan row_plan(int64_t B, int64_t M, int num_threads) {
   if (B > 0 && B < threads) p.segments = std::clamp<int64_t>(ceil_div(threads, B), 1, std::max<int64_t>(1, M / kGrain));
   p.seg_len = ceil_div(M, p.segments);
   p.units = B * p.segments;
-  p.units_per_item = std::max<int64_t>(1, std::min(kGrain / std::max<int64_t>(p.seg_len, 1), ceil_div(p.units, threads)));
+  // Small units grouped into items of about kGrain elements, but never fewer items than threads.
+  const int64_t grouped = kGrain / std::max<int64_t>(p.seg_len, 1);
+  p.units_per_item = std::max<int64_t>(1, std::min(grouped, ceil_div(p.units, threads)));
   p.items = ceil_div(p.units, p.units_per_item);
   p.threads = clamp_threads(threads, p.items);
   return p;

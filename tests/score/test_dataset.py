@@ -276,7 +276,8 @@ def direct_oracle(x, data, sigma, weights=None):
     """(D, log_z) in float64 from direct differences (torch.cdist without the
     expanded form), with only [B, N] in memory: the oracle of the larger cases."""
     x, data = x.double(), data.double()
-    logits = -torch.cdist(x, data, compute_mode="donot_use_mm_for_euclid_dist") ** 2 / (2 * sigma.double() ** 2)[:, None]
+    dist = torch.cdist(x, data, compute_mode="donot_use_mm_for_euclid_dist")
+    logits = -dist ** 2 / (2 * sigma.double() ** 2)[:, None]
     if weights is not None:
         logits = logits + torch.log(weights.double())
     return torch.softmax(logits, 1) @ data, torch.logsumexp(logits, 1)
