@@ -13,7 +13,8 @@
 // The running state of a query is (max, sum) of the numerators in double and
 // its accumulator, which is the query's row of the score output itself.
 // sum log c does not depend on b when sigma and alpha do not: consecutive
-// queries with the same (sigma, alpha) reuse it (d logs per (b, k) otherwise).
+// queries with the same (sigma, alpha) reuse it; otherwise it costs d / 256
+// logs per (b, k) (sum_log_variances).
 //
 // Peak extra memory (elements), per thread: 2 qb d (full) or d (axis-aligned),
 // plus 3 qb.
@@ -22,6 +23,8 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -35,8 +38,40 @@ namespace {
 constexpr int64_t kMaxQueryBlock = 64;               // queries per block (the M of the full path's GEMMs)
 constexpr int64_t kWorkPerThread = int64_t(1) << 18;  // multiply-adds that pay for a thread
 constexpr double kLog2Pi = 1.8378770664093454836;
+constexpr double kLn2 = 0.69314718055994530942;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// sum_j log(a2 lambda_j + s2) with one log per 256 terms: each term splits
+// into its binary exponent (summed exactly) and its mantissa in [1, 2)
+// (multiplied, < 2^256 per group, so the product's rounding costs ~256 ulp of
+// a log of order 1); terms outside the normal range take a log of their own.
+template <typename T>
+double sum_log_variances(const T* lam, int64_t d, double a2, double s2) {
+  constexpr uint64_t kMantissa = (uint64_t(1) << 52) - 1, kExponentOfOne = uint64_t(1023) << 52;
+  constexpr int64_t kGroup = 256;
+  int64_t exponents = 0;
+  double logs = 0.0, product = 1.0;
+  for (int64_t j = 0; j < d; ++j) {
+    const double c = a2 * double(lam[j]) + s2;
+    if (!(c >= std::numeric_limits<double>::min() && c <= std::numeric_limits<double>::max())) {
+      logs += std::log(c);
+      continue;
+    }
+    uint64_t bits;
+    std::memcpy(&bits, &c, sizeof bits);
+    exponents += int64_t(bits >> 52) - 1023;
+    bits = (bits & kMantissa) | kExponentOfOne;
+    double mantissa;
+    std::memcpy(&mantissa, &bits, sizeof mantissa);
+    product *= mantissa;
+    if (j % kGroup == kGroup - 1) {
+      logs += std::log(product);
+      product = 1.0;
+    }
+  }
+  return logs + std::log(product) + double(exponents) * kLn2;
+}
 
 // One component's log-determinant term sum_j log(a^2 lambda_j + s^2), cached
 // for the last (sigma, alpha) seen.
@@ -47,13 +82,10 @@ struct LogDetCache {
 
   double get(const T* lam, int64_t d, T s, T a) {
     if (s == sigma && a == alpha) return value;
-    const double a2 = double(a) * double(a), s2 = double(s) * double(s);
-    double acc = 0.0;
-    for (int64_t j = 0; j < d; ++j) acc += std::log(a2 * double(lam[j]) + s2);
+    value = sum_log_variances(lam, d, double(a) * double(a), double(s) * double(s));
     sigma = s;
     alpha = a;
-    value = acc;
-    return acc;
+    return value;
   }
 };
 
