@@ -17,6 +17,10 @@ the convention cannot drift. The suites also ship inside the package as
 """
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -147,5 +151,64 @@ def run_timed(benchmark, bench_size):
         if bench_size in PEDANTIC_ROUNDS:
             return benchmark.pedantic(fn, rounds=PEDANTIC_ROUNDS[bench_size], iterations=1, warmup_rounds=0)
         return benchmark(fn)
+
+    return run
+
+
+# A small python that starts a memory probe: the probe inherits this process's
+# RSS high-water mark, not pytest's (on Linux a child starts with its parent's
+# mark: fork copies it, exec folds it into ru_maxrss).
+_PROBE_LAUNCHER = ("import subprocess, sys; "
+                   "sys.exit(subprocess.run([sys.executable, *sys.argv[1:]], timeout=100).returncode)")
+
+
+# What every probe starts with: its integer arguments ARGS (the last one the
+# thread count, set for gencore and torch), maxrss() in bytes, report(**fields).
+_PROBE_PRELUDE = r"""
+import json, resource, sys
+import numpy as np, torch, gencore
+
+ARGS = [int(a) for a in sys.argv[1:]]
+gencore.set_num_threads(ARGS[-1])
+torch.set_num_threads(ARGS[-1])
+
+def maxrss():  # Linux reports KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+def report(**fields):
+    print(json.dumps(fields))
+"""
+
+
+@pytest.fixture(scope="session")
+def rss_probe():
+    """Runs a probe script once per argument list (integers, the thread count
+    last), each in a fresh process started through a small launcher (all at
+    once), and returns the JSON object each printed on its last line. The
+    script runs after _PROBE_PRELUDE (ARGS, maxrss(), report()) and measures the
+    rise of ``maxrss()`` across the call it studies, then across a control
+    allocation it reports as control_extra (the rise) and control_bytes (its
+    size): a probe that cannot see the control is not trustworthy here."""
+
+    def run(script: str, arg_lists, timeout: float = 120) -> list:
+        code = _PROBE_PRELUDE + script
+        procs = [subprocess.Popen([sys.executable, "-c", _PROBE_LAUNCHER, "-c", code, *map(str, args)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in arg_lists]
+        reports = []
+        for args, proc in zip(arg_lists, procs):
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, stderr = proc.communicate()
+            if proc.returncode != 0:
+                pytest.fail(f"memory probe {list(args)} failed (exit {proc.returncode}):\n{stderr[-4000:]}")
+            r = json.loads(stdout.strip().splitlines()[-1])
+            # The probe sees a large allocation when there is one (the pages it touched).
+            assert r["control_extra"] >= 0.5 * r["control_bytes"], (
+                f"memory probe {list(args)}: the rss probe missed a {r['control_bytes'] / 2**20:.0f} MiB control "
+                f"allocation (saw {r['control_extra'] / 2**20:.1f} MiB); the measurement is not trustworthy here")
+            reports.append(r)
+        return reports
 
     return run

@@ -10,31 +10,16 @@ shows that the method does see a Q x N allocation.
 On Linux a process starts with its parent's RSS high-water mark (fork copies
 the address space's mark, exec folds it into ru_maxrss), so a probe started
 straight from a big pytest process would see no rise at all. The probe is
-therefore started through a small launcher process.
+therefore started through a small launcher process (conftest's ``rss_probe``).
 """
 from __future__ import annotations
-
-import json
-import subprocess
-import sys
-
-import pytest
 
 Q, D, K = 100, 64, 10
 BANKS = (50_000, 200_000)
 MIB = 1 << 20
 
 PROBE = r"""
-import json, resource, sys
-import numpy as np, torch, gencore
-
-n, q, d, k, threads = (int(a) for a in sys.argv[1:6])
-gencore.set_num_threads(threads)
-torch.set_num_threads(threads)
-
-def maxrss():  # Linux reports KiB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
+n, q, d, k, threads = ARGS
 rng = np.random.default_rng(0)
 bank = torch.from_numpy(rng.standard_normal((n, d), dtype=np.float32))
 queries = torch.from_numpy(rng.standard_normal((q, d), dtype=np.float32))
@@ -45,46 +30,20 @@ knn_extra = maxrss() - before
 before = maxrss()
 dense = queries @ bank.T                                 # the control: a Q x N matrix
 dense_extra = maxrss() - before
-print(json.dumps({"n": n, "knn_extra": knn_extra, "dense_extra": dense_extra,
-                  "dense_bytes": dense.numel() * 4, "bank_bytes": bank.numel() * 4}))
+report(n=n, knn_extra=knn_extra, control_extra=dense_extra, control_bytes=dense.numel() * 4,
+       bank_bytes=bank.numel() * 4)
 """
 
-# A small python that starts the probe: the probe inherits this process's mark, not pytest's.
-LAUNCH = ("import subprocess, sys; "
-          "sys.exit(subprocess.run([sys.executable, *sys.argv[1:]], timeout=100).returncode)")
-
-
-def probe(sizes, threads: int) -> list:
-    """Runs the probe for every bank size at once (separate processes), returns their reports."""
-    procs = [subprocess.Popen([sys.executable, "-c", LAUNCH, "-c", PROBE, *map(str, (n, Q, D, K, threads))],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in sizes]
-    reports = []
-    for n, proc in zip(sizes, procs):
-        try:
-            stdout, stderr = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            stdout, stderr = proc.communicate()
-        if proc.returncode != 0:
-            pytest.fail(f"memory probe for N={n} failed (exit {proc.returncode}):\n{stderr[-4000:]}")
-        reports.append(json.loads(stdout.strip().splitlines()[-1]))
-    return reports
-
-
-def test_knn_peak_memory_does_not_scale_with_q_times_n(bench_threads, record_property):
-    small, large = probe(BANKS, bench_threads)
+def test_knn_peak_memory_does_not_scale_with_q_times_n(bench_threads, record_property, rss_probe):
+    small, large = rss_probe(PROBE, [(n, Q, D, K, bench_threads) for n in BANKS])
     growth = large["knn_extra"] - small["knn_extra"]
     dense_growth = Q * (BANKS[1] - BANKS[0]) * 4
     record_property("knn_extra_bytes", {s["n"]: s["knn_extra"] for s in (small, large)})
-    # The probe sees a dense matrix when there is one (pages touched by the product).
-    assert large["dense_extra"] >= 0.5 * large["dense_bytes"], (
-        f"the rss probe missed a {large['dense_bytes'] / MIB:.0f} MiB dense product "
-        f"(saw {large['dense_extra'] / MIB:.1f} MiB); the measurement is not trustworthy here")
     # A dense Q x N buffer would grow by dense_growth (57 MiB); allow 16 MiB of noise.
     assert growth < min(dense_growth / 4, 16 * MIB), (
         f"knn extra memory grew by {growth / MIB:.1f} MiB from N={BANKS[0]} to N={BANKS[1]} "
         f"(extra {small['knn_extra'] / MIB:.1f} -> {large['knn_extra'] / MIB:.1f} MiB); "
         f"a dense Q x N matrix would grow by {dense_growth / MIB:.1f} MiB")
-    assert large["knn_extra"] < large["dense_bytes"] / 2 + 8 * MIB, (
+    assert large["knn_extra"] < large["control_bytes"] / 2 + 8 * MIB, (
         f"knn extra memory at N={BANKS[1]} is {large['knn_extra'] / MIB:.1f} MiB, close to a "
-        f"dense Q x N matrix ({large['dense_bytes'] / MIB:.1f} MiB)")
+        f"dense Q x N matrix ({large['control_bytes'] / MIB:.1f} MiB)")

@@ -48,18 +48,6 @@ int checked_int(int64_t v, const char* what) {
   return static_cast<int>(v);
 }
 
-// Row-major c[m,n] = a[m,k]·b[n,k]^T is column-major c^T[n,m] = op(b)·op(a)
-// with b transposed: gemm('T', 'N', n, m, k, alpha, b, ldb, a, lda, beta, c, ldc).
-// One body for sgemm and dgemm (Gemm is their Fortran signature).
-template <typename T, typename Gemm>
-void gemm_abt_fortran(Gemm gemm, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
-                      const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
-  GENCORE_CHECK(gemm, "BLAS is not initialised (gencore._native sets it at import)");
-  const int M = checked_int(n, "n"), N = checked_int(m, "m"), K = checked_int(k, "k");
-  const int LDA = checked_int(ldb, "ldb"), LDB = checked_int(lda, "lda"), LDC = checked_int(ldc, "ldc");
-  gemm("T", "N", &M, &N, &K, &alpha, b, &LDA, a, &LDB, &beta, c, &LDC);
-}
-
 }  // namespace
 
 void set_gemm(void* sgemm, void* dgemm) {
@@ -87,15 +75,34 @@ std::string describe() {
   return b.config + (b.set_threads_local ? " (thread-local threads)" : " (global threads)");
 }
 
-void gemm_abt(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-              const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  gemm_abt_fortran(state().sgemm, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+namespace {
+
+// Row-major c[m,n] = a[m,k]·b[n,k]^T is column-major c^T[n,m] = op(b)·op(a)
+// with b transposed: gemm('T', 'N', n, m, k, alpha, b, ldb, a, lda, beta, c, ldc).
+// Row-major c[m,n] = a[m,k]·b[k,n] is column-major c^T[n,m] = b^T·a^T with
+// nothing transposed: gemm('N', 'N', n, m, k, alpha, b, ldb, a, lda, beta, c, ldc).
+template <typename T, typename Gemm>
+void gemm_row_major(Gemm gemm, const char* trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+                    int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  GENCORE_CHECK(gemm, "BLAS is not initialised (gencore._native sets it at import)");
+  const int M = checked_int(n, "n"), N = checked_int(m, "m"), K = checked_int(k, "k");
+  const int LDA = checked_int(ldb, "ldb"), LDB = checked_int(lda, "lda"), LDC = checked_int(ldc, "ldc");
+  gemm(trans_b, "N", &M, &N, &K, &alpha, b, &LDA, a, &LDB, &beta, c, &LDC);
 }
 
-void gemm_abt(int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
-              const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
-  gemm_abt_fortran(state().dgemm, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
+}  // namespace
+
+// The four public overloads: (gemm_abt | gemm_ab) x (float | double).
+#define GENCORE_ROW_MAJOR_GEMM(name, T, trans_b, fortran)                                                  \
+  void name(int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b, int64_t ldb, T beta, \
+            T* c, int64_t ldc) {                                                                           \
+    gemm_row_major(state().fortran, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);                \
+  }
+GENCORE_ROW_MAJOR_GEMM(gemm_abt, float, "T", sgemm)
+GENCORE_ROW_MAJOR_GEMM(gemm_abt, double, "T", dgemm)
+GENCORE_ROW_MAJOR_GEMM(gemm_ab, float, "N", sgemm)
+GENCORE_ROW_MAJOR_GEMM(gemm_ab, double, "N", dgemm)
+#undef GENCORE_ROW_MAJOR_GEMM
 
 SingleThreadedScope::SingleThreadedScope() {
   if (auto set = state().set_threads_local) previous_ = set(1);

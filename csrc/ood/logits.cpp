@@ -88,11 +88,8 @@ LogitRowOps<T> logit_row_ops_portable() {
 
 template <typename T>
 LogitRowOps<T> pick_row_ops() {
-  if constexpr (std::is_same_v<T, float>)
-    return pick_isa(logit_row_ops_portable<float>, GENCORE_ISA_FN(logit_row_ops_avx2),
-                    GENCORE_ISA_FN(logit_row_ops_avx512))();
-  else
-    return logit_row_ops_portable<T>();
+  return pick_row_table<T, LogitRowOps>(logit_row_ops_portable<T>, GENCORE_ISA_FN(logit_row_ops_avx2),
+                                            GENCORE_ISA_FN(logit_row_ops_avx512));
 }
 
 // ---------------------------------------------------------------- per-row pieces

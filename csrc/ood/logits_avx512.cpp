@@ -1,35 +1,17 @@
 // AVX-512 row primitives of the logit scores (float32). exp is the cost of
-// every softmax-based score, so it is a vector polynomial here: Cephes' expf
-// range reduction (x = n ln2 + r, |r| <= ln2/2) and degree-6 polynomial,
-// accurate to ~2 ulp, scaled by 2^n with vscalefps. Arguments are always
-// (l - max) / T <= 0; below ln(FLT_MIN) the result is flushed to exactly 0.
+// every softmax-based score, so it is a vector polynomial (gencore/vec_avx512.h:
+// Cephes' expf, ~2 ulp). Arguments are always (l - max) / T <= 0; below
+// ln(FLT_MIN) the result is flushed to exactly 0.
 #include <immintrin.h>
 
 #include "ood/logits.h"
 
 #define GENCORE_ISA avx512
 #include "gencore/isa_begin.h"
+#include "gencore/vec_avx512.h"  // exp_nonpositive, widen_lo/hi, tail_mask
 
 namespace gencore::ood {
 namespace {
-
-inline __m512 exp_nonpositive(__m512 x) {
-  const __m512 lowest = _mm512_set1_ps(-87.33654f);  // ln(FLT_MIN)
-  const __mmask16 keep = _mm512_cmp_ps_mask(x, lowest, _CMP_GE_OQ);
-  x = _mm512_max_ps(x, lowest);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 in two parts: exact n*hi
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(y, n));
-}
 
 // log(1 - p) for p in [0, 1/2] with Cephes' logf polynomial on f in [-0.293, 0.415]:
 //   p < 1 - sqrt(1/2):  log1p(f), f = -p          (exact f: no rounding of 1 - p)
@@ -55,13 +37,6 @@ inline __m512 log_one_minus(__m512 p) {
   y = _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), z, y);
   return _mm512_fmadd_ps(e, _mm512_set1_ps(0.693359375f), _mm512_add_ps(f, y));
 }
-
-inline __m512d widen_lo(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
-inline __m512d widen_hi(__m512 v) {
-  return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-}
-
-inline __mmask16 tail_mask(int64_t left) { return __mmask16((1u << left) - 1u); }
 
 float row_max(const float* row, int64_t n, bool* finite) {
   __m512 m = _mm512_set1_ps(row[0]);

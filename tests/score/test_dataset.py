@@ -305,3 +305,135 @@ def test_cuda_glue_streams_tiles_over_the_fake(rng, monkeypatch):
     check_denoiser(denoised, x, data, sigma, alpha, weights, what="cuda glue")
     want = oracle(x, data, sigma, alpha, weights)[1]
     torch.testing.assert_close(log_z.double(), want, rtol=1e-5, atol=1e-4)
+
+
+# ---------------------------------------------------------------- native kernel paths
+
+def native_plan(b, n, d, threads):
+    """(plan, query_block, data_chunks, tile_rows, threads) of the CPU kernel for this call."""
+    return gencore._native.core.dataset_denoise_plan(b, n, d, threads)
+
+
+def denoise_op(x, data, sigma, alpha=None, weights=None):
+    b = x.shape[0]
+    a = torch.ones(b, dtype=x.dtype) if alpha is None else alpha.to(x.dtype)
+    return gencore.score.ops._dataset.DATASET_DENOISE(x, data, sigma.to(x.dtype), a, weights)
+
+
+def direct_oracle(x, data, sigma, weights=None):
+    """(D, log_z) in float64 from direct differences (torch.cdist without the
+    expanded form), with only [B, N] in memory: the oracle of the larger cases."""
+    x, data = x.double(), data.double()
+    dist = torch.cdist(x, data, compute_mode="donot_use_mm_for_euclid_dist")
+    logits = -dist ** 2 / (2 * sigma.double() ** 2)[:, None]
+    if weights is not None:
+        logits = logits + torch.log(weights.double())
+    return torch.softmax(logits, 1) @ data, torch.logsumexp(logits, 1)
+
+
+def check_against_direct(got, log_z, x, data, sigma, weights=None, what=""):
+    want, want_log_z = direct_oracle(x, data, sigma, weights)
+    err = float((got.double() - want).abs().max())
+    tol = tolerance(x, data, sigma, None, got.dtype)
+    assert err <= tol, f"{what}: max |D - D_oracle| = {err:.3g} > {tol:.3g}"
+    scale = 1 + float(want_log_z.abs().max())
+    if got.dtype == torch.float64:
+        tol = 1e-9 * scale
+    else:  # the logits' float32 error (see tolerance), and the rounding of log_z itself
+        xc, yc = x.double() - data.double().mean(0), data.double() - data.double().mean(0)
+        tol = 256 * 2.0 ** -24 * float((xc ** 2).sum(1).max() + (yc ** 2).sum(1).max()) / float(
+            sigma.double().min() ** 2) + 1e-5 * scale
+    err = float((log_z.double() - want_log_z).abs().max())
+    assert err <= tol, f"{what}: max |log_z - oracle| = {err:.3g} > {tol:.3g}"
+
+
+# (expected plan, B, d, threads); N is set around multiples of the plan's tile below.
+PLAN_CASES = [
+    ("query-split", 7, 5, 1),      # one thread: one block
+    ("query-split", 300, 40, 2),   # two blocks of 150, one per thread
+    ("data-split", 40, 64, 2),     # one block, the data in two chunks
+    ("data-split", 300, 40, 3),    # two blocks x two or three chunks
+]
+
+
+@native_cpu_only
+@pytest.mark.parametrize("tiles,offset", [(1, -1), (1, 0), (1, 1), (2, 1), (3, 1)], ids=str)
+@pytest.mark.parametrize("plan,b,d,threads", PLAN_CASES, ids=str)
+def test_native_plans_and_tile_boundaries(rng, num_threads, plan, b, d, threads, tiles, offset):
+    tile = native_plan(b, 4096, d, threads)[3]
+    n = tiles * tile + offset
+    if plan == "data-split" and tiles == 1:
+        n = 2 * tile + offset  # a data split needs two tiles at least
+    got_plan = native_plan(b, n, d, threads)
+    assert got_plan[0] == plan and got_plan[4] == threads, got_plan
+    num_threads(threads)
+    x, data = randn(rng, b, d, scale=1.5), randn(rng, n, d)
+    sigma = uniform(rng, b, 0.3, 2.0)
+    for dtype in (torch.float32, torch.float64):
+        got, log_z = denoise_op(x.to(dtype), data.to(dtype), sigma)
+        check_against_direct(got, log_z, x, data, sigma, what=f"{got_plan} N={n} {dtype}")
+
+
+@native_cpu_only
+@pytest.mark.parametrize("plan,b,d,threads", PLAN_CASES, ids=str)
+def test_native_zero_weights_give_minus_inf_log_weights(rng, num_threads, plan, b, d, threads):
+    # Whole tiles (the first one included, so a query's running max starts at
+    # -inf) and, under the data split, a whole chunk have weight 0.
+    tile = native_plan(b, 4096, d, threads)[3]
+    n = 3 * tile + 5
+    num_threads(threads)
+    assert native_plan(b, n, d, threads)[0] == plan
+    x, data = randn(rng, b, d), randn(rng, n, d)
+    sigma = uniform(rng, b, 0.3, 2.0)
+    weights = uniform(rng, n, 0.5, 2.0)
+    weights[: tile + 3] = 0.0                     # tile 0 and the start of tile 1
+    weights[2 * tile: 2 * tile + 7] = 0.0
+    if plan == "data-split":
+        chunks = native_plan(b, n, d, threads)[2]
+        chunk_rows = -(-(-(-n // tile)) // chunks) * tile   # whole tiles per chunk, as the kernel cuts them
+        weights[:chunk_rows] = 0.0                # the first chunk has no mass
+    for dtype in (torch.float32, torch.float64):
+        got, log_z = denoise_op(x.to(dtype), data.to(dtype), sigma, weights=weights.to(dtype))
+        check_against_direct(got, log_z, x, data, sigma, weights, what=f"{plan} {dtype}")
+
+
+@native_cpu_only
+@pytest.mark.parametrize("plan,b,d,threads", PLAN_CASES[1:3], ids=str)
+def test_native_every_simd_level(rng, simd_level, num_threads, plan, b, d, threads):
+    # The float32 epilogue (logits, exp, sums) has one implementation per level;
+    # N is not a multiple of any vector width, nor of the tile.
+    tile = native_plan(b, 4096, d, threads)[3]
+    n = 2 * tile + 13
+    num_threads(threads)
+    x, data = randn(rng, b, d, scale=1.5), randn(rng, n, d)
+    sigma = uniform(rng, b, 0.1, 3.0)
+    weights = uniform(rng, n, 0.0, 2.0)
+    weights[::5] = 0.0
+    got, log_z = denoise_op(x.float(), data.float(), sigma, weights=weights.float())
+    check_against_direct(got, log_z, x, data, sigma, weights, what=f"simd={simd_level}")
+
+
+@native_cpu_only
+def test_native_thread_counts_agree(rng, num_threads):
+    # Every plan gives the same numbers up to rounding, and the data mean is
+    # computed the same way whatever the thread count.
+    x, data = randn(rng, 40, 64), randn(rng, 3000, 64, shift=3.0)
+    sigma = uniform(rng, 40, 0.5, 2.0)
+    results = []
+    for threads in (1, 2, 3):
+        num_threads(threads)
+        results.append(denoise_op(x, data, sigma))
+    for d_, lz in results[1:]:
+        torch.testing.assert_close(d_, results[0][0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(lz, results[0][1], rtol=1e-12, atol=1e-12)
+
+
+@native_cpu_only
+@pytest.mark.parametrize("which,row", [("x", 0), ("x", 6), ("data", 0), ("data", 2999)])
+def test_native_nan_message_names_argument_and_row(rng, num_threads, which, row):
+    num_threads(2)
+    x, data = randn(rng, 7, 5), randn(rng, 3000, 5)
+    (x if which == "x" else data)[row, 4] = float("inf")
+    for dtype in (torch.float32, torch.float64):
+        with pytest.raises(ValueError, match=rf"{which} contains NaN or inf \(row {row}\)"):
+            denoise_op(x.to(dtype), data.to(dtype), torch.ones(7, dtype=dtype))

@@ -366,3 +366,110 @@ def test_cuda_glue_of_long_rows_over_the_fake(rng, monkeypatch):
     partials = 8 * b * 2
     assert 4100 > SCORE_SEGMENT and fake.workspaces == [("dsm_loss", partials), ("dmd_gradient", partials)]
     assert fake.calls["dsm_loss"] == fake.calls["dsm_loss_backward"] == fake.calls["dmd_gradient"] == 1
+
+
+# ---------------------------------------------------------------- native kernel paths
+
+def dsm_ops(raw, x, target, c, grad_loss):
+    """(loss [B], grad_raw [B, ...]) through the two ops (native CPU by default)."""
+    from gencore.score.ops._losses import DSM_LOSS, DSM_LOSS_BACKWARD
+    return DSM_LOSS(raw, x, target, *c), DSM_LOSS_BACKWARD(raw, x, target, *c, grad_loss)
+
+
+def direct_dsm_grad(raw, x, target, c_skip, c_out, weight, grad_loss):
+    b, m = raw.shape[0], raw[0].numel()
+    pred = c_skip[:, None] * x.reshape(b, -1) + c_out[:, None] * raw.reshape(b, -1)
+    return (2 * grad_loss * weight * c_out / m)[:, None] * (pred - target.reshape(b, -1))
+
+
+def direct_dmd(x0, real, fake):
+    b = x0.shape[0]
+    norm = (x0 - real).abs().reshape(b, -1).mean(1)
+    out = (fake - real).reshape(b, -1) / norm[:, None]
+    return torch.where(norm[:, None] > 0, out, torch.zeros_like(out))
+
+
+# row lengths around the vector widths (8, 16, 32 per step) and a long row
+ROW_LENGTHS = [1, 7, 8, 15, 16, 17, 31, 33, 1000]
+
+
+@pytest.mark.parametrize("m", ROW_LENGTHS)
+def test_native_every_simd_level_and_row_tail(rng, simd_level, m):
+    b = 5
+    raw, x, target, real, fake = (randn(rng, b, m) for _ in range(5))
+    c = [0.1 + torch.rand(b, generator=rng, dtype=torch.float64) for _ in range(3)]
+    g = randn(rng, b)
+    for dtype in (torch.float32, torch.float64):
+        tol = 1e-12 if dtype == torch.float64 else 2e-5
+        cast = [t.to(dtype) for t in c]
+        loss, grad = dsm_ops(raw.to(dtype), x.to(dtype), target.to(dtype), cast, g.to(dtype))
+        torch.testing.assert_close(loss.double(), direct_dsm(raw, x, target, *c), rtol=tol, atol=tol)
+        want = direct_dsm_grad(raw, x, target, *c, g)
+        torch.testing.assert_close(grad.double(), want, rtol=tol, atol=tol * float(want.abs().max()))
+        want = direct_dmd(x, real, fake)
+        got = dmd_gradient(x.to(dtype), real.to(dtype), fake.to(dtype))
+        torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("b,m", [(1, 3 * 2 ** 20 + 5), (2, 2 ** 21 + 3), (4000, 3), (300, 3001)], ids=str)
+def test_native_row_groups_and_segments_over_threads(rng, num_threads, b, m, threads):
+    # tiny rows grouped into items; fewer rows than threads: rows cut into segments
+    num_threads(threads)
+    raw, x, target = (torch.randn(b, m, generator=rng) for _ in range(3))
+    c = [0.1 + torch.rand(b, generator=rng) for _ in range(3)]
+    g = torch.randn(b, generator=rng)
+    loss, grad = dsm_ops(raw, x, target, c, g)
+    c64 = [t.double() for t in c]
+    torch.testing.assert_close(loss.double(), direct_dsm(raw.double(), x.double(), target.double(), *c64),
+                               rtol=2e-5, atol=0)
+    torch.testing.assert_close(grad, direct_dsm_grad(raw, x, target, *c, g), rtol=1e-5, atol=1e-6)
+    got = dmd_gradient(raw, x, target)
+    torch.testing.assert_close(got.double(), direct_dmd(raw.double(), x.double(), target.double()),
+                               rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("where", ["raw", "x", "target", "c_skip", "c_out", "weight"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_native_dsm_refuses_non_finite_naming_the_argument_and_row(rng, num_threads, where, value):
+    num_threads(2)
+    b, m = 6, 37
+    named = {n: randn(rng, b, m) for n in ("raw", "x", "target")}
+    named.update({n: 0.1 + torch.rand(b, generator=rng, dtype=torch.float64) for n in ("c_skip", "c_out", "weight")})
+    if named[where].dim() == 2:
+        named[where][4, 36] = value  # in the row's tail
+    else:
+        named[where][4] = value
+    args = [named[n] for n in ("raw", "x", "target")]
+    c = [named[n] for n in ("c_skip", "c_out", "weight")]
+    from gencore.score.ops._losses import DSM_LOSS, DSM_LOSS_BACKWARD
+    for call in (lambda: DSM_LOSS(*args, *c), lambda: DSM_LOSS_BACKWARD(*args, *c, torch.ones(b, dtype=torch.float64))):
+        with pytest.raises(ValueError, match=rf"{where} contains NaN or inf \((row|sample) 4\)"):
+            call()
+
+
+@pytest.mark.parametrize("where", ["x0", "denoised_real", "denoised_fake"])
+def test_native_dmd_refuses_non_finite_even_where_the_normaliser_is_zero(rng, where):
+    x0, fake = randn(rng, 4, 21), randn(rng, 4, 21)
+    real = x0.clone()
+    real[1] += 1.0                      # rows 0, 2, 3 have a zero normaliser
+    named = {"x0": x0, "denoised_real": real, "denoised_fake": fake}
+    named[where][2, 20] = float("nan")
+    with pytest.raises(ValueError, match=rf"{where} contains NaN or inf \(row 2\)"):
+        dmd_gradient(named["x0"], named["denoised_real"], named["denoised_fake"])
+
+
+def test_native_dmd_zero_normaliser_is_positive_zero(rng):
+    x0 = randn(rng, 3, 40)
+    fake = -randn(rng, 3, 40).abs()
+    got = dmd_gradient(x0, x0.clone(), fake)
+    assert torch.equal(got, torch.zeros_like(got)) and not torch.signbit(got).any()
+
+
+def test_native_finite_inputs_that_overflow_float32_are_not_refused():
+    # c_out raw overflows float32 while every input is finite: the loss is inf
+    raw = torch.full((2, 9), 3e38)
+    x = torch.zeros(2, 9)
+    ones = torch.ones(2)
+    loss = dsm_loss(raw, x, x, ones, 10 * ones, ones, reduction="none")
+    assert torch.isinf(loss).all()

@@ -21,6 +21,12 @@ void gemm_abt(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int6
 void gemm_abt(int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
               const double* b, int64_t ldb, double beta, double* c, int64_t ldc);
 
+// Row-major: c[m, n] = alpha * a[m, k] · b[k, n] + beta * c, on the calling thread only.
+void gemm_ab(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+             const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+void gemm_ab(int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
+             const double* b, int64_t ldb, double beta, double* c, int64_t ldc);
+
 // gencore parallelises over tiles itself, so each calling thread asks OpenBLAS
 // for one thread (thread-locally, via openblas_set_num_threads_local where the
 // library has it) and restores the previous value on exit. Without that symbol

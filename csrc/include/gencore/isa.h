@@ -7,6 +7,8 @@
 //   auto norm = pick_isa(squared_norm_scalar, GENCORE_ISA_FN(squared_norm_avx2),
 //                        GENCORE_ISA_FN(squared_norm_avx512));
 #pragma once
+#include <type_traits>
+
 #include "gencore/config.h"
 #include "gencore/simd.h"
 
@@ -42,6 +44,21 @@ Fn pick_isa(Fn scalar, typename same_type<Fn>::type avx2, typename same_type<Fn>
   }
   if (level >= SimdLevel::avx2 && avx2) return avx2;
   return scalar;
+}
+
+// For kernels whose float32 row primitives come in one table per SIMD level
+// (Table<float> factories in the ISA units) beside a portable template for
+// every element type: the table for T. float32 picks as pick_isa does; other
+// types (float64) always get the portable table.
+//
+//   const auto ops = pick_row_table<T, LogitRowOps>(logit_row_ops_portable<T>,
+//       GENCORE_ISA_FN(logit_row_ops_avx2), GENCORE_ISA_FN(logit_row_ops_avx512));
+template <typename T, template <typename> class Table>
+Table<T> pick_row_table(Table<T> (*portable)(), Table<float> (*avx2)(), Table<float> (*avx512)()) {
+  if constexpr (std::is_same_v<T, float>)
+    return pick_isa(portable, avx2, avx512)();
+  else
+    return portable();
 }
 
 }  // namespace gencore

@@ -150,7 +150,8 @@ def _dsm_samples(gen):
     return out
 
 
-_DSM_KIT = dict(finite=("raw", "x", "target", "c_skip", "c_out", "weight"), cpu_kernel_checks=("raw", "x", "target"),
+_DSM_KIT = dict(finite=("raw", "x", "target", "c_skip", "c_out", "weight"),
+                cpu_kernel_checks=("raw", "x", "target", "c_skip", "c_out", "weight"),
                 empty=lambda raw, *rest: raw.shape[0] == 0)
 
 DSM_LOSS = Op(
@@ -163,6 +164,7 @@ DSM_LOSS = Op(
 def _check_dsm_backward(raw, x, target, c_skip, c_out, weight, grad_loss):
     _check_dsm(raw, x, target, c_skip, c_out, weight)
     _checks.tensor(grad_loss, "grad_loss", ndim=1)
+    _checks.same_device(raw=raw, grad_loss=grad_loss)
     _checks.same_size("samples", **{"raw.shape[0]": raw.shape[0], "grad_loss.shape[0]": grad_loss.shape[0]})
     return raw, x, target, c_skip, c_out, weight, grad_loss
 

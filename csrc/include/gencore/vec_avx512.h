@@ -1,0 +1,47 @@
+// Vector helpers shared by the AVX-512 translation units of every family
+// (float32, 16 lanes). Include this INSIDE the unit's target region, after
+// gencore/isa_begin.h with GENCORE_ISA avx512 (or an ISA above it): the helpers
+// are compiled with the unit's ISA and have internal linkage (anonymous
+// namespace), so no copy is ever merged with baseline code.
+//
+// exp_nonpositive: Cephes' expf range reduction (x = n ln2 + r, |r| <= ln2/2,
+// ln2 in two parts so n * hi is exact) and degree-6 polynomial, ~2 ulp, scaled
+// by 2^n with vscalefps. For x <= 0 (softmax numerators, l - max); below
+// ln(FLT_MIN), -inf and NaN give exactly 0.
+#pragma once
+#if !defined(GENCORE_ISA_REGION_OPEN)
+#error "include gencore/vec_avx512.h inside an avx512 target region (after gencore/isa_begin.h)"
+#endif
+// <immintrin.h> and <cstdint> come from the unit, included before its region.
+
+namespace gencore {
+namespace {
+
+inline __m512 exp_nonpositive(__m512 x) {
+  const __m512 lowest = _mm512_set1_ps(-87.33654f);  // ln(FLT_MIN)
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, lowest, _CMP_GE_OQ);
+  x = _mm512_max_ps(x, lowest);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 in two parts: exact n*hi
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(y, n));
+}
+
+inline __m512d widen_lo(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
+inline __m512d widen_hi(__m512 v) {
+  return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+// Lanes [0, left) set (left < 16).
+inline __mmask16 tail_mask(int64_t left) { return __mmask16((1u << left) - 1u); }
+
+}  // namespace
+}  // namespace gencore

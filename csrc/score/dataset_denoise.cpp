@@ -1,0 +1,373 @@
+// Data-set denoiser, CPU driver: flash-attention style, an online log-sum-exp
+// over tiles of the data, so nothing of size B x N exists.
+//
+// Everything is centred at the data mean c (one pass over the data in double,
+// fused with its finiteness check): with x' = x - alpha c and y' = y - c,
+//   ||x - alpha y||^2 = ||x'||^2 - 2 alpha x'.y' + alpha^2 ||y'||^2,
+// whose float32 expansion no longer cancels on data far from the origin.
+// ||x'||^2 / (2 sigma^2) is the same for every y, so the tiles work with
+//   l'_bi = log w_i + (alpha_b x'_b.y'_i - alpha_b^2 ||y'_i||^2 / 2) / sigma_b^2
+// and log_z = max + log(sum) - ||x'||^2 / (2 sigma^2) at the end.
+//
+// Per work item (a block of queries against a chunk of the data), per tile of
+// tile_rows data rows, on one thread:
+//   y' = y - c and ||y'||^2            the tile, centred into a thread buffer
+//   S  = x' y'^T          [qb, tile]   BLAS, one GEMM
+//   l' = S * scale - shift * ||y'||^2 + log w, its row max, then
+//   P  = exp(l' - max)    in place     SIMD epilogue (DenoiseRowOps); a row
+//                                      whose max grew rescales its sum and
+//                                      accumulator by exp(old - new) first
+//   A += P y'             [qb, d]      BLAS, one GEMM
+// and finally D = A / sum + c. x' lives in the rows of the output D until the
+// finished accumulator overwrites it.
+//
+// Threads: queries go in the fewest equal blocks of <= 256 (the GEMMs run
+// ~20% faster on 256-row blocks than on 128). When the blocks can be dealt
+// evenly (a multiple of the thread count, or >= 4 per thread) each is one item
+// and streams all of the data (query split); otherwise, e.g. B <= 256, every
+// block meets each of `threads` contiguous chunks of the data (data split):
+// each item keeps a partial (max, sum, A) of its chunk, merged per query at the
+// end exactly as a log-sum-exp merge.
+//
+// Peak extra memory (elements): 2 kMeanChunks d + d (the mean) + 5 B, plus per thread
+// tile_rows * (d + 1) + qb * (tile_rows + d + 2); with the data split,
+// data_chunks * B * (d + 2) for the partials. Nothing of size B x N.
+#include "score/dataset_denoise.h"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "gencore/blas.h"
+#include "gencore/check.h"
+#include "gencore/isa.h"
+#include "gencore/parallel.h"
+#include "gencore/rows.h"
+
+namespace gencore::score {
+namespace {
+
+// Data rows per tile (the K of the second GEMM): about kTileElements elements,
+// within [kMinTileRows, kMaxTileRows]. At d = 3072 (256 rows) 256 to 1024 rows
+// timed the same; the bound keeps a thread's tile buffer near 1 MiB of float32
+// where d allows (at d = 3072, 256 rows: 3 MiB).
+constexpr int64_t kTileElements = int64_t(1) << 18;
+constexpr int64_t kMinTileRows = 256, kMaxTileRows = 1024;
+constexpr int64_t kMaxQueryBlock = 256;        // queries per GEMM tile
+constexpr int64_t kMinBlocksPerThread = 4;     // from this many blocks per thread, whole blocks deal evenly enough
+constexpr int64_t kWorkPerThread = int64_t(1) << 22;  // B * N * d multiply-adds that pay for a thread
+constexpr int64_t kMeanChunks = 16;            // fixed, so the mean is the same for any thread count
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---------------------------------------------------------------- portable epilogue
+
+template <typename T>
+T logits_portable(T* row, int64_t n, T scale, T shift, const T* sq_norms, const T* log_w) {
+  T m = -std::numeric_limits<T>::infinity();
+  for (int64_t j = 0; j < n; ++j) {
+    T v = row[j] * scale - shift * sq_norms[j];
+    if (log_w) v += log_w[j];
+    row[j] = v;
+    m = v > m ? v : m;
+  }
+  return m;
+}
+
+template <typename T>
+double exp_sum_portable(T* row, int64_t n, T max) {
+  double acc = 0.0;
+  for (int64_t j = 0; j < n; ++j) {
+    const T e = std::exp(row[j] - max);
+    row[j] = e;
+    acc += double(e);
+  }
+  return acc;
+}
+
+template <typename T>
+DenoiseRowOps<T> denoise_row_ops_portable() {
+  return {logits_portable<T>, exp_sum_portable<T>};
+}
+
+template <typename T>
+DenoiseRowOps<T> pick_row_ops() {
+  return pick_row_table<T, DenoiseRowOps>(denoise_row_ops_portable<T>, GENCORE_ISA_FN(denoise_row_ops_avx2),
+                                              GENCORE_ISA_FN(denoise_row_ops_avx512));
+}
+
+// ---------------------------------------------------------------- passes over the inputs
+
+double squared_norm(const float* row, int64_t n, SquaredNormFn norm) { return norm(row, n); }
+double squared_norm(const double* row, int64_t n, SquaredNormFn) {
+  double acc = 0.0;
+  for (int64_t j = 0; j < n; ++j) acc += row[j] * row[j];
+  return acc;
+}
+
+// The data mean c [d] (accumulated in double, rounded to T once), and the
+// first data row holding NaN or inf into `bad`.
+template <typename T>
+std::vector<T> data_mean(MatrixView<const T> data, int num_threads, MinIndex& bad) {
+  const int64_t N = data.rows, d = data.cols;
+  const int64_t chunks = std::min(N, kMeanChunks), rows_per_chunk = ceil_div(N, chunks);
+  std::vector<double> partial(chunks * d, 0.0);
+  const int threads = clamp_threads(num_threads, N * d / kWorkPerThread + 1);
+  parallel_for(chunks, threads, Schedule::fixed, [&](int64_t chunk) {
+    double* sum = partial.data() + chunk * d;
+    for (int64_t r = chunk * rows_per_chunk; r < std::min(N, (chunk + 1) * rows_per_chunk); ++r) {
+      const T* y = data.row(r);
+      T poison = 0;  // y * 0 is NaN exactly when y is NaN or inf
+      for (int64_t j = 0; j < d; ++j) {
+        sum[j] += double(y[j]);
+        poison += y[j] * T(0);
+      }
+      if (poison != T(0)) bad.offer(r);
+    }
+  });
+  std::vector<T> center(d);
+  for (int64_t j = 0; j < d; ++j) {
+    double s = 0.0;
+    for (int64_t c = 0; c < chunks; ++c) s += partial[c * d + j];
+    center[j] = T(s / double(N));
+  }
+  return center;
+}
+
+// xc[b] = x[b] - alpha_b c (rows of the C-contiguous output) and x_sq[b] = ||xc[b]||^2;
+// the first row of x holding NaN or inf into `bad`.
+template <typename T>
+void centre_queries(MatrixView<const T> x, const T* alpha, const T* center, T* xc, double* x_sq,
+                    int num_threads, MinIndex& bad) {
+  const int64_t B = x.rows, d = x.cols;
+  const SquaredNormFn norm = squared_norm_kernel();
+  const int threads = clamp_threads(num_threads, B * d / kWorkPerThread + 1);
+  parallel_for(B, threads, Schedule::fixed, [&](int64_t b) {
+    const T* in = x.row(b);
+    T* out = xc + b * d;
+    const T a = alpha[b];
+    T poison = 0;
+    for (int64_t j = 0; j < d; ++j) {
+      out[j] = in[j] - a * center[j];
+      poison += in[j] * T(0);
+    }
+    if (poison != T(0)) bad.offer(b);
+    x_sq[b] = squared_norm(out, d, norm);
+  });
+}
+
+// ---------------------------------------------------------------- the tiled stream
+
+// Per-query coefficients of the tile logits, in T, computed in double.
+template <typename T>
+struct QueryTerms {
+  std::vector<T> scale;       // alpha / sigma^2
+  std::vector<T> shift;       // alpha^2 / (2 sigma^2)
+  std::vector<double> half_inv_var;  // 1 / (2 sigma^2), for log_z
+};
+
+template <typename T>
+QueryTerms<T> query_terms(int64_t B, const T* sigma, const T* alpha) {
+  QueryTerms<T> q{std::vector<T>(B), std::vector<T>(B), std::vector<double>(B)};
+  for (int64_t b = 0; b < B; ++b) {
+    const double a = double(alpha[b]), inv_var = 1.0 / (double(sigma[b]) * double(sigma[b]));
+    q.scale[b] = T(a * inv_var);
+    q.shift[b] = T(0.5 * a * a * inv_var);
+    q.half_inv_var[b] = 0.5 * inv_var;
+  }
+  return q;
+}
+
+// The running state of a block of queries over the tiles it has seen:
+// max and sum of the softmax numerators and the accumulator A [rows, d].
+template <typename T>
+struct Running {
+  T* max;
+  double* sum;
+  T* acc;  // row stride d
+};
+
+// Per-thread state: a single-threaded BLAS and the tile buffers.
+template <typename T>
+struct TileScratch {
+  blas::SingleThreadedScope one_blas_thread;
+  std::vector<T> tile;       // [tile_rows, d] centred data rows
+  std::vector<T> sq_norms;   // [tile_rows]
+  std::vector<T> scores;     // [query_block, tile_rows] logits, then softmax numerators
+  std::vector<T> acc;        // [query_block, d] (query split)
+  std::vector<T> max;        // [query_block]
+  std::vector<double> sum;   // [query_block]
+};
+
+// Streams data rows [n0, n1) through queries [q0, q0 + rows) (centred rows of xc),
+// starting from an empty running state.
+template <typename T>
+void stream_block(const T* xc, int64_t q0, int64_t rows, MatrixView<const T> data, int64_t n0, int64_t n1,
+                  const T* center, const T* log_w, const QueryTerms<T>& terms, const DenoiseRowOps<T>& ops,
+                  SquaredNormFn norm, int64_t tile_rows, TileScratch<T>& s, Running<T> run) {
+  const int64_t d = data.cols;
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  std::fill(run.max, run.max + rows, kNegInf);
+  std::fill(run.sum, run.sum + rows, 0.0);
+  std::fill(run.acc, run.acc + rows * d, T(0));
+  for (int64_t t0 = n0; t0 < n1; t0 += tile_rows) {
+    const int64_t tn = std::min(tile_rows, n1 - t0);
+    for (int64_t r = 0; r < tn; ++r) {
+      const T* y = data.row(t0 + r);
+      T* yc = s.tile.data() + r * d;
+      for (int64_t j = 0; j < d; ++j) yc[j] = y[j] - center[j];
+      s.sq_norms[r] = T(squared_norm(yc, d, norm));
+    }
+    // scores [rows, tn] = xc[q0 : q0 + rows] . y'^T
+    blas::gemm_abt(rows, tn, d, T(1), xc + q0 * d, d, s.tile.data(), d, T(0), s.scores.data(), tile_rows);
+    for (int64_t i = 0; i < rows; ++i) {
+      T* row = s.scores.data() + i * tile_rows;
+      const T tile_max = ops.logits(row, tn, terms.scale[q0 + i], terms.shift[q0 + i], s.sq_norms.data(),
+                                    log_w ? log_w + t0 : nullptr);
+      if (!(tile_max > run.max[i])) {  // the max stays (or the whole tile has weight 0 so far)
+        if (run.max[i] == kNegInf) {
+          std::fill(row, row + tn, T(0));
+          continue;
+        }
+      } else {
+        if (run.max[i] != kNegInf) {  // rescale what was accumulated to the new max
+          const double r = std::exp(double(run.max[i]) - double(tile_max));
+          run.sum[i] *= r;
+          T* a = run.acc + i * d;
+          for (int64_t j = 0; j < d; ++j) a[j] *= T(r);
+        }
+        run.max[i] = tile_max;
+      }
+      run.sum[i] += ops.exp_sum(row, tn, run.max[i]);
+    }
+    // A [rows, d] += P [rows, tn] . y' [tn, d]
+    blas::gemm_ab(rows, d, tn, T(1), s.scores.data(), tile_rows, s.tile.data(), d, T(1), run.acc, d);
+  }
+}
+
+// D_b = A_b / sum + c and log_z_b = max + log(sum) - ||x'_b||^2 / (2 sigma^2).
+template <typename T>
+void finish_query(const T* acc, T max, double sum, const T* center, double x_sq, double half_inv_var, int64_t d,
+                  T* denoised, T* log_z) {
+  const double inv = 1.0 / sum;
+  for (int64_t j = 0; j < d; ++j) denoised[j] = T(double(acc[j]) * inv + double(center[j]));
+  *log_z = T(double(max) + std::log(sum) - x_sq * half_inv_var);
+}
+
+}  // namespace
+
+DenoisePlan dataset_denoise_plan(int64_t B, int64_t N, int64_t d, int num_threads) {
+  DenoisePlan p{};
+  p.tile_rows = std::clamp<int64_t>(kTileElements / std::max<int64_t>(d, 1), kMinTileRows, kMaxTileRows);
+  const int64_t tiles = std::max<int64_t>(1, ceil_div(N, p.tile_rows));
+  const int64_t work = B * N * std::max<int64_t>(d, 1);
+  const int threads = clamp_threads(std::max(num_threads, 1), work / kWorkPerThread + 1);
+  // The GEMMs run best on full query blocks: the fewest blocks of <= kMaxQueryBlock
+  // queries, of equal size.
+  int64_t blocks = std::max<int64_t>(1, ceil_div(B, kMaxQueryBlock));
+  if (threads == 1 || blocks >= kMinBlocksPerThread * threads || blocks % threads == 0) {
+    // Many queries: blocks of queries, a multiple of the thread count of them.
+    blocks = ceil_div(blocks, threads) * threads;
+    p.data_chunks = 1;
+    p.chunk_rows = N;
+  } else {
+    // Few queries: every block against each of `threads` disjoint chunks of the data.
+    p.data_chunks = std::min<int64_t>(threads, tiles);
+    p.chunk_rows = ceil_div(tiles, p.data_chunks) * p.tile_rows;
+    p.data_chunks = ceil_div(N, p.chunk_rows);
+  }
+  p.query_block = std::max<int64_t>(1, ceil_div(B, blocks));
+  p.query_blocks = ceil_div(B, p.query_block);
+  p.threads = clamp_threads(threads, p.query_blocks * p.data_chunks);
+  return p;
+}
+
+template <typename T>
+void dataset_denoise(MatrixView<const T> x, MatrixView<const T> data, const T* sigma, const T* alpha,
+                     const T* log_weights, T* denoised, T* log_z, int num_threads) {
+  const int64_t B = x.rows, N = data.rows, d = data.cols;
+  GENCORE_CHECK(x.cols == d, "dataset_denoise: x has ", x.cols, " columns but data has ", d);
+  GENCORE_CHECK(N >= 1, "dataset_denoise: data is empty");
+  GENCORE_CHECK(d >= 1, "dataset_denoise: dimension d must be >= 1");
+  GENCORE_CHECK(blas::available(), "dataset_denoise: BLAS is not initialised (gencore._native sets it at import)");
+  GENCORE_CHECK(d <= INT_MAX / kMaxTileRows && B <= INT_MAX, "dataset_denoise: sizes exceed the 32-bit BLAS interface");
+  if (B == 0) return;
+
+  // The two passes every call makes anyway carry the finiteness checks.
+  MinIndex bad_data, bad_x;
+  const std::vector<T> center = data_mean(data, num_threads, bad_data);
+  std::vector<double> x_sq(B);
+  centre_queries(x, alpha, center.data(), denoised, x_sq.data(), num_threads, bad_x);
+  GENCORE_CHECK(!bad_x.any(), "x contains NaN or inf (row ", bad_x.get(), "); inputs must be finite");
+  GENCORE_CHECK(!bad_data.any(), "data contains NaN or inf (row ", bad_data.get(), "); inputs must be finite");
+
+  const DenoisePlan plan = dataset_denoise_plan(B, N, d, num_threads);
+  const QueryTerms<T> terms = query_terms(B, sigma, alpha);
+  const DenoiseRowOps<T> ops = pick_row_ops<T>();
+  const SquaredNormFn norm = squared_norm_kernel();
+  const T* xc = denoised;
+  const int64_t chunks = plan.data_chunks, qb = plan.query_block, tile_rows = plan.tile_rows;
+  // Partials of the data split: [chunks, B] max and sum, [chunks, B, d] accumulators.
+  const bool split = plan.data_split();
+  std::vector<T> part_max(split ? chunks * B : 0);
+  std::vector<double> part_sum(part_max.size());
+  std::vector<T> part_acc(split ? chunks * B * d : 0);
+
+  auto make_scratch = [&] {
+    return TileScratch<T>{blas::SingleThreadedScope{}, std::vector<T>(tile_rows * d), std::vector<T>(tile_rows),
+                          std::vector<T>(qb * tile_rows), std::vector<T>(split ? 0 : qb * d),
+                          std::vector<T>(split ? 0 : qb), std::vector<double>(split ? 0 : qb)};
+  };
+  // Items are (query block, data chunk) pairs; dynamic: the last block may be short.
+  parallel_for(plan.query_blocks * chunks, plan.threads, Schedule::dynamic, make_scratch,
+               [&](TileScratch<T>& s, int64_t item) {
+    const int64_t block = item / chunks, chunk = item % chunks;
+    const int64_t q0 = block * qb, rows = std::min(B, q0 + qb) - q0;
+    const int64_t n0 = chunk * plan.chunk_rows, n1 = std::min(N, n0 + plan.chunk_rows);
+    if (split) {
+      const int64_t at = chunk * B + q0;
+      stream_block(xc, q0, rows, data, n0, n1, center.data(), log_weights, terms, ops, norm, tile_rows, s,
+                   Running<T>{part_max.data() + at, part_sum.data() + at, part_acc.data() + at * d});
+      return;
+    }
+    stream_block(xc, q0, rows, data, n0, n1, center.data(), log_weights, terms, ops, norm, tile_rows, s,
+                 Running<T>{s.max.data(), s.sum.data(), s.acc.data()});
+    for (int64_t i = 0; i < rows; ++i)  // x' of these rows is no longer needed
+      finish_query(s.acc.data() + i * d, s.max[i], s.sum[i], center.data(), x_sq[q0 + i],
+                   terms.half_inv_var[q0 + i], d, denoised + (q0 + i) * d, log_z + q0 + i);
+  });
+  if (!split) return;
+
+  // Log-sum-exp merge of the chunks' partials, per query, into chunk 0's slot.
+  parallel_for(B, clamp_threads(num_threads, B * d * chunks / kWorkPerThread + 1), Schedule::fixed, [&](int64_t b) {
+    T max = -std::numeric_limits<T>::infinity();
+    for (int64_t c = 0; c < chunks; ++c) max = std::max(max, part_max[c * B + b]);
+    T* acc = part_acc.data() + b * d;
+    double sum = 0.0;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const T m = part_max[c * B + b];
+      if (m == -std::numeric_limits<T>::infinity()) {  // a chunk of weight 0 adds nothing
+        if (c == 0) std::fill(acc, acc + d, T(0));
+        continue;
+      }
+      const double f = std::exp(double(m) - double(max));
+      sum += f * part_sum[c * B + b];
+      const T* part = part_acc.data() + (c * B + b) * d;
+      if (c == 0) {
+        for (int64_t j = 0; j < d; ++j) acc[j] = T(f * double(part[j]));
+      } else {
+        for (int64_t j = 0; j < d; ++j) acc[j] += T(f * double(part[j]));
+      }
+    }
+    finish_query(acc, max, sum, center.data(), x_sq[b], terms.half_inv_var[b], d, denoised + b * d, log_z + b);
+  });
+}
+
+template void dataset_denoise<float>(MatrixView<const float>, MatrixView<const float>, const float*, const float*,
+                                     const float*, float*, float*, int);
+template void dataset_denoise<double>(MatrixView<const double>, MatrixView<const double>, const double*,
+                                      const double*, const double*, double*, double*, int);
+
+}  // namespace gencore::score

@@ -1,0 +1,72 @@
+// AVX-512 epilogue of the data-set denoiser's tiles (float32): the logits of a
+// tile row and its softmax numerators, in place (see DenoiseRowOps). exp is
+// gencore/vec_avx512.h's (Cephes expf, ~2 ulp); its arguments l - max are <= 0.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <limits>
+
+#include "score/dataset_denoise.h"
+
+#define GENCORE_ISA avx512
+#include "gencore/isa_begin.h"
+#include "gencore/vec_avx512.h"
+
+namespace gencore::score {
+namespace {
+
+template <bool kWeighted>
+float logits_rows(float* row, int64_t n, float scale, float shift, const float* sq_norms, const float* log_w) {
+  const __m512 vs = _mm512_set1_ps(scale), vh = _mm512_set1_ps(shift);
+  __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    __m512 v = _mm512_fnmadd_ps(vh, _mm512_loadu_ps(sq_norms + j), _mm512_mul_ps(_mm512_loadu_ps(row + j), vs));
+    if (kWeighted) v = _mm512_add_ps(v, _mm512_loadu_ps(log_w + j));
+    _mm512_storeu_ps(row + j, v);
+    m = _mm512_max_ps(m, v);
+  }
+  if (j < n) {
+    const __mmask16 k = tail_mask(n - j);
+    __m512 v = _mm512_fnmadd_ps(vh, _mm512_maskz_loadu_ps(k, sq_norms + j),
+                                _mm512_mul_ps(_mm512_maskz_loadu_ps(k, row + j), vs));
+    if (kWeighted) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, log_w + j));
+    _mm512_mask_storeu_ps(row + j, k, v);
+    m = _mm512_mask_max_ps(m, k, m, v);
+  }
+  return _mm512_reduce_max_ps(m);
+}
+
+float logits(float* row, int64_t n, float scale, float shift, const float* sq_norms, const float* log_w) {
+  return log_w ? logits_rows<true>(row, n, scale, shift, sq_norms, log_w)
+               : logits_rows<false>(row, n, scale, shift, sq_norms, log_w);
+}
+
+double exp_sum(float* row, int64_t n, float max) {
+  const __m512 vm = _mm512_set1_ps(max);
+  __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row + j), vm));
+    _mm512_storeu_ps(row + j, e);
+    a0 = _mm512_add_pd(a0, widen_lo(e));
+    a1 = _mm512_add_pd(a1, widen_hi(e));
+  }
+  if (j < n) {
+    const __mmask16 k = tail_mask(n - j);
+    const __m512 v = _mm512_mask_loadu_ps(vm, k, row + j);  // unused lanes: exp(0), then zeroed
+    const __m512 e = _mm512_maskz_mov_ps(k, exp_nonpositive(_mm512_sub_ps(v, vm)));
+    _mm512_mask_storeu_ps(row + j, k, e);
+    a0 = _mm512_add_pd(a0, widen_lo(e));
+    a1 = _mm512_add_pd(a1, widen_hi(e));
+  }
+  return _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+}
+
+}  // namespace
+
+DenoiseRowOps<float> denoise_row_ops_avx512() { return {logits, exp_sum}; }
+
+}  // namespace gencore::score
+
+#include "gencore/isa_end.h"
