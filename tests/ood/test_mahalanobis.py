@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import gencore
-from gencore import _dispatch, _native
+from gencore import _native
 from gencore.ood import mahalanobis, reference, relative_mahalanobis
 
 from tests.conftest import cuda_only, native_cpu_only, supported_simd_levels  # noqa: E402

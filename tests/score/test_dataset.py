@@ -10,7 +10,6 @@ data mean), since the denoiser is a softmax of those logits.
 """
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-import gencore
 from gencore.score import (EDMPrecond, VEPrecond, VPPrecond, dmd_gradient, dmd_loss, dsm_loss, dsm_target, edm_loss,
                            edm_precond, gmm_denoiser, sliced_score_matching_loss, ve_loss, ve_precond, vp_loss,
                            vp_precond)

@@ -18,7 +18,6 @@ x_next = D (the shared final-step policy).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 

@@ -24,7 +24,6 @@ only host synchronisation, as in any adaptive solver.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import torch

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from .. import _checks
-from . import reference
+
 from .ops._dataset import DATASET_DENOISE, per_query
 
 __all__ = ["dataset_denoiser", "dataset_log_density"]
