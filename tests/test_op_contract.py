@@ -225,17 +225,31 @@ def test_fast_path_equals_registered_path(name, index):
     registered = as_tuple(op.overload(*args))
     for a, b in zip(fast, registered):
         assert a.dtype == b.dtype and torch.equal(a, b), name
-    if op.differentiable:  # inputs that require grad take the registered path, same values
+    if op.differentiable:  # inputs that require grad: the eager autograd.Function and the registered op agree
         for i in floating_tensors(op, args):  # one at a time: an op may refuse gradients for some
-            grad_args = tuple(a.clone().requires_grad_() if j == i else a for j, a in enumerate(args))
-            assert not op._eager(grad_args)
-            try:
-                outputs = as_tuple(op(*grad_args))
-            except NotImplementedError as refusal:  # documented: "no gradient with respect to <name>"
-                assert "no gradient" in str(refusal), (name, op.arg_names[i], str(refusal))
-                continue
-            for a, b in zip(outputs, fast):
-                assert torch.equal(a.detach(), b), (name, op.arg_names[i])
+            grads = []
+            for call in (op, op.overload):
+                grad_args = tuple(a.clone().requires_grad_() if j == i else a for j, a in enumerate(args))
+                assert not op._eager(grad_args)
+                try:
+                    outputs = as_tuple(call(*grad_args))
+                except NotImplementedError as refusal:  # documented: "no gradient with respect to <name>"
+                    assert "no gradient" in str(refusal), (name, op.arg_names[i], str(refusal))
+                    grads.append(None)
+                    continue
+                for a, b in zip(outputs, fast):
+                    assert torch.equal(a.detach(), b), (name, op.arg_names[i])
+                weights = [torch.linspace(-1, 1, o.numel(), dtype=o.dtype).reshape(o.shape) for o in outputs]
+                loss = sum((o * w).sum() for o, w in zip(outputs, weights) if o.is_floating_point())
+                try:
+                    grads.append(torch.autograd.grad(loss, grad_args[i])[0] if loss.requires_grad else None)
+                except NotImplementedError as refusal:  # refused in the backward formula itself
+                    assert "no gradient" in str(refusal), (name, op.arg_names[i], str(refusal))
+                    grads.append(None)
+            if grads[0] is None or grads[1] is None:
+                assert grads[0] is None and grads[1] is None, (name, op.arg_names[i])
+            else:
+                assert torch.equal(grads[0], grads[1]), (name, op.arg_names[i])
 
 
 def test_fast_path_is_off_while_tracing_or_transformed():

@@ -98,7 +98,8 @@ def _dsm_grads_cuda(raw, x, target, c_skip, c_out, weight, grad_loss):
 def _dsm_residual(raw, x, target, c_skip, c_out, weight, grad_loss):
     """2 grad_loss_b weight_b (pred - target) / M: d loss / d pred, [B, ...]."""
     dtype = reference.compute_dtype(raw.dtype)
-    b, m = raw.shape[0], max(raw[0].numel(), 1)
+    b = raw.shape[0]
+    m = max(raw.numel() // b, 1) if b else 1
     shape = (b,) + (1,) * (raw.dim() - 1)
     pred = c_skip.to(dtype).view(shape) * x.to(dtype) + c_out.to(dtype).view(shape) * raw.to(dtype)
     return ((2.0 / m) * (grad_loss.to(dtype) * weight.to(dtype)).view(shape)) * (pred - target.to(dtype))
