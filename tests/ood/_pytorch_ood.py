@@ -55,6 +55,16 @@ def detectors():
     return pytorch_ood.detector
 
 
+def detectors_or_skip():
+    """``detectors()``, or a pytest skip that gives the reason (for fixtures)."""
+    try:
+        return detectors()
+    except ImportError as exc:
+        import pytest
+
+        pytest.skip(f"pytorch-ood is not available: {exc}")
+
+
 def version() -> str:
     from importlib.metadata import version as _version
 
