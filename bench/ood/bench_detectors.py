@@ -33,9 +33,9 @@ runs pytorch-ood), the BLAS pools, and the peer's scikit-learn kNN
 checks at quick size that each pair ranks inputs alike (Pearson >= 0.9999 of
 the outlier scores); the peer is skipped, with the reason, where pytorch-ood
 is not installed. At mid and full size the peer's Mahalanobis and relative
-Mahalanobis scores loop over the C classes with one [N, D] x [D, D] GEMM
-each (about a minute per call at full size), so they run one round; every
-other contender runs bench/conftest.py's rounds.
+Mahalanobis scores (a loop over the C classes with one [N, D] x [D, D] GEMM
+each) and its kNN score take about a minute per call at full size, so they
+run one round; every other contender runs bench/conftest.py's rounds.
 
 The SIMD level is gencore's detected one unless GENCORE_SIMD caps it (read
 at import; recorded in ``extra_info["simd"]``):
@@ -66,7 +66,8 @@ MIN_PEARSON = 0.9999
 PEER = "pytorch-ood"
 FEATURE_DETECTORS = ("mahalanobis", "relative-mahalanobis", "knn", "vim")
 LOGIT_DETECTORS = ("energy", "msp", "max-logit")
-SLOW_PEER_SCORES = ("mahalanobis", "relative-mahalanobis")  # C GEMMs of [N, D] x [D, D] per call
+# About a minute per call at full size: C GEMMs of [N, D] x [D, D] (Mahalanobis), brute-force kNN
+SLOW_PEER_SCORES = ("mahalanobis", "relative-mahalanobis", "knn")
 
 
 def _load_peer_helper():

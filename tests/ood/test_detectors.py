@@ -636,7 +636,8 @@ def test_knn_partial_fit_appends_and_float64(rng):
     torch.testing.assert_close(detector.score(x), torch.zeros(200, dtype=torch.float64), rtol=0, atol=1e-6)
 
 
-def test_vim_math_against_brute_force_and_vim_fit(rng):
+@pytest.mark.parametrize("dim", [5, 7])  # α's second pass: by the op (P narrower) / by the complement
+def test_vim_math_against_brute_force_and_vim_fit(dim, rng):
     from gencore.ood import vim_fit
 
     p = Problem(rng)
@@ -648,40 +649,40 @@ def test_vim_math_against_brute_force_and_vim_fit(rng):
     origin = -torch.linalg.pinv(weight) @ bias
     z = x - origin
     evals, evecs = torch.linalg.eigh(z.T @ z / len(x))
-    principal = evecs[:, -5:]
+    principal = evecs[:, -dim:]
 
     def residual(v):
         v = v - origin
         return (v - v @ principal @ principal.T).norm(dim=1)
 
     # fit(): the paper's α = Σ max logit / Σ residual norm, as the logits branch's vim_fit.
-    detector = ViMDetector(weight, bias, dim=5).fit(x)
+    detector = ViMDetector(weight, bias, dim=dim).fit(x)
     alpha = logits.max(1).values.sum() / residual(x).sum()
     expected = torch.logsumexp(q_logits, 1) - alpha * residual(queries)
     torch.testing.assert_close(detector.score(queries), expected, rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(detector.score(queries, logits=q_logits), expected, rtol=1e-7, atol=1e-7)
-    torch.testing.assert_close(ViMDetector(weight, bias, dim=5).fit(x, logits=logits).score(queries), expected,
+    torch.testing.assert_close(ViMDetector(weight, bias, dim=dim).fit(x, logits=logits).score(queries), expected,
                                rtol=1e-7, atol=1e-7)
-    center, fitted_principal, fitted_alpha = vim_fit(x, None, weight, bias, 5)
+    center, fitted_principal, fitted_alpha = vim_fit(x, None, weight, bias, dim)
     assert detector.alpha == pytest.approx(fitted_alpha, rel=1e-10)
     torch.testing.assert_close(detector.principal @ detector.principal.T, fitted_principal @ fitted_principal.T,
                                rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(detector.center, center.double(), rtol=1e-12, atol=1e-12)
 
     # partial_fit: α from the RMS residual of the streamed statistics.
-    streamed = ViMDetector(weight, bias, dim=5)
+    streamed = ViMDetector(weight, bias, dim=dim)
     for chunk in x.split(100):
         streamed.partial_fit(chunk)
-    rms_alpha = logits.max(1).values.mean() / evals[:-5].sum().sqrt()
+    rms_alpha = logits.max(1).values.mean() / evals[:-dim].sum().sqrt()
     torch.testing.assert_close(streamed.score(queries), torch.logsumexp(q_logits, 1) - rms_alpha * residual(queries),
                                rtol=1e-7, atol=1e-7)
     assert streamed.alpha <= detector.alpha * (1 + 1e-12)    # RMS >= mean
     # A partial_fit after fit() drops the second-pass α: same as the pure stream.
-    resumed = ViMDetector(weight, bias, dim=5).fit(x[:300]).partial_fit(x[300:])
+    resumed = ViMDetector(weight, bias, dim=dim).fit(x[:300]).partial_fit(x[300:])
     resumed.score(queries)                  # derived attributes refresh lazily, on use
     assert resumed.alpha == pytest.approx(streamed.alpha, rel=1e-10)
 
-    fixed = ViMDetector(weight, bias, dim=5, alpha=2.0).fit(x)
+    fixed = ViMDetector(weight, bias, dim=dim, alpha=2.0).fit(x)
     torch.testing.assert_close(fixed.score(queries), torch.logsumexp(q_logits, 1) - 2.0 * residual(queries),
                                rtol=1e-7, atol=1e-7)
     with pytest.raises(ValueError, match="dim"):
