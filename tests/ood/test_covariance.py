@@ -163,6 +163,21 @@ def test_float32_means_are_accurate_relative_to_the_spread_not_the_offset(rng):
     torch.testing.assert_close(stats.within, within, rtol=2e-5, atol=0)
 
 
+@pytest.mark.parametrize("chunks", [[6000], [2500, 3500]])
+def test_float32_fourth_moments_of_skewed_data_far_from_the_origin(chunks, rng):
+    """Ledoit-Wolf's Σ ||r||^4 from float32 rows centred at float32-rounded means: the
+    re-centring by the rounding (first order in it for skewed data) must be exact."""
+    labels = torch.randint(0, 3, (6000,), generator=rng)
+    skewed = -torch.log(torch.rand(6000, 6, generator=rng, dtype=torch.float64))   # Exp(1): third moment 2
+    x = (skewed + 1e5 + 10.0 * labels[:, None]).float()   # float32 rounds the means by ~4e-3
+    stats = stream(x, labels, chunks)
+    r, _ = residuals(x, labels)
+    xc = x.double() - x.double().mean(0)
+    tied, total = ((r * r).sum(1) ** 2).sum(), float(((xc * xc).sum(1) ** 2).sum())
+    assert stats.tied_moments().fourth == pytest.approx(tied, rel=1e-5 if len(chunks) == 1 else 1e-3)
+    assert stats.background_moments().fourth == pytest.approx(total, rel=1e-5)
+
+
 def test_float32_squares_that_overflow_are_redone_in_float64(rng):
     x, labels = gaussian_classes(rng, 400, 5, 3, dtype=torch.float64)
     big = (x * 1e20).float()                                  # finite in float32, squares are not

@@ -486,14 +486,14 @@ class ClassStatistics:
             tq += u2d.sum()
             tf += (u2d * u2d).sum()
             tt += (u.T @ u2).to(_F64)
-        # The centres are the merged means rounded to ``dtype``: move the rows
-        # the rest of the way (e = exact - rounded; s = Σ r about the rounded centre).
-        e = merged - centre.to(_F64)
+        # The centres are the merged means rounded to ``dtype``: re-centre the rows
+        # the rest of the way, x - merged = r + e with e = rounded - exact (s = Σ r).
+        e = centre.to(_F64) - merged
         s = n_b[:, None] * (batch.means - centre.to(_F64))
         ce = self._approx_scatter_times(batch.within, q, e) + s * ((s * e).sum(1) / n_b.clamp_min(1))[:, None]
         batch.class_sq, batch.class_third, batch.class_fourth = _shift_higher_moments(
             n_b, q, t.to(_F64), f, e, ce, s)
-        e_t = merged_mean - g.to(_F64)
+        e_t = g.to(_F64) - merged_mean
         s_t = n_b.sum() * (batch.mean() - g.to(_F64))
         ce_t = batch._total_scatter_times(e_t) + s_t * (s_t @ e_t) / n_b.sum()
         _, third, fourth = _shift_higher_moments(n_b.sum()[None], tq[None], tt[None], tf[None], e_t[None],
