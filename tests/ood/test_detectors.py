@@ -189,12 +189,14 @@ def test_id_scores_higher_than_far_ood(name, rng):
     torch.testing.assert_close(detector.ood_score(**score_args(p, ood_x)), -s_ood)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ALL + ["vim-narrow-subspace"])
 def test_score_is_differentiable(name, rng):
     """gradcheck in float64 through each detector's score (features, or logits for the logit scores)."""
     p = Problem(rng, c=3, d=5)
     x, labels = p.sample(300, dtype=torch.float64)
-    detector = ViMDetector(*p.classifier(torch.float64), dim=2) if name == "vim" else make(name, p)
+    # ViM: dim 3 of 5 scores against the complement of P, dim 2 against P itself.
+    vim_dim = {"vim": 3, "vim-narrow-subspace": 2}.get(name)
+    detector = ViMDetector(*p.classifier(torch.float64), dim=vim_dim) if vim_dim else make(name, p)
     detector.fit(**fit_args(p, x, labels))
     queries, _ = p.sample(6, shift=0.5, dtype=torch.float64)
     if is_logit_only(name):
@@ -692,3 +694,28 @@ def test_vim_math_against_brute_force_and_vim_fit(dim, rng):
     with pytest.raises(ValueError, match="classes mismatch"):
         detector.score(queries, logits=q_logits[:, :2])
     assert ViMDetector(weight, bias).dim == D // 2
+
+
+@pytest.mark.parametrize("given_logits", [False, True])
+@pytest.mark.parametrize("dim", [4, 8])   # D = 12: against P itself / against its complement
+def test_vim_scores_many_rows(dim, given_logits, rng):
+    """More rows than one block of the complement GEMM (8192): same scores as float64 brute force."""
+    p = Problem(rng)
+    x, _ = p.sample(2000)
+    detector = ViMDetector(*p.classifier(), dim=dim).fit(x)
+    queries, _ = p.sample(20000, shift=0.5)
+    logits = p.logits(queries) if given_logits else None
+    got = detector.score(queries, logits=logits)
+    q, u, principal = queries.double(), detector.center, detector.principal
+    residual = ((q - u) - (q - u) @ principal @ principal.T).norm(dim=1)
+    weight, bias = p.classifier(torch.float64)
+    energy = torch.logsumexp(q @ weight.T + bias, 1)
+    expected = energy - detector.alpha * residual
+    # float32: a few eps of the terms' magnitudes (the op's residual is exact to a few eps of ||x - u||)
+    scale = energy.abs() + detector.alpha * (q - u).norm(dim=1)
+    assert bool(((got.double() - expected).abs() <= 1e-5 * scale).all())
+    poisoned = queries.clone()
+    poisoned[15000, 3] = float("nan")
+    if _native.core is not None:
+        with pytest.raises(ValueError, match=r"features contains NaN or inf \(row 15000\)"):
+            detector.score(poisoned, logits=logits)

@@ -750,7 +750,14 @@ class ViMDetector(OODDetector):
         score(x) = logsumexp_c logit_c(x) - α r(x)
 
     computed by ``gencore.ood.vim`` (differentiable with respect to features
-    and logits). ``fit`` gives exactly the center, subspace and α of
+    and logits). When dim >= D / 2 the residual is taken against the
+    complement Q of P (the other D - dim eigenvectors, Q Qᵀ = I - P Pᵀ):
+    z = (x - u) Q by one torch GEMM (which also gives the logits when they
+    are not passed), in blocks of 8192 rows without an [N, D] temporary,
+    and the op scores z with an empty subspace, so
+    ||z|| = r(x) with no cancellation and the op's NaN refusal and
+    gradients apply unchanged; otherwise the op multiplies by P itself.
+    ``fit`` gives exactly the center, subspace and α of
     ``gencore.ood.vim_fit`` (the paper's code; pytorch-ood's ``ViM(d=dim)``
     computes the same score, negated, in float32), but from streamed
     float64 statistics, so ``partial_fit`` can continue it.
@@ -812,22 +819,57 @@ class ViMDetector(OODDetector):
         return self
 
     def _residual_norm_sum(self, x: torch.Tensor) -> float:
-        """Σ_i ||(I - P Pᵀ)(x_i - u)|| over rows x, summed in float64.
-
-        When the complement Q (the D - dim other eigenvectors) is no wider
-        than P, as ||(x - u) Q|| (no cancellation, D (D - dim) multiply-adds
-        per row, blocks of 8192 rows); otherwise by ``gencore.ood.residual``
-        (D dim per row).
-        """
-        principal, center = self._fitted_as(x)
-        if self._complement.shape[1] > self.dim:
+        """Σ_i ||(I - P Pᵀ)(x_i - u)|| over rows x, summed in float64 (the paper's α denominator)."""
+        if not self._by_complement():
+            principal, center = self._fitted_as(x)
             return float(-ops.residual(x, principal, center).to(_F64).sum())
-        complement = self._complement.to(x)
         total = torch.zeros((), dtype=_F64, device=x.device)
-        for start in range(0, x.shape[0], 8192):
-            projected = (x[start:start + 8192] - center) @ complement
-            total += torch.linalg.vector_norm(projected, dim=1).sum(dtype=_F64)
+        for _, coordinates in self._complement_blocks(x, columns=self._complement.shape[1]):
+            total += torch.linalg.vector_norm(coordinates, dim=1).sum(dtype=_F64)
         return float(total)
+
+    def _by_complement(self) -> bool:
+        """Whether the residual is computed against the complement Q of P (no wider than P)."""
+        return self.weight.shape[1] - self.dim <= self.dim
+
+    def _complement_as(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """In x's dtype and device: (M = [Q | Wᵀ] [D, k + C], shift = [0_k | u Wᵀ + b] [k + C],
+        u [D], an empty [k, 0] principal, zeros [k]), k = D - dim, Q the complement of P."""
+        key = ("complement", x.dtype, x.device)
+        if key not in self._cast:
+            k = self._complement.shape[1]
+            complement, center = self._complement.to(x), self.center.to(x)
+            weight, bias = self.weight.to(x), self.bias.to(x)
+            self._cast[key] = (torch.cat([complement, weight.T], 1).contiguous(),
+                               torch.cat([x.new_zeros(k), center @ weight.T + bias]), center,
+                               x.new_empty((k, 0)), x.new_zeros(k))
+        return self._cast[key]
+
+    def _complement_blocks(self, x: torch.Tensor, out: Optional[torch.Tensor] = None, columns: int = -1):
+        """Yields (start, [(x_b - u) Q | x_b Wᵀ + b][:, :columns]) for blocks of 8192 rows
+        (written into ``out[start:]`` when given)."""
+        both, shift, center = self._complement_as(x)[:3]
+        both, shift = (both, shift) if columns < 0 else (both[:, :columns], shift[:columns])
+        for start in range(0, x.shape[0], 8192):
+            rows = x[start:start + 8192] - center
+            if out is None:
+                yield start, torch.addmm(shift, rows, both)
+            else:
+                yield start, torch.addmm(shift, rows, both, out=out[start:start + rows.shape[0]])
+
+    def _residual_coordinates(self, x: torch.Tensor, with_logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z [N, k], logits [N, C] or None) with z = (x - u) Q, so ||z_i|| = ||(I - P Pᵀ)(x_i - u)||
+        (Q Qᵀ = I - P Pᵀ), and the logits x Wᵀ + b = (x - u) Wᵀ + (u Wᵀ + b) from the same GEMM."""
+        both, shift, center = self._complement_as(x)[:3]
+        k = self._complement.shape[1]
+        columns = both.shape[1] if with_logits else k
+        if (x.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
+            out = torch.addmm(shift[:columns], x - center, both[:, :columns])  # differentiable, traceable
+        else:
+            out = x.new_empty((x.shape[0], columns))
+            for _ in self._complement_blocks(x, out, columns):  # no [N, D] temporary
+                pass
+        return out[:, :k], (out[:, k:] if with_logits else None)
 
     def _reset(self) -> None:
         self.statistics = cov_lib.ClassStatistics(1)     # mean and scatter of the features, one class
@@ -907,10 +949,18 @@ class ViMDetector(OODDetector):
     def _score(self, features, logits) -> torch.Tensor:
         x = _score_dtype(features)
         computed = logits is None
-        logits = self._logits(x, None if computed else _score_dtype(logits).to(x.dtype))
-        principal, center = self._fitted_as(x)
+        if self._by_complement():
+            # The op scores the residual coordinates z = (x - u) Q against an empty
+            # subspace: ||z|| is the residual norm, and the op still refuses NaN/inf
+            # (a bad feature row is a bad row of z) and gives the gradient through z.
+            rows, own_logits = self._residual_coordinates(x, with_logits=computed)
+            principal, center = self._complement_as(x)[3:]
+            logits = own_logits if computed else self._logits(x, _score_dtype(logits).to(x.dtype))
+        else:
+            rows, (principal, center) = x, self._fitted_as(x)
+            logits = self._logits(x, None if computed else _score_dtype(logits).to(x.dtype))
         try:
-            return ops.vim(x, logits, principal, center, self.alpha)
+            return ops.vim(rows, logits, principal, center, self.alpha)
         except ValueError as exc:  # logits computed from features: a bad feature row shows there first
             raise (_renamed(exc, "logits", "features") if computed else exc) from None
 
