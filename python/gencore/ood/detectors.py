@@ -896,16 +896,18 @@ class ViMDetector(OODDetector):
     def _update(self, features, labels, logits) -> None:
         x = _score_dtype(features.detach())
         zeros = torch.zeros(x.shape[0], dtype=_I64, device=x.device)
-        given = logits is not None
-        logits = self._logits(x, None if logits is None else logits.detach())
-        if given:  # row minima and maxima: a NaN/inf anywhere in logits reaches one of them
+        if logits is not None:  # row minima and maxima: a NaN/inf anywhere in logits reaches one of them
+            logits = self._logits(x, logits.detach())
             low, high = torch.aminmax(logits, dim=1)
             if not (bool(torch.isfinite(low).all()) and bool(torch.isfinite(high).all())):
                 cov_lib.refuse_non_finite(x, "features")  # features are named first, as below
                 cov_lib.refuse_non_finite(logits, "logits")
-        else:
-            high = logits.amax(dim=1)
-        max_logit_sum = float(high.to(_F64).sum())
+            max_logit_sum = float(high.to(_F64).sum())
+        else:  # x Wᵀ + b by blocks of 8192 rows: no [N, C] logits in memory
+            total = torch.zeros((), dtype=_F64, device=x.device)
+            for start in range(0, x.shape[0], 8192):
+                total += self._logits(x[start:start + 8192], None).amax(dim=1).sum(dtype=_F64)
+            max_logit_sum = float(total)
         self.statistics.update(x, zeros)                  # refuses NaN/inf in features (state unchanged)
         if not math.isfinite(max_logit_sum):              # finite features whose logits overflow
             raise ValueError(f"the logits x Wᵀ + b of these features overflow {x.dtype}")
