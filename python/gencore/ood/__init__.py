@@ -20,6 +20,8 @@ Public names:
     covariance: ClassStatistics, estimators (mle, ridge, shrunk, ledoit_wolf, oas), precision_factor
     detectors: MahalanobisDetector, RelativeMahalanobisDetector, KNNDetector, ViMDetector,
         EnergyDetector, MSPDetector, MaxLogitDetector
+    distributed: knn over a bank sharded across torch.distributed ranks
+        (imported on first access of ``gencore.ood.distributed``)
 """
 from .ops import knn
 from .ops import mahalanobis, relative_mahalanobis
@@ -37,4 +39,22 @@ from .detectors import (EnergyDetector, KNNDetector, MahalanobisDetector, MaxLog
                         OODDetector, RelativeMahalanobisDetector, ViMDetector)
 
 __all__ += ["metrics", "covariance", "OODDetector", "MahalanobisDetector", "RelativeMahalanobisDetector",
-            "KNNDetector", "ViMDetector", "EnergyDetector", "MSPDetector", "MaxLogitDetector"]
+            "KNNDetector", "ViMDetector", "EnergyDetector", "MSPDetector", "MaxLogitDetector", "distributed"]
+
+# Submodules imported on first attribute access (PEP 562), so ``import gencore``
+# stays cheap: ``gencore.ood.distributed`` works without an explicit import.
+_LAZY_SUBMODULES = ("distributed",)
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        module = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))

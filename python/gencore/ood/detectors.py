@@ -15,6 +15,12 @@ Every detector follows one protocol (``OODDetector``):
   with a single sample surface there.
 * ``score(features, logits=None)`` -> [N]: HIGHER MEANS MORE
   IN-DISTRIBUTION, for every detector. ``ood_score`` is its negation.
+  ``score`` is differentiable with respect to features (and logits) where
+  its math is: the Mahalanobis, kNN, ViM, energy, MSP and max-logit scores
+  all are, through the ops' autograd formulas. It has no data-dependent
+  Python control flow, so ``torch.compile(detector.score, fullgraph=True)``
+  traces it (fit the detector first; compiled scores skip the eager-only
+  renaming of an op's NaN message described below).
 * ``calibrate(features, logits=None)`` scores held-out in-distribution data
   and keeps the scores; ``threshold(tpr)`` is then the score t such that a
   fraction >= tpr of those calibration scores is >= t, and
@@ -26,15 +32,29 @@ Every detector follows one protocol (``OODDetector``):
 * ``state_dict()`` / ``load_state_dict()``: plain tensors (the float64
   sufficient statistics, the kNN bank, calibration scores). Hyperparameters
   stay in the constructor: load into a detector built with the same
-  arguments. Derived quantities (precision factors, subspaces) are
-  recomputed from the statistics by the same deterministic code, so scores
-  round-trip exactly.
+  arguments. ``load_state_dict`` refuses a state that does not fit the
+  detector (another estimator's statistics, another feature dimension or
+  class count, missing or extra fields), naming the field. Derived
+  quantities (precision factors, subspaces) are recomputed from the
+  statistics by the same deterministic code, so scores round-trip exactly.
 
 Inputs: features [N, D] floating tensors (float32 is the fast path; fp16 and
-bf16 are scored in float32), labels [N] integer tensors in [0, C), logits
-[N, C] floating tensors. NaN/inf, wrong shapes, labels out of range or not
-integer, a feature dimension that differs from the one fitted, and scoring
-before fitting raise ``ValueError`` / ``RuntimeError`` naming the problem.
+bf16 are scored in float32), labels [N] integer tensors (any values: the
+classes are the sorted unique labels, ``classes_``, unless ``num_classes``
+fixes them to 0 .. C-1), logits [N, C] floating tensors. Wrong types or
+dtypes raise TypeError, wrong shapes, labels out of range, a feature
+dimension that differs from the one fitted and NaN/inf raise ValueError,
+scoring before fitting raises RuntimeError; each names the argument.
+
+NaN/inf: nothing is scanned twice. At score time the ops refuse NaN/inf
+themselves (on CPU, inside their first pass; on CUDA they do not synchronise
+and non-finite rows come out NaN). At fit time the statistics find them from
+their own small accumulators (class sums, scatter diagonal, row norms) and
+only then scan the input for the first bad row.
+
+Every public method is one line that hands its arguments to a private
+implementation, so an input adapter (e.g. for numpy arrays) can wrap each
+public method without the methods calling one another.
 """
 from __future__ import annotations
 
@@ -42,7 +62,6 @@ import math
 from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 
 from .. import _checks
 from . import covariance as cov_lib
@@ -54,11 +73,36 @@ __all__ = [
 ]
 
 _F64 = torch.float64
+_I64 = torch.int64
 
 
 def _score_dtype(x: torch.Tensor) -> torch.Tensor:
     """fp16/bf16 are scored in float32, as every ood op computes them."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _renamed(exc: ValueError, op_name: str, name: str) -> ValueError:
+    """The op's ValueError about its argument ``op_name``, told in terms of the detector's ``name``."""
+    message = str(exc)
+    if message.startswith(op_name + " "):
+        return ValueError(name + message[len(op_name):])
+    return exc
+
+
+def _state_tensor(state: dict, key: str, dtype: torch.dtype, ndim: int) -> torch.Tensor:
+    t = state.get(key)
+    if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.dim() != ndim:
+        raise ValueError(f"state['fit.{key}'] must be a {ndim}-D {str(dtype).replace('torch.', '')} tensor, got "
+                         f"{(t.dtype, tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    return t
+
+
+def _expect_keys(state: dict, required: set, optional: set, owner: str) -> None:
+    missing, extra = sorted(required - set(state)), sorted(set(state) - required - optional)
+    if missing:
+        raise ValueError(f"{owner} state is missing fields {['fit.' + k for k in missing]}")
+    if extra:
+        raise ValueError(f"{owner} state has unexpected fields {['fit.' + k for k in extra]}")
 
 
 class OODDetector:
@@ -80,39 +124,30 @@ class OODDetector:
         self._stale = False
         self._reset()
 
-    # --- public protocol -------------------------------------------------------
+    # --- public protocol: each method is the one place its inputs enter -------------
 
     def fit(self, features: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
             logits: Optional[torch.Tensor] = None) -> "OODDetector":
         """Fits from scratch (forgets earlier data and calibration) and finalizes. Returns self."""
-        self.num_features, self._calibration, self._fitted = None, None, False
-        self._reset()
-        self.partial_fit(features, labels, logits)
-        self._finalize()
-        self._stale = False
-        return self
+        return self._fit(features, labels, logits)
 
     def partial_fit(self, features: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
                     logits: Optional[torch.Tensor] = None) -> "OODDetector":
         """Adds a batch of training data; the detector is finalized lazily when next used.
 
         Calibration scores from before are dropped, since the scores they
-        came from change with the fit.
+        came from change with the fit. A refused batch leaves the detector
+        as it was.
         """
-        features, labels, logits = self._check_fit_inputs(features, labels, logits)
-        self._update(features, labels, logits)
-        self._fitted, self._stale, self._calibration = True, True, None
-        return self
+        return self._partial_fit(features, labels, logits)
 
     def score(self, features: Optional[torch.Tensor] = None, logits: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[N] in-distribution score: higher means more in-distribution."""
-        self._ready()
-        features, logits = self._check_score_inputs(features, logits)
-        return self._score(features, logits)
+        return self._checked_score(features, logits)
 
     def ood_score(self, features: Optional[torch.Tensor] = None, logits: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[N] out-of-distribution score, ``-score``: higher means more OOD."""
-        return -self.score(features, logits)
+        return -self._checked_score(features, logits)
 
     def calibrate(self, features: Optional[torch.Tensor] = None,
                   logits: Optional[torch.Tensor] = None) -> "OODDetector":
@@ -121,11 +156,7 @@ class OODDetector:
         Use data the detector was not fitted on (see the module docstring).
         Replaces earlier calibration; dropped again by ``partial_fit``/``fit``.
         """
-        scores = self.score(features, logits)
-        if scores.numel() == 0:
-            raise ValueError("calibration needs at least one in-distribution sample")
-        self._calibration = scores.detach().to(device="cpu", dtype=_F64).sort(descending=True).values
-        return self
+        return self._calibrate(features, logits)
 
     def threshold(self, tpr: float = 0.95) -> float:
         """Score t with a fraction >= ``tpr`` of the calibration scores >= t.
@@ -137,7 +168,73 @@ class OODDetector:
         Args:
             tpr: target true-positive rate on in-distribution data, in (0, 1].
         """
-        if not (isinstance(tpr, (int, float)) and 0.0 < tpr <= 1.0):
+        return self._threshold(tpr)
+
+    def is_in_distribution(self, features: Optional[torch.Tensor] = None,
+                           logits: Optional[torch.Tensor] = None, tpr: float = 0.95) -> torch.Tensor:
+        """[N] bool: ``score >= threshold(tpr)``."""
+        t = self._threshold(tpr)
+        return self._checked_score(features, logits) >= t
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The fitted state as a dict of tensors (see the module docstring)."""
+        state = {f"fit.{k}": v for k, v in self._state().items()}
+        if self.num_features is not None and self._fitted:
+            state["num_features"] = torch.tensor(self.num_features, dtype=_I64)
+        if self._calibration is not None:
+            state["calibration_scores"] = self._calibration.clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> "OODDetector":
+        """Restores ``state_dict()`` output into a detector built with the same arguments.
+
+        Raises ValueError naming the field when the state does not fit this
+        detector; the detector is unchanged then.
+        """
+        return self._load(state)
+
+    # --- implementations -------------------------------------------------------------
+
+    def _fit(self, features, labels, logits) -> "OODDetector":
+        features, labels, logits = self._check_fit_inputs(features, labels, logits, fresh=True)
+        if features is not None and features.shape[0] == 0:
+            raise ValueError(f"{self._name()}.fit got features with 0 rows (shape {tuple(features.shape)}); "
+                             "fitting needs training rows")
+        self.num_features, self._calibration, self._fitted = None, None, False
+        self._reset()
+        self._partial_fit_checked(features, labels, logits)
+        self._finalize()
+        self._stale = False
+        return self
+
+    def _partial_fit(self, features, labels, logits) -> "OODDetector":
+        features, labels, logits = self._check_fit_inputs(features, labels, logits, fresh=False)
+        return self._partial_fit_checked(features, labels, logits)
+
+    def _partial_fit_checked(self, features, labels, logits) -> "OODDetector":
+        if features is not None and features.shape[0] == 0:
+            return self  # an empty chunk of a stream adds nothing
+        self._update(features, labels, logits)
+        if features is not None and self.num_features is None:
+            self.num_features = features.shape[1]
+        self._fitted, self._stale, self._calibration = True, True, None
+        return self
+
+    def _checked_score(self, features, logits) -> torch.Tensor:
+        self._ready()
+        features, logits = self._check_score_inputs(features, logits)
+        return self._score(features, logits)
+
+    def _calibrate(self, features, logits) -> "OODDetector":
+        scores = self._checked_score(features, logits)
+        if scores.numel() == 0:
+            raise ValueError("calibration needs at least one in-distribution sample (features or logits "
+                             "have 0 rows)")
+        self._calibration = scores.detach().to(device="cpu", dtype=_F64).sort(descending=True).values
+        return self
+
+    def _threshold(self, tpr) -> float:
+        if isinstance(tpr, bool) or not isinstance(tpr, (int, float)) or not 0.0 < tpr <= 1.0:
             raise ValueError(f"tpr must be in (0, 1], got {tpr!r}")
         if self._calibration is None:
             raise RuntimeError(f"{type(self).__name__} has no calibration: call calibrate(id_features) "
@@ -146,36 +243,44 @@ class OODDetector:
         k = min(m, max(1, math.ceil(tpr * m - 1e-9)))  # the epsilon absorbs tpr*m rounding up
         return float(self._calibration[k - 1])
 
-    def is_in_distribution(self, features: Optional[torch.Tensor] = None,
-                           logits: Optional[torch.Tensor] = None, tpr: float = 0.95) -> torch.Tensor:
-        """[N] bool: ``score >= threshold(tpr)``."""
-        t = self.threshold(tpr)
-        return self.score(features, logits) >= t
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The fitted state as a dict of tensors (see the module docstring)."""
-        state = {f"fit.{k}": v for k, v in self._state().items()}
-        if self.num_features is not None:
-            state["num_features"] = torch.tensor(self.num_features, dtype=torch.int64)
-        if self._calibration is not None:
-            state["calibration_scores"] = self._calibration.clone()
-        return state
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> "OODDetector":
-        """Restores ``state_dict()`` output into a detector built with the same arguments."""
+    def _load(self, state) -> "OODDetector":
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise TypeError("state must be a dict of tensors, as returned by state_dict()")
         known = {"num_features", "calibration_scores"}
-        fit_state = {k[4:]: v.clone() for k, v in state.items() if k.startswith("fit.")}
         unknown = [k for k in state if k not in known and not k.startswith("fit.")]
         if unknown:
-            raise ValueError(f"unexpected keys in state for {type(self).__name__}: {unknown}")
-        self._reset()
-        self.num_features = int(state["num_features"]) if "num_features" in state else None
-        self._load_state(fit_state)
+            raise ValueError(f"unexpected keys in state for {self._name()}: {unknown}")
+        fit_state = {k[4:]: v.clone() for k, v in state.items() if k.startswith("fit.")}
+        num_features = None
+        if "num_features" in state:
+            t = state["num_features"]
+            if t.dim() != 0 or t.dtype.is_floating_point or int(t) < 1:
+                raise ValueError(f"state['num_features'] must be a positive integer scalar, got {t!r}")
+            num_features = int(t)
+        fixed = self._fixed_num_features()
+        if fixed is not None and num_features is not None and num_features != fixed:
+            raise ValueError(f"state['num_features'] = {num_features}, but this {self._name()} has D={fixed}")
+        if fit_state and num_features is None:
+            raise ValueError("state is missing 'num_features' (saved by state_dict() with every fitted state)")
+        calibration = state.get("calibration_scores")
+        if calibration is not None and (calibration.dim() != 1 or calibration.dtype != _F64
+                                        or calibration.numel() == 0):
+            raise ValueError(f"state['calibration_scores'] must be a non-empty 1-D float64 tensor, got "
+                             f"{calibration.dtype} of shape {tuple(calibration.shape)}")
+        if calibration is not None and calibration.numel() > 1 and bool((calibration[1:] > calibration[:-1]).any()):
+            raise ValueError("state['calibration_scores'] must be sorted in descending order")
+        # Validate into a fresh instance of the fitted state first, so a refused state changes nothing.
+        saved = self.__dict__.copy()  # _reset() builds new objects, so this keeps the old state intact
+        try:
+            self._reset()
+            self.num_features = fixed if fixed is not None else num_features
+            self._load_state(fit_state, num_features)
+        except Exception:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
         self._fitted = bool(fit_state)
         self._stale = self._fitted
-        calibration = state.get("calibration_scores")
         self._calibration = None if calibration is None else calibration.clone()
         return self
 
@@ -184,51 +289,40 @@ class OODDetector:
     def _name(self) -> str:
         return type(self).__name__
 
-    def _check_features(self, features, *, for_fit: bool) -> torch.Tensor:
+    def _fixed_num_features(self) -> Optional[int]:
+        """D set by the constructor (ViM's weight), else None."""
+        return None
+
+    def _check_features(self, features, *, expected_d: Optional[int]) -> torch.Tensor:
         _checks.tensor(features, "features", ndim=2)
-        _checks.finite(features, "features")
         d = features.shape[1]
         if d == 0:
-            raise ValueError("features have dimension D=0")
-        if self.num_features is None and for_fit:
-            self.num_features = d
-        elif self.num_features is not None and d != self.num_features:
-            raise ValueError(f"features have D={d} but {self._name()} was fitted on D={self.num_features}")
+            raise ValueError(f"features have dimension D=0 (shape {tuple(features.shape)})")
+        if expected_d is not None and d != expected_d:
+            raise ValueError(f"features have D={d} but {self._name()} was fitted on D={expected_d}")
         return features
 
     @staticmethod
     def _check_logits(logits, n: Optional[int]) -> torch.Tensor:
         _checks.tensor(logits, "logits", ndim=2)
-        _checks.finite(logits, "logits")
         if n is not None and logits.shape[0] != n:
             raise ValueError(f"logits have {logits.shape[0]} rows, features have {n}")
         if logits.shape[1] == 0:
-            raise ValueError("logits have zero classes")
+            raise ValueError(f"logits have zero classes (shape {tuple(logits.shape)})")
         return logits
 
-    @staticmethod
-    def _check_labels(labels, n: int) -> torch.Tensor:
-        if not isinstance(labels, torch.Tensor):
-            raise ValueError(f"labels must be an integer torch.Tensor, got {type(labels).__name__}")
-        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-            raise ValueError(f"labels must have an integer dtype, got {str(labels.dtype).replace('torch.', '')}")
-        if labels.dim() != 1 or labels.shape[0] != n:
-            raise ValueError(f"labels must be [N] with N={n} (rows of features), got shape {tuple(labels.shape)}")
-        if labels.numel() and int(labels.min()) < 0:
-            raise ValueError(f"labels must be >= 0, got a label {int(labels.min())}")
-        return labels
-
-    def _check_fit_inputs(self, features, labels, logits):
+    def _check_fit_inputs(self, features, labels, logits, *, fresh: bool):
         n = None
         if "features" in self.needs:
             if features is None:
                 raise ValueError(f"{self._name()}.fit needs features [N, D]")
-            features = self._check_features(features, for_fit=True)
+            expected = self._fixed_num_features() or (None if fresh else self.num_features)
+            features = self._check_features(features, expected_d=expected)
             n = features.shape[0]
         if "labels" in self.needs:
             if labels is None:
-                raise ValueError(f"{self._name()}.fit needs labels [N] (class indices)")
-            labels = self._check_labels(labels, n)
+                raise ValueError(f"{self._name()}.fit needs labels [N] (class labels)")
+            labels = cov_lib.check_integer_labels(labels, n)
         if logits is not None or "logits" in self.needs:
             if logits is None:
                 raise ValueError(f"{self._name()}.fit needs logits [N, C]")
@@ -240,7 +334,7 @@ class OODDetector:
         if "features" in self.needs:
             if features is None:
                 raise ValueError(f"{self._name()}.score needs features [N, D]")
-            features = self._check_features(features, for_fit=False)
+            features = self._check_features(features, expected_d=self.num_features)
             n = features.shape[0]
         if logits is not None:
             logits = self._check_logits(logits, n)
@@ -270,9 +364,20 @@ class OODDetector:
     def _state(self) -> dict[str, torch.Tensor]:
         return {}
 
-    def _load_state(self, state: dict[str, torch.Tensor]) -> None:
+    def _load_state(self, state: dict[str, torch.Tensor], num_features: Optional[int]) -> None:
         if state:
-            raise ValueError(f"unexpected fitted state for {self._name()}: {sorted(state)}")
+            raise ValueError(f"unexpected fitted state for {self._name()}: {sorted('fit.' + k for k in state)}")
+
+
+def _check_statistics_state(statistics: cov_lib.ClassStatistics, state: dict, num_features: int, owner: str) -> None:
+    """Loads ``state`` (ClassStatistics fields) into ``statistics``; the feature dimension must match."""
+    try:
+        statistics.load_state_dict(state, field_prefix="fit.")
+    except ValueError as exc:
+        raise ValueError(f"{owner}: {exc}") from None
+    if statistics.num_features != num_features:
+        raise ValueError(f"{owner}: state['fit.means'] has D={statistics.num_features} features but "
+                         f"state['num_features'] = {num_features}")
 
 
 # ====================================================================== Gaussian
@@ -282,24 +387,37 @@ class MahalanobisDetector(OODDetector):
 
     Fit: class means μ_c and the tied within-class covariance Σ (MLE
     (1/n) Σ_i (x_i - μ_{y_i})(x_i - μ_{y_i})ᵀ, optionally regularized by
-    ``estimator``), streamed as float64 ``ClassStatistics``. Score:
+    ``estimator``), streamed as float64 ``ClassStatistics`` (float32 rows
+    are centred and multiplied in float32, accumulated in float64: see
+    ``ClassStatistics.update`` for the accuracy). Score:
 
         score(x) = -min_c (x - μ_c)ᵀ Σ^-1 (x - μ_c)
 
     computed by ``gencore.ood.mahalanobis`` with the precision factor L
     (Σ^-1 = L Lᵀ) of ``covariance.precision_factor`` (pseudo-inverse with a
-    warning when Σ is singular).
+    warning when Σ is singular). pytorch-ood's ``Mahalanobis`` outlier score
+    is 0.5 min_c (x - μ_c)ᵀ (W + 1e-6 I)^-1 (x - μ_c) with W the unnormalised
+    scatter: the same ranking as ``estimator="ridge"`` with λ = 1e-6 / N.
+
+    Classes: the sorted unique label values seen (``classes_``), or 0 .. C-1
+    with ``num_classes=C`` (labels outside are refused at once, and every
+    one of the C classes must then have samples). ``means`` rows and
+    ``nearest_class`` follow ``classes_``.
 
     Args:
         covariance: "tied" (one covariance for all classes, as in the paper).
-        estimator: "mle", "ridge" (Σ + λI), "shrunk" ((1-s)Σ + s tr(Σ)/D I),
-            "ledoit_wolf" or "oas" (see ``covariance``).
-        num_classes: C, or None to take max(label) + 1 of the data seen.
+        estimator: "mle" (default), "ridge" (Σ + λI), "shrunk"
+            ((1-s)Σ + s tr(Σ)/D I), "ledoit_wolf" or "oas" (see
+            ``covariance``). Only "ledoit_wolf" keeps fourth moments (one
+            more pass per batch).
+        num_classes: C, or None (default) to take the label values seen.
         ridge_lambda: λ for estimator="ridge" (default 1e-6).
         shrinkage: s for estimator="shrunk" (default 0.1).
         rtol: eigenvalue tolerance of the pseudo-inverse fallback (default D eps).
 
     fit needs features [N, D] and labels [N]; every class needs >= 2 samples.
+    score: [N] float32 (float64 for float64 features), differentiable with
+    respect to features.
     """
 
     needs = ("features", "labels")
@@ -313,8 +431,29 @@ class MahalanobisDetector(OODDetector):
         self.num_classes, self.ridge_lambda, self.shrinkage, self.rtol = num_classes, ridge_lambda, shrinkage, rtol
         super().__init__()
 
+    def nearest_class(self, features: torch.Tensor) -> torch.Tensor:
+        """[N] int64 label value (from ``classes_``) of the class with the nearest mean (Mahalanobis).
+
+        Memory: the [N, C] distances (``gencore.ood.mahalanobis(reduce="none")``).
+        """
+        return self._nearest_class(features)
+
+    @property
+    def classes_(self) -> Optional[torch.Tensor]:
+        """[C] int64 class label values, ascending (None before fit)."""
+        return None if self.statistics.counts is None else self.statistics.classes
+
+    def _nearest_class(self, features) -> torch.Tensor:
+        self._ready()
+        features, _ = self._check_score_inputs(features, None)
+        x = _score_dtype(features)
+        means, factor = self._fitted_as(x, self.means, self.precision_factor)
+        distances = ops.mahalanobis(x, means, factor, reduce="none")
+        return self.statistics.classes.to(distances.device)[distances.argmin(1)]
+
     def _reset(self) -> None:
-        self.statistics = cov_lib.ClassStatistics(self.num_classes)
+        self.statistics = cov_lib.ClassStatistics(
+            self.num_classes, fourth_moments=self.estimator in cov_lib.FOURTH_MOMENT_ESTIMATORS)
         self.means: Optional[torch.Tensor] = None             # [C, D] float64
         self.precision_factor: Optional[torch.Tensor] = None  # [D, R] float64
         self._cast: dict = {}
@@ -333,7 +472,7 @@ class MahalanobisDetector(OODDetector):
 
     def _fitted_as(self, x: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The fitted float64 tensors in x's dtype and device, cached per (dtype, device)."""
-        key = (x.dtype, x.device)
+        key = (x.dtype, x.device, len(tensors))
         if key not in self._cast:
             self._cast[key] = tuple(t.to(device=x.device, dtype=x.dtype).contiguous() for t in tensors)
         return self._cast[key]
@@ -344,10 +483,26 @@ class MahalanobisDetector(OODDetector):
         return -ops.mahalanobis(x, means, factor, reduce="min")
 
     def _state(self) -> dict[str, torch.Tensor]:
-        return self.statistics.state_dict()
+        state = self.statistics.state_dict()
+        if state:
+            state["estimator"] = torch.tensor(cov_lib.ESTIMATORS.index(self.estimator), dtype=_I64)
+        return state
 
-    def _load_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.statistics.load_state_dict(state)
+    def _load_state(self, state: dict[str, torch.Tensor], num_features: Optional[int]) -> None:
+        if not state:
+            return
+        code = state.pop("estimator", None)
+        if code is None:
+            raise ValueError(f"{self._name()} state is missing 'fit.estimator'")
+        if code.dim() != 0 or code.dtype != _I64 or not 0 <= int(code) < len(cov_lib.ESTIMATORS):
+            raise ValueError(f"state['fit.estimator'] must be an int64 scalar in [0, {len(cov_lib.ESTIMATORS)}), "
+                             f"got {code!r}")
+        saved = cov_lib.ESTIMATORS[int(code)]
+        if saved != self.estimator:
+            raise ValueError(f"state['fit.estimator'] says the statistics were fitted for estimator={saved!r}; "
+                             f"this {self._name()} has estimator={self.estimator!r}: build it with "
+                             f"estimator={saved!r} to load them")
+        _check_statistics_state(self.statistics, state, num_features, self._name())
 
 
 class RelativeMahalanobisDetector(MahalanobisDetector):
@@ -360,7 +515,10 @@ class RelativeMahalanobisDetector(MahalanobisDetector):
 
         score(x) = -(min_c d_c(x) - d_0(x))
 
-    computed by ``gencore.ood.relative_mahalanobis``. Arguments as ``MahalanobisDetector``.
+    computed by ``gencore.ood.relative_mahalanobis`` (differentiable with
+    respect to features). pytorch-ood's ``RMD`` is min_c d_c - d_0 with both
+    covariances the unnormalised scatters plus 1e-6 I: the same ranking up
+    to that ridge. Arguments and classes as ``MahalanobisDetector``.
     """
 
     def _reset(self) -> None:
@@ -384,6 +542,7 @@ class RelativeMahalanobisDetector(MahalanobisDetector):
 # ====================================================================== kNN
 
 _KEY_BLOCK = 1024
+_TINY_NORM = 1e-12  # as torch.nn.functional.normalize's eps
 
 
 def _row_keys(seed: int, start: int, n: int) -> torch.Tensor:
@@ -400,6 +559,12 @@ def _row_keys(seed: int, start: int, n: int) -> torch.Tensor:
     return torch.cat(keys)[first:first + n] if keys else torch.empty(0, dtype=_F64)
 
 
+def _unit_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x / max(||x_i||, 1e-12), the norms [N, 1]): torch.nn.functional.normalize, keeping the norms."""
+    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    return x / norms.clamp_min(_TINY_NORM), norms
+
+
 class KNNDetector(OODDetector):
     """Sun et al. 2022, "Out-of-distribution detection with deep nearest neighbors".
 
@@ -410,7 +575,8 @@ class KNNDetector(OODDetector):
 
     minus the Euclidean distance to its k-th nearest bank row z_(k), found
     exactly by ``gencore.ood.knn`` (any k up to the bank size; exact ties go
-    to the earlier training row).
+    to the earlier training row). pytorch-ood's ``KNN`` outlier score is the
+    same distance (k=50, normalised, by scikit-learn).
 
     Args:
         k: neighbour rank used for the score (default 50, the paper's value
@@ -422,13 +588,18 @@ class KNNDetector(OODDetector):
             random keys). Either way the choice depends only on ``seed`` and
             a row's position in the stream, so fit and chunked partial_fit
             keep the same rows, in training order.
-        normalize: L2-normalise bank and queries (default True, as in the paper).
+        normalize: L2-normalise bank and queries (default True, as in the
+            paper): x / max(||x||, 1e-12), as ``torch.nn.functional.normalize``.
         seed: seed of the subsampling keys.
 
-    partial_fit appends to the bank. Memory: the bank, D + 2 values per
-    kept row (the features in the training dtype, plus a float64 key and an
-    int64 position, which let a fixed-size sample keep streaming after
-    ``load_state_dict``).
+    partial_fit appends to the bank. Memory: the bank, D + 1 values per kept
+    row (the features in the training dtype plus an int64 position; with a
+    subsample also a float64 key, which lets a fixed-size sample keep
+    streaming after ``load_state_dict``). NaN/inf in training rows are found
+    from the row norms (normalize=True) or one sum (normalize=False).
+
+    score: [N] float32 (float64 for a float64 bank), differentiable with
+    respect to features (through the normalisation and the kNN op).
     """
 
     def __init__(self, k: int = 50, *, subsample: Union[None, float, int] = None, normalize: bool = True,
@@ -446,22 +617,31 @@ class KNNDetector(OODDetector):
         super().__init__()
 
     def _reset(self) -> None:
-        self._parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (rows, keys, positions)
+        # (rows, keys or None, positions) per streamed part
+        self._parts: list[tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]] = []
         self._pending_rows = 0
         self.rows_seen = 0
 
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        x = _score_dtype(x.detach())
-        return F.normalize(x, dim=1) if self.normalize else x
+    def _bank_rows(self, features: torch.Tensor) -> torch.Tensor:
+        """The training rows as the bank keeps them: normalised, never aliasing the caller's tensor."""
+        x = _score_dtype(features.detach())
+        if self.normalize:
+            rows, norms = _unit_rows(x)
+            finite = bool(torch.isfinite(norms).all())  # a NaN/inf anywhere in a row reaches its norm
+        else:
+            rows = x.clone() if x.data_ptr() == features.data_ptr() else x
+            finite = bool(torch.isfinite(x.sum()))     # and anywhere in x reaches the sum
+        if not finite and not cov_lib.refuse_non_finite(x, "features") and self.normalize:
+            raise ValueError(f"features have rows whose norm overflows {x.dtype} (|x| > ~1e19 in float32); "
+                             "scale them down or pass float64")
+        return rows
 
     def _update(self, features, labels, logits) -> None:
         n = features.shape[0]
-        keys = _row_keys(self.seed, self.rows_seen, n)
-        positions = torch.arange(self.rows_seen, self.rows_seen + n, dtype=torch.int64)
+        rows = self._bank_rows(features)
+        keys = None if self.subsample is None else _row_keys(self.seed, self.rows_seen, n)
+        positions = torch.arange(self.rows_seen, self.rows_seen + n, dtype=_I64)
         self.rows_seen += n
-        rows = self._prepare(features)
-        if rows.data_ptr() == features.data_ptr():
-            rows = rows.clone()  # the bank must not alias the caller's tensor
         if self._parts and rows.dtype != self._parts[0][0].dtype:
             rows = rows.to(self._parts[0][0].dtype)  # the bank keeps the first batch's dtype
         if isinstance(self.subsample, float):
@@ -474,10 +654,11 @@ class KNNDetector(OODDetector):
 
     def _consolidate(self) -> None:
         """Concatenates the parts into one bank; for an int subsample keeps the m smallest keys."""
-        if len(self._parts) <= 1 and not isinstance(self.subsample, int):
-            return
+        if not self._parts or (len(self._parts) == 1 and not (isinstance(self.subsample, int)
+                                                              and self._parts[0][0].shape[0] > self.subsample)):
+            return  # already one bank (so the score path, and its tracing, touch nothing here)
         rows = torch.cat([p[0] for p in self._parts])
-        keys = torch.cat([p[1] for p in self._parts])
+        keys = None if self.subsample is None else torch.cat([p[1] for p in self._parts])
         positions = torch.cat([p[2] for p in self._parts])
         if isinstance(self.subsample, int) and keys.numel() > self.subsample:
             chosen = torch.topk(keys, self.subsample, largest=False).indices
@@ -502,8 +683,14 @@ class KNNDetector(OODDetector):
         if self.k > bank.shape[0]:
             raise ValueError(f"k={self.k} exceeds the bank size {bank.shape[0]}"
                              + (f" (after subsample={self.subsample!r})" if self.subsample is not None else ""))
-        x = self._prepare(features).to(device=bank.device, dtype=bank.dtype)
-        values, _ = ops.knn(x, bank, self.k, "l2")
+        x = _score_dtype(features)
+        if self.normalize:
+            x = _unit_rows(x)[0]
+        x = x.to(device=bank.device, dtype=bank.dtype)
+        try:
+            values, _ = ops.knn(x, bank, self.k, "l2")
+        except ValueError as exc:  # the op names its argument "queries"
+            raise _renamed(exc, "queries", "features") from None
         return -values[:, -1]
 
     def _state(self) -> dict[str, torch.Tensor]:
@@ -511,18 +698,42 @@ class KNNDetector(OODDetector):
             return {}
         self._consolidate()
         rows, keys, positions = self._parts[0]
-        return {"bank": rows.clone(), "keys": keys.clone(), "positions": positions.clone(),
-                "rows_seen": torch.tensor(self.rows_seen, dtype=torch.int64)}
+        state = {"bank": rows.clone(), "positions": positions.clone(),
+                 "rows_seen": torch.tensor(self.rows_seen, dtype=_I64),
+                 "normalize": torch.tensor(int(self.normalize), dtype=_I64)}
+        if keys is not None:
+            state["keys"] = keys.clone()
+        return state
 
-    def _load_state(self, state: dict[str, torch.Tensor]) -> None:
+    def _load_state(self, state: dict[str, torch.Tensor], num_features: Optional[int]) -> None:
         if not state:
             return
-        missing = [k for k in ("bank", "keys", "positions", "rows_seen") if k not in state]
-        if missing:
-            raise ValueError(f"KNNDetector state is missing {missing}")
-        self._parts = [(state["bank"], state["keys"], state["positions"])]
-        self._pending_rows = state["bank"].shape[0]
-        self.rows_seen = int(state["rows_seen"])
+        owner = self._name()
+        keyed = self.subsample is not None
+        _expect_keys(state, {"bank", "positions", "rows_seen", "normalize"} | ({"keys"} if keyed else set()),
+                     set(), f"{owner}(subsample={self.subsample!r})")
+        bank = state["bank"]
+        if not isinstance(bank, torch.Tensor) or bank.dim() != 2 or not bank.dtype.is_floating_point:
+            raise ValueError(f"state['fit.bank'] must be a floating [M, D] tensor, got "
+                             f"{getattr(bank, 'dtype', type(bank))} of shape {tuple(getattr(bank, 'shape', ()))}")
+        if bank.shape[1] != num_features:
+            raise ValueError(f"state['fit.bank'] has D={bank.shape[1]} but state['num_features'] = {num_features}")
+        m = bank.shape[0]
+        positions = _state_tensor(state, "positions", _I64, 1)
+        if positions.shape[0] != m:
+            raise ValueError(f"state['fit.positions'] has {positions.shape[0]} entries, the bank {m} rows")
+        if keyed and _state_tensor(state, "keys", _F64, 1).shape[0] != m:
+            raise ValueError(f"state['fit.keys'] has {state['keys'].shape[0]} entries, the bank {m} rows")
+        if int(state["normalize"]) != int(self.normalize):
+            raise ValueError(f"state['fit.normalize'] = {bool(state['normalize'])}: the bank was saved "
+                             f"{'normalised' if int(state['normalize']) else 'raw'}, this {owner} has "
+                             f"normalize={self.normalize}")
+        rows_seen = int(state["rows_seen"])
+        if rows_seen < m:
+            raise ValueError(f"state['fit.rows_seen'] = {rows_seen} is smaller than the bank ({m} rows)")
+        self._parts = [(bank, state.get("keys"), positions)]
+        self._pending_rows = m
+        self.rows_seen = rows_seen
 
 
 # ====================================================================== ViM
@@ -538,14 +749,24 @@ class ViMDetector(OODDetector):
 
         score(x) = logsumexp_c logit_c(x) - α r(x)
 
-    computed by ``gencore.ood.vim``. ``fit`` gives exactly the center,
-    subspace and α of ``gencore.ood.vim_fit`` (the paper's code), but from
-    streamed float64 statistics, so ``partial_fit`` can continue it.
+    computed by ``gencore.ood.vim`` (differentiable with respect to features
+    and logits). When dim >= D / 2 the residual is taken against the
+    complement Q of P (the other D - dim eigenvectors, Q Qᵀ = I - P Pᵀ):
+    z = (x - u) Q by one torch GEMM (which also gives the logits when they
+    are not passed), in blocks of 8192 rows without an [N, D] temporary,
+    and the op scores z with an empty subspace, so
+    ||z|| = r(x) with no cancellation and the op's NaN refusal and
+    gradients apply unchanged; otherwise the op multiplies by P itself.
+    ``fit`` gives exactly the center, subspace and α of
+    ``gencore.ood.vim_fit`` (the paper's code; pytorch-ood's ``ViM(d=dim)``
+    computes the same score, negated, in float32), but from streamed
+    float64 statistics, so ``partial_fit`` can continue it.
 
     Streaming and α: the mean residual norm needs the subspace, which is
     only known once all data are in, so ``fit`` (which has the rows in hand)
-    makes a second pass for it (one [N, D] x [D, dim] GEMM by
-    ``gencore.ood.residual``). A detector built by ``partial_fit`` has no
+    makes a second pass for it (one [N, D] x [D, min(dim, D - dim)] GEMM:
+    the residual against the complement of P, or ``gencore.ood.residual``
+    when P is the narrower). A detector built by ``partial_fit`` has no
     second pass and uses the root-mean-square residual instead,
     sqrt(Σ_{dropped} λ_j), from the same statistics: α is then smaller by
     the ratio mean/RMS of the residual norms (close to 1 when they
@@ -560,7 +781,8 @@ class ViMDetector(OODDetector):
         alpha: fixed α (> 0) instead of the fitted one.
 
     fit needs features [N, D]; logits [N, C] are computed as x Wᵀ + b when
-    not given (at fit and at score).
+    not given (at fit and at score). NaN/inf in given training logits are
+    found from their row minima and maxima (one pass, which α needs anyway).
     """
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, dim: Optional[int] = None,
@@ -585,22 +807,76 @@ class ViMDetector(OODDetector):
         self.center = -(torch.linalg.pinv(w64) @ b64)    # [D] float64, u = -pinv(W) b
         super().__init__()
 
-    def fit(self, features=None, labels=None, logits=None) -> "ViMDetector":
-        super().fit(features, labels, logits)
+    def _fixed_num_features(self) -> Optional[int]:
+        return self.weight.shape[1]
+
+    def _fit(self, features, labels, logits) -> "ViMDetector":
+        super()._fit(features, labels, logits)
         if self.fixed_alpha is None:
             # The paper's α: a second pass over the rows, now that P is known.
-            x = _score_dtype(features)
-            principal, center = self._fitted_as(x)
-            residual_sum = float(-ops.residual(x, principal, center).to(_F64).sum())
-            self.residual_sum = self._check_residual(residual_sum)
+            self.residual_sum = self._check_residual(self._residual_norm_sum(_score_dtype(features.detach())))
             self._set_alpha()
         return self
+
+    def _residual_norm_sum(self, x: torch.Tensor) -> float:
+        """Σ_i ||(I - P Pᵀ)(x_i - u)|| over rows x, summed in float64 (the paper's α denominator)."""
+        if not self._by_complement():
+            principal, center = self._fitted_as(x)
+            return float(-ops.residual(x, principal, center).to(_F64).sum())
+        total = torch.zeros((), dtype=_F64, device=x.device)
+        for _, coordinates in self._complement_blocks(x, columns=self._complement.shape[1]):
+            total += torch.linalg.vector_norm(coordinates, dim=1).sum(dtype=_F64)
+        return float(total)
+
+    def _by_complement(self) -> bool:
+        """Whether the residual is computed against the complement Q of P (no wider than P)."""
+        return self.weight.shape[1] - self.dim <= self.dim
+
+    def _complement_as(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """In x's dtype and device: (M = [Q | Wᵀ] [D, k + C], shift = [0_k | u Wᵀ + b] [k + C],
+        u [D], an empty [k, 0] principal, zeros [k]), k = D - dim, Q the complement of P."""
+        key = ("complement", x.dtype, x.device)
+        if key not in self._cast:
+            k = self._complement.shape[1]
+            complement, center = self._complement.to(x), self.center.to(x)
+            weight, bias = self.weight.to(x), self.bias.to(x)
+            self._cast[key] = (torch.cat([complement, weight.T], 1).contiguous(),
+                               torch.cat([x.new_zeros(k), center @ weight.T + bias]), center,
+                               x.new_empty((k, 0)), x.new_zeros(k))
+        return self._cast[key]
+
+    def _complement_blocks(self, x: torch.Tensor, out: Optional[torch.Tensor] = None, columns: int = -1):
+        """Yields (start, [(x_b - u) Q | x_b Wᵀ + b][:, :columns]) for blocks of 8192 rows
+        (written into ``out[start:]`` when given)."""
+        both, shift, center = self._complement_as(x)[:3]
+        both, shift = (both, shift) if columns < 0 else (both[:, :columns], shift[:columns])
+        for start in range(0, x.shape[0], 8192):
+            rows = x[start:start + 8192] - center
+            if out is None:
+                yield start, torch.addmm(shift, rows, both)
+            else:
+                yield start, torch.addmm(shift, rows, both, out=out[start:start + rows.shape[0]])
+
+    def _residual_coordinates(self, x: torch.Tensor, with_logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z [N, k], logits [N, C] or None) with z = (x - u) Q, so ||z_i|| = ||(I - P Pᵀ)(x_i - u)||
+        (Q Qᵀ = I - P Pᵀ), and the logits x Wᵀ + b = (x - u) Wᵀ + (u Wᵀ + b) from the same GEMM."""
+        both, shift, center = self._complement_as(x)[:3]
+        k = self._complement.shape[1]
+        columns = both.shape[1] if with_logits else k
+        if (x.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
+            out = torch.addmm(shift[:columns], x - center, both[:, :columns])  # differentiable, traceable
+        else:
+            out = x.new_empty((x.shape[0], columns))
+            for _ in self._complement_blocks(x, out, columns):  # no [N, D] temporary
+                pass
+        return out[:, :k], (out[:, k:] if with_logits else None)
 
     def _reset(self) -> None:
         self.statistics = cov_lib.ClassStatistics(1)     # mean and scatter of the features, one class
         self.max_logit_sum = 0.0
         self.residual_sum: Optional[float] = None        # Σ r(x_i) over the fit() rows, when known
         self.principal: Optional[torch.Tensor] = None    # [D, dim] float64
+        self._complement: Optional[torch.Tensor] = None  # [D, D - dim] float64, the other eigenvectors
         self.alpha: Optional[float] = None
         self._residual_ms: Optional[float] = None
         self._cast: dict = {}
@@ -611,13 +887,31 @@ class ViMDetector(OODDetector):
             _checks.same_size("classes", **{"logits.shape[1]": logits.shape[1],
                                             "weight.shape[0]": self.weight.shape[0]})
             return logits
-        return features @ self.weight.to(features).T + self.bias.to(features)
+        key = ("head", features.dtype, features.device)
+        if key not in self._cast:
+            self._cast[key] = (self.weight.to(features).T, self.bias.to(features))
+        weight_t, bias = self._cast[key]
+        return torch.addmm(bias, features, weight_t)
 
     def _update(self, features, labels, logits) -> None:
-        logits = self._logits(_score_dtype(features), logits)
-        zeros = torch.zeros(features.shape[0], dtype=torch.int64, device=features.device)
-        self.statistics.update(features, zeros)
-        self.max_logit_sum += float(logits.max(1).values.to(_F64).sum())
+        x = _score_dtype(features.detach())
+        zeros = torch.zeros(x.shape[0], dtype=_I64, device=x.device)
+        if logits is not None:  # row minima and maxima: a NaN/inf anywhere in logits reaches one of them
+            logits = self._logits(x, logits.detach())
+            low, high = torch.aminmax(logits, dim=1)
+            if not (bool(torch.isfinite(low).all()) and bool(torch.isfinite(high).all())):
+                cov_lib.refuse_non_finite(x, "features")  # features are named first, as below
+                cov_lib.refuse_non_finite(logits, "logits")
+            max_logit_sum = float(high.to(_F64).sum())
+        else:  # x Wᵀ + b by blocks of 8192 rows: no [N, C] logits in memory
+            total = torch.zeros((), dtype=_F64, device=x.device)
+            for start in range(0, x.shape[0], 8192):
+                total += self._logits(x[start:start + 8192], None).amax(dim=1).sum(dtype=_F64)
+            max_logit_sum = float(total)
+        self.statistics.update(x, zeros)                  # refuses NaN/inf in features (state unchanged)
+        if not math.isfinite(max_logit_sum):              # finite features whose logits overflow
+            raise ValueError(f"the logits x Wᵀ + b of these features overflow {x.dtype}")
+        self.max_logit_sum += max_logit_sum
         self.residual_sum = None                          # the second pass covered other data
 
     def _check_residual(self, value: float) -> float:
@@ -643,36 +937,59 @@ class ViMDetector(OODDetector):
         second = self.statistics.within / n + torch.outer(shift, shift)  # (1/n) Σ (x - u)(x - u)ᵀ
         evals, evecs = torch.linalg.eigh(second)                          # ascending
         self.principal = evecs[:, -self.dim:].flip(1).contiguous()
+        self._complement = evecs[:, :-self.dim]
         self._residual_ms = float(evals[: -self.dim].clamp_min(0).sum())
         self._cast = {}
         self._set_alpha()
 
     def _fitted_as(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (x.dtype, x.device)
+        key = ("subspace", x.dtype, x.device)
         if key not in self._cast:
             self._cast[key] = (self.principal.to(x), self.center.to(x))
         return self._cast[key]
 
     def _score(self, features, logits) -> torch.Tensor:
         x = _score_dtype(features)
-        logits = self._logits(x, None if logits is None else _score_dtype(logits).to(x.dtype))
-        principal, center = self._fitted_as(x)
-        return ops.vim(x, logits, principal, center, self.alpha)
+        computed = logits is None
+        if self._by_complement():
+            # The op scores the residual coordinates z = (x - u) Q against an empty
+            # subspace: ||z|| is the residual norm, and the op still refuses NaN/inf
+            # (a bad feature row is a bad row of z) and gives the gradient through z.
+            rows, own_logits = self._residual_coordinates(x, with_logits=computed)
+            principal, center = self._complement_as(x)[3:]
+            logits = own_logits if computed else self._logits(x, _score_dtype(logits).to(x.dtype))
+        else:
+            rows, (principal, center) = x, self._fitted_as(x)
+            logits = self._logits(x, None if computed else _score_dtype(logits).to(x.dtype))
+        try:
+            return ops.vim(rows, logits, principal, center, self.alpha)
+        except ValueError as exc:  # logits computed from features: a bad feature row shows there first
+            raise (_renamed(exc, "logits", "features") if computed else exc) from None
 
     def _state(self) -> dict[str, torch.Tensor]:
         state = self.statistics.state_dict()
         if state:
             state["max_logit_sum"] = torch.tensor(self.max_logit_sum, dtype=_F64)
+            state["dim"] = torch.tensor(self.dim, dtype=_I64)
             if self.residual_sum is not None:
                 state["residual_sum"] = torch.tensor(self.residual_sum, dtype=_F64)
         return state
 
-    def _load_state(self, state: dict[str, torch.Tensor]) -> None:
-        if state:
-            self.max_logit_sum = float(state.pop("max_logit_sum"))
-            residual_sum = state.pop("residual_sum", None)
-            self.residual_sum = None if residual_sum is None else float(residual_sum)
-        self.statistics.load_state_dict(state)
+    def _load_state(self, state: dict[str, torch.Tensor], num_features: Optional[int]) -> None:
+        if not state:
+            return
+        max_logit_sum = _state_tensor(state, "max_logit_sum", _F64, 0)
+        dim = _state_tensor(state, "dim", _I64, 0)
+        if int(dim) != self.dim:
+            raise ValueError(f"state['fit.dim'] = {int(dim)}: the state was fitted with dim={int(dim)}, this "
+                             f"{self._name()} has dim={self.dim}")
+        residual_sum = state.pop("residual_sum", None)
+        if residual_sum is not None:
+            residual_sum = _state_tensor({"residual_sum": residual_sum}, "residual_sum", _F64, 0)
+        del state["max_logit_sum"], state["dim"]
+        _check_statistics_state(self.statistics, state, self.weight.shape[1], self._name())
+        self.max_logit_sum = float(max_logit_sum)
+        self.residual_sum = None if residual_sum is None else float(residual_sum)
 
 
 # ====================================================================== logit-based
@@ -681,14 +998,15 @@ class _TemperatureMixin:
     """Validates and stores the softmax temperature T > 0 of a logit score."""
 
     def __init__(self, temperature: float = 1.0):
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
+        self.temperature = _checks.real(temperature, "temperature", positive=True)
         super().__init__()
 
 
 class _LogitDetector(OODDetector):
-    """Scores that read logits only: nothing to fit; score(logits=...) works without fit()."""
+    """Scores that read logits only: nothing to fit; score(logits=...) works without fit().
+
+    fit/partial_fit accept and ignore their arguments; calibrate() sets the threshold.
+    """
 
     needs = ()
     needs_fit = False
@@ -698,8 +1016,8 @@ class _LogitDetector(OODDetector):
             raise ValueError(f"{self._name()}.score needs logits [N, C]: call score(logits=...)")
         return None, self._check_logits(logits, None)
 
-    def _check_fit_inputs(self, features, labels, logits):
-        return None, None, None  # fit is a no-op; calibrate() sets the threshold
+    def _check_fit_inputs(self, features, labels, logits, *, fresh: bool):
+        return None, None, None
 
     def _score(self, features, logits) -> torch.Tensor:
         return self._logit_score(_score_dtype(logits))
@@ -708,7 +1026,8 @@ class _LogitDetector(OODDetector):
 class EnergyDetector(_TemperatureMixin, _LogitDetector):
     """Liu et al. 2020, "Energy-based out-of-distribution detection".
 
-    score = -E(x) = T logsumexp(logits / T) via ``gencore.ood.energy``.
+    score = -E(x) = T logsumexp(logits / T) via ``gencore.ood.energy``
+    (pytorch-ood's ``EnergyBased`` outlier score is E(x)). [N], differentiable.
 
     Args:
         temperature: T > 0 (default 1, the paper's choice).
@@ -721,7 +1040,8 @@ class EnergyDetector(_TemperatureMixin, _LogitDetector):
 class MSPDetector(_TemperatureMixin, _LogitDetector):
     """Hendrycks & Gimpel 2017: maximum softmax probability, max_c softmax(logits / T)_c.
 
-    Via ``gencore.ood.msp``. Args: temperature T > 0 (default 1).
+    Via ``gencore.ood.msp`` (pytorch-ood's ``MaxSoftmax`` outlier score is
+    its negative). [N], differentiable. Args: temperature T > 0 (default 1).
     """
 
     def _logit_score(self, logits):
@@ -731,7 +1051,8 @@ class MSPDetector(_TemperatureMixin, _LogitDetector):
 class MaxLogitDetector(_LogitDetector):
     """Hendrycks et al. 2022 ("Scaling out-of-distribution detection..."): max_c logits_c.
 
-    Via ``gencore.ood.max_logit``.
+    Via ``gencore.ood.max_logit`` (pytorch-ood's ``MaxLogit`` outlier score
+    is its negative). [N], differentiable (to the first maximal logit).
     """
 
     def _logit_score(self, logits):
