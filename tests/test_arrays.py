@@ -137,3 +137,19 @@ def test_cupy_in_cupy_out_on_cupys_stream(rng):
     stream.synchronize()
     want = gencore.ood.knn(x.cuda(), y.cuda(), 5)
     np.testing.assert_array_equal(cupy.asnumpy(indices), want[1].cpu().numpy())
+
+
+def test_detectors_take_numpy_and_return_numpy(rng):
+    from gencore.ood import KNNDetector, MahalanobisDetector
+
+    x = randn(rng, 200, 6).numpy()
+    labels = (torch.arange(200) % 3).numpy()
+    det = MahalanobisDetector().fit(x, labels)
+    scores = det.score(x[:10])
+    assert isinstance(scores, np.ndarray) and scores.shape == (10,)
+    torch.testing.assert_close(torch.from_numpy(scores), det.score(torch.from_numpy(x[:10])))
+    assert isinstance(det.nearest_class(x[:4]), np.ndarray)
+    knn = KNNDetector(k=3).fit(x)
+    assert isinstance(knn.ood_score(x[:5]), np.ndarray)
+    with pytest.raises(TypeError, match="features is a numpy.ndarray"):
+        det.score(x[:3], logits=torch.zeros(3, 2))

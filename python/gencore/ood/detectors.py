@@ -63,7 +63,7 @@ from typing import Optional, Union
 
 import torch
 
-from .. import _checks
+from .. import _arrays, _checks
 from . import covariance as cov_lib
 from . import ops
 
@@ -126,11 +126,13 @@ class OODDetector:
 
     # --- public protocol: each method is the one place its inputs enter -------------
 
+    @_arrays.accepts_arrays
     def fit(self, features: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
             logits: Optional[torch.Tensor] = None) -> "OODDetector":
         """Fits from scratch (forgets earlier data and calibration) and finalizes. Returns self."""
         return self._fit(features, labels, logits)
 
+    @_arrays.accepts_arrays
     def partial_fit(self, features: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
                     logits: Optional[torch.Tensor] = None) -> "OODDetector":
         """Adds a batch of training data; the detector is finalized lazily when next used.
@@ -141,14 +143,17 @@ class OODDetector:
         """
         return self._partial_fit(features, labels, logits)
 
+    @_arrays.accepts_arrays
     def score(self, features: Optional[torch.Tensor] = None, logits: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[N] in-distribution score: higher means more in-distribution."""
         return self._checked_score(features, logits)
 
+    @_arrays.accepts_arrays
     def ood_score(self, features: Optional[torch.Tensor] = None, logits: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[N] out-of-distribution score, ``-score``: higher means more OOD."""
         return -self._checked_score(features, logits)
 
+    @_arrays.accepts_arrays
     def calibrate(self, features: Optional[torch.Tensor] = None,
                   logits: Optional[torch.Tensor] = None) -> "OODDetector":
         """Scores held-out in-distribution data and keeps the scores for ``threshold``.
@@ -170,6 +175,7 @@ class OODDetector:
         """
         return self._threshold(tpr)
 
+    @_arrays.accepts_arrays
     def is_in_distribution(self, features: Optional[torch.Tensor] = None,
                            logits: Optional[torch.Tensor] = None, tpr: float = 0.95) -> torch.Tensor:
         """[N] bool: ``score >= threshold(tpr)``."""
@@ -431,6 +437,7 @@ class MahalanobisDetector(OODDetector):
         self.num_classes, self.ridge_lambda, self.shrinkage, self.rtol = num_classes, ridge_lambda, shrinkage, rtol
         super().__init__()
 
+    @_arrays.accepts_arrays
     def nearest_class(self, features: torch.Tensor) -> torch.Tensor:
         """[N] int64 label value (from ``classes_``) of the class with the nearest mean (Mahalanobis).
 

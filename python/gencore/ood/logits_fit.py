@@ -10,13 +10,14 @@ from typing import Optional
 
 import torch
 
-from .. import _checks
+from .. import _arrays, _checks
 from . import reference
 
 _F64 = torch.float64
 _ROWS_PER_CHUNK = 8192  # bounds the float64 softmax buffer of kl_matching_templates
 
 
+@_arrays.accepts_arrays
 def kl_matching_templates(logits: torch.Tensor) -> torch.Tensor:
     """Class templates for ``kl_matching`` (Hendrycks et al. 2022).
 
@@ -53,6 +54,7 @@ def kl_matching_templates(logits: torch.Tensor) -> torch.Tensor:
     return templates.to(reference.compute_dtype(logits.dtype))
 
 
+@_arrays.accepts_arrays
 def vim_fit(features: torch.Tensor, logits: Optional[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor,
             dim: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Fits ViM (Wang et al. 2022) on in-distribution training features.
