@@ -158,3 +158,19 @@ def test_pytorch_ood_kl_matching_does_not_use_the_predicted_class_template(peer)
     labelled = peer.KLMatching(None).fit_logits(torch.from_numpy(np.concatenate([soft, sharp])),
                                                 torch.tensor([1] * 10 + [-1] * 10))
     assert list(labelled.dists.keys()) == ["0"]
+
+
+def test_kl_matching_min_rule_equals_pytorch_ood(peer, rng):
+    """gencore.ood.kl_matching(logits, kl_matching_templates(val)) (rule "min", templates of
+    predicted classes only) is minus pytorch-ood 0.4.0's KLMatching outlier score."""
+    from gencore.ood import kl_matching, kl_matching_templates
+
+    c = 12
+    val = 2.5 * torch.randn(4000, c, generator=rng, dtype=torch.float64)
+    val[:, 7] -= 50.0                                     # never predicted: pytorch-ood fits no template
+    test = 2.5 * torch.randn(600, c, generator=rng, dtype=torch.float64)
+    theirs = peer.KLMatching(None).fit_logits(val).predict_logits(test)
+    ours = kl_matching(test, kl_matching_templates(val))
+    torch.testing.assert_close(-ours, theirs.double(), rtol=1e-10, atol=1e-12)
+    ours32 = kl_matching(test.float(), kl_matching_templates(val.float()))
+    assert pearson(-ours32, theirs) >= MIN_PEARSON

@@ -63,7 +63,7 @@ def call_score(name, logits, *, temperature=1.0, gamma=0.1, top_m=100, templates
         return max_logit(logits)
     if name == "gen":
         return gen(logits, gamma, top_m)
-    return kl_matching(logits, templates)
+    return kl_matching(logits, templates, "predicted")
 
 
 def reference_score(name, logits64, *, temperature=1.0, gamma=0.1, top_m=100, templates=None):
@@ -383,26 +383,39 @@ def test_kl_matching_matches_pytorch_ood_and_scipy(rng):
     # pytorch-ood KLMatching.fit: per predicted label, the mean softmax of its rows
     probs, labels = _softmax_np(val.numpy()), val.numpy().argmax(axis=1)
     want_t = np.stack([probs[labels == k].mean(axis=0) for k in range(c)])
-    templates = kl_matching_templates(val)
+    templates = kl_matching_templates(val, unseen="uniform")
     np.testing.assert_allclose(templates.numpy(), want_t, rtol=1e-12)
-    # predict: KL(p || d_yhat) (scipy.stats.entropy(p, q) is sum p log(p / q)); ours is its negative
+    # rule "predicted": KL(p || d_yhat) (scipy.stats.entropy(p, q) is sum p log(p / q)); ours is its negative
     p = _softmax_np(test.numpy())
     yhat = test.numpy().argmax(axis=1)
     want = np.array([-entropy(p[i], want_t[yhat[i]]) for i in range(len(p))])
-    np.testing.assert_allclose(kl_matching(test, templates).numpy(), want, rtol=1e-10, atol=1e-12)
-    got32 = kl_matching(test.float(), templates.float()).double().numpy()
+    np.testing.assert_allclose(kl_matching(test, templates, "predicted").numpy(), want, rtol=1e-10, atol=1e-12)
+    got32 = kl_matching(test.float(), templates.float(), "predicted").double().numpy()
     np.testing.assert_allclose(got32, want, rtol=1e-5, atol=1e-5)
+    # rule "min" (the default): the minimum over every template
+    want_min = np.array([-min(entropy(p[i], want_t[k]) for k in range(c)) for i in range(len(p))])
+    np.testing.assert_allclose(kl_matching(test, templates).numpy(), want_min, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(kl_matching(test.float(), templates.float()).double().numpy(), want_min, rtol=1e-5,
+                               atol=1e-5)
+    assert (kl_matching(test, templates) >= kl_matching(test, templates, "predicted") - 1e-12).all()
 
 
 def test_kl_matching_templates_unseen_class_is_uniform(rng):
     logits = randn(rng, 50, 6, dtype=torch.float64)
     logits[:, 4] -= 100.0  # class 4 never predicted
-    t = kl_matching_templates(logits)
+    t = kl_matching_templates(logits, unseen="uniform")
     assert t.shape == (6, 6) and t.dtype == torch.float64
     torch.testing.assert_close(t[4], torch.full((6,), 1 / 6, dtype=torch.float64))
     torch.testing.assert_close(t.sum(dim=1), torch.ones(6, dtype=torch.float64))
     assert kl_matching_templates(logits.half()).dtype == torch.float32
-    assert torch.equal(kl_matching_templates(logits[:0]), torch.full((6, 6), 1 / 6, dtype=torch.float64))
+    assert torch.equal(kl_matching_templates(logits[:0], unseen="uniform"),
+                       torch.full((6, 6), 1 / 6, dtype=torch.float64))
+    # the default drops it: one template per predicted class, in class order
+    dropped = kl_matching_templates(logits)
+    assert dropped.shape == (5, 6)
+    torch.testing.assert_close(dropped, t[[0, 1, 2, 3, 5]])
+    with pytest.raises(ValueError, match="no template"):
+        kl_matching_templates(logits[:0])
 
 
 def _openood_vim(features, weight, bias, dim):
@@ -540,13 +553,16 @@ def test_kl_matching_zero_template_entry_gives_minus_inf(rng):
     templates = torch.full((3, 3), 1 / 3)
     templates[:, 2] = 0.0
     templates[:, 0] = 2 / 3
-    out = kl_matching(logits, templates)
+    out = kl_matching(logits, templates, "predicted")
     assert torch.isneginf(out).all()
+    huge = kl_matching(logits, templates)  # rule "min": log 0 is the lowest finite float, as in pytorch-ood
+    assert torch.isfinite(huge).all() and (huge < -1e30).all()
     logits[:, 2] = -1e4  # p_2 underflows to 0: the zero entry no longer matters
-    out = kl_matching(logits, templates)
+    out = kl_matching(logits, templates, "predicted")
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.double(), reference.kl_matching(logits.double(), templates.double()),
                                rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(kl_matching(logits, templates).double(), out.double(), rtol=1e-5, atol=1e-6)
 
 
 def test_score_bounds_hold(rng):
@@ -649,7 +665,7 @@ def _op_cases(rng, dtype, grad):
         "energy": (torch.ops.gencore.ood_energy.default, (logits, 0.5)),
         "max_logit": (torch.ops.gencore.ood_max_logit.default, (logits,)),
         "gen": (torch.ops.gencore.ood_gen.default, (logits.detach(), 0.1, 4)),
-        "kl_matching": (torch.ops.gencore.ood_kl_matching.default, (logits.detach(), templates)),
+        "kl_matching": (torch.ops.gencore.ood_kl_matching.default, (logits.detach(), templates, "min")),
         "residual": (torch.ops.gencore.ood_residual.default, (x, p, u)),
         "vim": (torch.ops.gencore.ood_vim.default, (x, lg, p, u, 0.8)),
     }
@@ -805,7 +821,9 @@ BAD_INPUT = [
     pytest.param(lambda: gen(_L, 0.0, 3), ValueError, "gamma", id="gamma-zero"),
     pytest.param(lambda: gen(_L, float("nan"), 3), ValueError, "gamma", id="gamma-nan"),
     # templates
-    pytest.param(lambda: kl_matching(_L, _T[:5]), ValueError, "templates", id="templates-rows"),
+    pytest.param(lambda: kl_matching(_L, _T[:5], "predicted"), ValueError, "templates", id="templates-rows"),
+    pytest.param(lambda: kl_matching(_L, _T[:0]), ValueError, "templates", id="templates-no-rows"),
+    pytest.param(lambda: kl_matching(_L, _T, "max"), ValueError, "rule", id="rule-unknown"),
     pytest.param(lambda: kl_matching(_L, _T[:, :5]), ValueError, "templates", id="templates-cols"),
     pytest.param(lambda: kl_matching(_L, _T[0]), ValueError, "templates", id="templates-1d"),
     pytest.param(lambda: kl_matching(_L, _T.long()), TypeError, "templates", id="templates-int"),

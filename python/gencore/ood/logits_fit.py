@@ -18,7 +18,7 @@ _ROWS_PER_CHUNK = 8192  # bounds the float64 softmax buffer of kl_matching_templ
 
 
 @_arrays.accepts_arrays
-def kl_matching_templates(logits: torch.Tensor) -> torch.Tensor:
+def kl_matching_templates(logits: torch.Tensor, unseen: str = "drop") -> torch.Tensor:
     """Class templates for ``kl_matching`` (Hendrycks et al. 2022).
 
     d_c = mean of softmax(logits_i) over the rows i predicted as class c
@@ -26,20 +26,27 @@ def kl_matching_templates(logits: torch.Tensor) -> torch.Tensor:
 
     Args:
         logits: [N, C] float tensor of in-distribution (validation) logits, C >= 1.
+        unseen: what a class that no row predicts gets: "drop" (default: no
+            template; the result has one row per predicted class, [K, C], for
+            ``kl_matching(..., rule="min")``, as pytorch-ood 0.4.0 fits only
+            predicted classes) or "uniform" (the distribution 1/C, so the
+            result is [C, C], as ``rule="predicted"`` needs).
 
     Returns:
-        templates [C, C] in compute dtype (float64 for float64 logits, else
-        float32), row c = d_c, on the logits' device. A class that no row
-        predicts gets the uniform distribution 1/C (pytorch-ood leaves it
-        unfitted, OpenOOD makes it NaN); its rows then score -(log C - H(p)).
+        templates [K, C] ("drop", classes in increasing order) or [C, C]
+        ("uniform"), in compute dtype (float64 for float64 logits, else
+        float32), on the logits' device.
 
     Averages are accumulated in float64, in chunks of 8192 rows (peak extra
     memory 8192 x C float64 plus the [C, C] sums). NaN/inf raise ValueError.
     """
     _checks.tensor(logits, "logits", ndim=2)
+    _checks.choice(unseen, "unseen", ("drop", "uniform"))
     n, c = logits.shape
     if c == 0:
         raise ValueError(f"logits has no classes (shape {tuple(logits.shape)}); templates need C >= 1")
+    if n == 0 and unseen == "drop":
+        raise ValueError("logits is empty (shape [0, C]): no class is predicted, so no template is fitted")
     _checks.finite(logits, "logits")
     sums = torch.zeros((c, c), dtype=_F64, device=logits.device)
     counts = torch.zeros(c, dtype=_F64, device=logits.device)
@@ -51,6 +58,8 @@ def kl_matching_templates(logits: torch.Tensor) -> torch.Tensor:
     seen = counts > 0
     templates = torch.where(seen[:, None], sums / torch.where(seen, counts, 1.0)[:, None],
                             torch.full_like(sums, 1.0 / c))
+    if unseen == "drop":
+        templates = templates[seen]
     return templates.to(reference.compute_dtype(logits.dtype))
 
 

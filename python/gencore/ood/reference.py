@@ -178,6 +178,31 @@ def kl_matching(logits: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
     return (-kl).to(compute_dtype(logits.dtype))
 
 
+_KL_ROWS = 4096
+
+
+def kl_matching_min(logits: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
+    """-min_k KL(softmax(logits) || templates[k]) over every template row (the paper's
+    formula, OpenOOD's KLM, pytorch-ood 0.4.0), in float64, rows in blocks of 4096:
+
+        KL(p || d_k) = sum_c p_c log p_c - max_k sum_c p_c log d_kc
+
+    A template entry of 0 counts as the lowest finite float of the logits' compute
+    dtype (as pytorch-ood does), so p_c > 0 against d_kc = 0 gives a huge finite KL,
+    not inf; p_c = 0 contributes 0.
+    """
+    lowest = torch.finfo(compute_dtype(logits.dtype)).min
+    log_d = torch.log(templates.double()).clamp_min(lowest)   # [K, C]
+    out = []
+    for start in range(0, logits.shape[0], _KL_ROWS):
+        log_p = torch.log_softmax(logits[start:start + _KL_ROWS].double(), dim=1)
+        p = log_p.exp()
+        neg_entropy = torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(1)
+        out.append(-(neg_entropy - (p @ log_d.T).amax(1)))
+    result = torch.cat(out) if out else logits.new_empty((0,), dtype=torch.float64)
+    return result.to(compute_dtype(logits.dtype))
+
+
 def residual_vectors(features: torch.Tensor, principal: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
     """[N, D] (I - P P^T)(x - u), in compute_dtype(features.dtype)."""
     dtype = compute_dtype(features.dtype)

@@ -43,18 +43,25 @@ def _check_gen(logits, gamma, top_m):
     return logits, _checks.real(gamma, "gamma", positive=True), _checks.integer(top_m, "top_m", low=1)
 
 
-def _check_kl(logits, templates):
+_KL_RULES = ("min", "predicted")
+
+
+def _check_kl(logits, templates, rule):
     _check_logits(logits)
     _checks.tensor(templates, "templates", ndim=2)
     _checks.same_device(logits=logits, templates=templates)
+    _checks.choice(rule, "rule", _KL_RULES)
     c = logits.shape[1]
-    if templates.shape[0] != c or templates.shape[1] != c:
-        raise ValueError(f"templates must be [C, C] = [{c}, {c}] for logits of shape {tuple(logits.shape)}, "
-                         f"got {tuple(templates.shape)}")
-    return logits, templates
+    if rule == "predicted" and (templates.shape[0] != c or templates.shape[1] != c):
+        raise ValueError(f"templates must be [C, C] = [{c}, {c}] for rule='predicted' and logits of shape "
+                         f"{tuple(logits.shape)}, got {tuple(templates.shape)}")
+    if rule == "min" and (templates.shape[0] < 1 or templates.shape[1] != c):
+        raise ValueError(f"templates must be [K, C] = [K >= 1, {c}] for rule='min' and logits of shape "
+                         f"{tuple(logits.shape)}, got {tuple(templates.shape)}")
+    return logits, templates, rule
 
 
-def _check_templates_nonnegative(backend, logits, templates):
+def _check_templates_nonnegative(backend, logits, templates, rule):
     if templates.numel() and bool((templates < 0).any()):
         raise ValueError("templates must be >= 0 (rows are class-mean softmax distributions)")
 
@@ -239,9 +246,11 @@ def _logit_samples(gen, *extra):
 
 def _kl_samples(gen):
     out = []
-    for (logits,) in _logit_samples(gen):
+    for i, (logits,) in enumerate(_logit_samples(gen)):
         c = logits.shape[1]
-        out.append((logits, torch.softmax(_randn(gen, c, c, dtype=logits.dtype, scale=2.0), dim=1)))
+        rows = c if i % 2 == 0 else max(1, c // 2)
+        out.append((logits, torch.softmax(_randn(gen, rows, c, dtype=logits.dtype, scale=2.0), dim=1),
+                    "predicted" if rows == c and i % 4 == 0 else "min"))
     return out
 
 
@@ -289,9 +298,35 @@ MAX_LOGIT = _score_op("max_logit", "(Tensor logits) -> Tensor", _check_max_logit
 # has an unbounded derivative at p -> 0.
 GEN = _score_op("gen", "(Tensor logits, float gamma, int top_m) -> Tensor", _check_gen, reference.gen,
                 lambda gamma, top_m: (1.0, gamma, top_m, None), samples=lambda gen: _logit_samples(gen, 0.1, 5))
-KL_MATCHING = _score_op("kl_matching", "(Tensor logits, Tensor templates) -> Tensor", _check_kl,
-                        reference.kl_matching, lambda templates: (1.0, 0.1, 1, templates), samples=_kl_samples, finite=("templates",),
-                        check_values=_check_templates_nonnegative)
+def _kl_reference(logits, templates, rule):
+    return (reference.kl_matching if rule == "predicted" else reference.kl_matching_min)(logits, templates)
+
+
+def _kl_by_blocks(logits, templates):
+    """The min rule as torch GEMMs over blocks of rows (BLAS on the CPU, cuBLAS on CUDA):
+    its work is the [N, C] x [C, K] product, which no fused row kernel beats."""
+    return reference.kl_matching_min(logits, templates)
+
+
+def _kl_cpu(logits, templates, rule):
+    if rule == "min":  # the row kernel that refuses NaN does not run: check here, like the kit would
+        _checks.finite(logits, "logits")
+        return _kl_by_blocks(logits, templates)
+    return _cpu_scores("kl_matching", logits, 1.0, 0.1, 1, templates)
+
+
+def _kl_cuda(logits, templates, rule):
+    if rule == "min":
+        return _kl_by_blocks(logits, templates).float()
+    return _cuda_scores("kl_matching", logits, 1.0, 0.1, 1, templates)
+
+
+KL_MATCHING = Op(
+    "ood.kl_matching", "(Tensor logits, Tensor templates, str rule) -> Tensor",
+    check=_check_kl, fake=_scores_like, reference=_kl_reference, cpu=_kl_cpu, cuda=_kl_cuda,
+    finite=("logits", "templates"), cpu_kernel_checks=("logits",), check_values=_check_templates_nonnegative,
+    empty=_no_rows, samples=_kl_samples,
+)
 
 RESIDUAL = Op(
     "ood.residual", "(Tensor features, Tensor principal, Tensor center) -> Tensor",
@@ -410,32 +445,41 @@ def gen(logits: torch.Tensor, gamma: float = 0.1, top_m: int = 100) -> torch.Ten
 
 
 @_arrays.accepts_arrays
-def kl_matching(logits: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
+def kl_matching(logits: torch.Tensor, templates: torch.Tensor, rule: str = "min") -> torch.Tensor:
     """KL matching (Hendrycks et al. 2022, "Scaling out-of-distribution detection
-    for real-world settings"):
+    for real-world settings"), in the direction KL(posterior || template):
 
-        score = -KL(p || d_k) = -sum_c p_c log(p_c / d_kc),  p = softmax(logits),
-        k = argmax_c logits_c                                higher = more in-distribution
+        rule="min" (default):   score = -min_k KL(p || d_k)          over every template d_k
+        rule="predicted":       score = -KL(p || d_y),  y = argmax_c logits_c
+        p = softmax(logits)                                   higher = more in-distribution
 
-    with d_k the template of the predicted class (``kl_matching_templates``),
-    the direction KL(posterior || template) of the paper, pytorch-ood and
-    OpenOOD. (OpenOOD's KLM takes the minimum over all C templates instead of
-    the predicted class's; pytorch-ood and this function use the predicted class.)
+    "min" is the paper's formula, OpenOOD's KLM and pytorch-ood 0.4.0's
+    ``KLMatching`` (which fits templates only for classes predicted at least
+    once and replaces log 0 by the lowest finite float, as this rule does);
+    "predicted" is what pytorch-ood did before 0.4.0.
 
     Args:
         logits: [N, C] float tensor, C >= 1.
-        templates: [C, C] float tensor on the same device, >= 0, finite; row c
-            is the mean softmax of the samples predicted as class c.
+        templates: rows d_k, >= 0, finite, on the same device: [K, C] (K >= 1)
+            for "min", [C, C] (row c = class c) for "predicted";
+            ``kl_matching_templates(val_logits)`` gives the first,
+            ``kl_matching_templates(val_logits, unseen="uniform")`` the second.
+        rule: "min" or "predicted".
 
     Returns:
         [N], float64 for float64 logits, else float32. Classes with p_c = 0
-        contribute 0; d_kc = 0 where p_c > 0 gives -inf.
+        contribute 0. A template entry d_kc = 0 where p_c > 0: "predicted" gives
+        -inf, "min" a huge finite KL (pytorch-ood's convention).
 
-    Peak extra memory: log(templates) [C, C] and one [C] row buffer per CPU
-    thread. Not differentiable (no autograd formula). NaN/inf in logits or templates
-    and negative templates raise ValueError (not checked on CUDA; see gencore.set_check_finite).
+    Computation: "predicted": one fused pass per row (native CPU and CUDA
+    kernels), peak extra memory log(templates) and one [C] row buffer per CPU
+    thread. "min": KL(p || d_k) = sum p log p - max_k p . log d_k as one GEMM
+    [N, C] x [C, K] in float64 over blocks of 4096 rows (BLAS / cuBLAS through
+    torch), peak extra memory 4096 x (C + K) doubles. Not differentiable (no
+    autograd formula). NaN/inf in logits or templates and negative templates
+    raise ValueError (not checked on CUDA; see gencore.set_check_finite).
     """
-    return KL_MATCHING(logits, templates)
+    return KL_MATCHING(logits, templates, rule)
 
 
 @_arrays.accepts_arrays
