@@ -161,6 +161,7 @@ DSM_LOSS = Op(
 def _check_dsm_backward(raw, x, target, c_skip, c_out, weight, grad_loss):
     _check_dsm(raw, x, target, c_skip, c_out, weight)
     _checks.tensor(grad_loss, "grad_loss", ndim=1)
+    _checks.same_device(raw=raw, grad_loss=grad_loss)
     _checks.same_size("samples", **{"raw.shape[0]": raw.shape[0], "grad_loss.shape[0]": grad_loss.shape[0]})
     return raw, x, target, c_skip, c_out, weight, grad_loss
 
