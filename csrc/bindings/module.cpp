@@ -11,6 +11,7 @@ namespace py = pybind11;
 
 namespace gencore::bindings {
 void bind_ood(py::module_& m);
+void bind_ode(py::module_& m);
 void bind_test_hooks(py::module_& m);
 }
 
@@ -41,5 +42,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("compiled_isas", &compiled_isas,
         "ISA kernel sets built into this module: ['scalar'] for a portable-only (or non-x86) build.");
   bindings::bind_ood(m);  // one binder per family
+  bindings::bind_ode(m);
   bindings::bind_test_hooks(m);
 }
