@@ -341,7 +341,7 @@ def test_binding_refuses_bad_shapes_and_dtypes():
                       0.0, 1.0, out, d, 1)
     with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\)"):
         core.ode_step(x, x, None, None, None, None, None, coeffs, None, 0.0, 1.0, 1.0, out, d, 1)
-    with pytest.raises(ValueError, match=r"x_next: expected shape \[2, 5\]"):
+    with pytest.raises(ValueError, match=r"x_next: expected 2 rows of 5 elements"):
         core.ode_step(x, x, None, None, None, None, None, coeffs, None, 0.0, 0.0, 1.0, out[:1], d, 1)
     with pytest.raises(ValueError, match="atol and rtol"):
         core.ode_error_norm(x, x, x, 0.0, 0.0, torch.empty(2).numpy(), 1)
