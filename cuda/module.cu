@@ -12,6 +12,7 @@ namespace py = pybind11;
 
 namespace gencore::gpu::bindings {
 void bind_ood(py::module_& m);
+void bind_ode(py::module_& m);
 }
 
 namespace {
@@ -117,4 +118,5 @@ PYBIND11_MODULE(_cuda, m) {
         "for '80;90' on a 7.x GPU), for a device index that does not exist, and without a driver or\n"
         "a GPU. Never raises; restores the current device and leaves no CUDA error behind.");
   gencore::gpu::bindings::bind_ood(m);
+  gencore::gpu::bindings::bind_ode(m);
 }
