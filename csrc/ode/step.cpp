@@ -11,9 +11,9 @@
 //    comes from a selection on a per-thread buffer (ode/quantile.h), pass B
 //    scales and clamps d and forms x_next.
 //
-// Finiteness costs one poison sum of one output of each pass that every input
-// reaches: NaN or inf in any input makes x_next (or, before thresholding, d)
-// non-finite, as 0 * inf is NaN. Only a range that fails is searched for the
+// Finiteness costs one poison (ode/step_rows.h) of one output of each pass
+// that every input reaches: NaN or inf in any input makes x_next (or, before
+// thresholding, d) non-finite, as 0 * inf is NaN. Only a range that fails is searched for the
 // input to blame; a range whose inputs are all finite (an overflow) is no
 // error, as in the reference. d_uncond without guidance feeds nothing and is
 // checked on its own.

@@ -1,7 +1,7 @@
 // Row kernels of the fused step (csrc/ode/step.cpp drives them), one table
 // per SIMD level and dtype. Each is one fused pass over a range of a row:
 // every input is read once, every output written once, and the finiteness
-// check is a "poison" sum of v * 0 over one output of that pass. The bodies
+// check is a "poison" (an OR of the bits of v * 0) over one output of that pass. The bodies
 // are written once (ode/step_kernels.inc) over a lanes type; step.cpp builds
 // the portable table from it, step_avx2.cpp and step_avx512.cpp the ISA ones.
 #pragma once
