@@ -356,7 +356,10 @@ def test_error_norm_matches_reference(rng, poisoned, dtype, shape, tols):
     err, y, y_new = randn(rng, *shape, dtype=dtype, scale=1e-3), randn(rng, *shape, dtype=dtype), randn(rng, *shape,
                                                                                                        dtype=dtype)
     got = ERROR_NORM(err, y, y_new, *tols)
-    torch.testing.assert_close(got, error_norm_reference(err, y, y_new, *tols), rtol=ULPS * eps(dtype), atol=0)
+    # the sum of M squares in double: up to M / 2 eps(float64) relative in the norm (one chain, portable kernel)
+    m = err[0].numel() if shape[0] else 0
+    rtol = ULPS * eps(dtype) + m * eps(torch.float64) / 2
+    torch.testing.assert_close(got, error_norm_reference(err, y, y_new, *tols), rtol=rtol, atol=0)
 
 
 @pytest.mark.parametrize("name", ["err", "y", "y_new"])
