@@ -13,6 +13,7 @@ namespace py = pybind11;
 namespace gencore::gpu::bindings {
 void bind_ood(py::module_& m);
 void bind_score(py::module_& m);
+void bind_ode(py::module_& m);
 }
 
 namespace {
@@ -119,4 +120,5 @@ PYBIND11_MODULE(_cuda, m) {
         "a GPU. Never raises; restores the current device and leaves no CUDA error behind.");
   gencore::gpu::bindings::bind_ood(m);
   gencore::gpu::bindings::bind_score(m);
+  gencore::gpu::bindings::bind_ode(m);
 }

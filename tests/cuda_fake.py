@@ -2,8 +2,8 @@
 CUDA Python glue of every op with CPU tensors.
 
 ``FakeCuda`` has exactly the API of the real module (``cuda/module.cu``,
-``cuda/bindings/ood.cu``, ``cuda/bindings/score.cu``) and its contract as
-documented in ``cuda/ood/*.cuh`` and ``cuda/score/*.cuh``:
+``cuda/bindings/ood.cu``, ``cuda/bindings/score.cu``, ``cuda/bindings/ode.cu``) and its contract as
+documented in ``cuda/ood/*.cuh``, ``cuda/score/*.cuh`` and ``cuda/ode/*.cuh``:
 the same outputs (keys formed in float32 the way the kernels form them, sums
 in float64), the same tie rules (lower index first; NaN keys rank last in kNN
 and win the Mahalanobis min), the same ValueError messages for bad sizes, and
@@ -172,6 +172,34 @@ def _kl(x: np.ndarray, m, k, rest, log_templates: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         contrib = np.where(e > 0, e.astype(F64) * (z.astype(F64) - log_d), 0.0)
     return -(contrib.sum(1) / (1.0 + rest) - np.log1p(rest))
+
+
+def _fma(a, b, c) -> np.ndarray:
+    """fmaf(a, b, c) in float32: the float32 product is exact in float64 (one rounding at the end,
+    double rounding aside, within an ulp of the kernels' FMA)."""
+    return (np.asarray(a, F32).astype(F64) * np.asarray(b, F32).astype(F64) + np.asarray(c, F32).astype(F64)).astype(F32)
+
+
+def _shifted_std(v: np.ndarray) -> np.ndarray:
+    """cuda/ode/step.cu: the population std of each row from float64 sums shifted by the row's first
+    element, rounded to float32."""
+    dev = v.astype(F64) - v[:, :1].astype(F64)
+    mean = dev.mean(1)
+    return np.sqrt(np.maximum((dev * dev).mean(1) - mean * mean, 0.0)).astype(F32)
+
+
+def _scaled_quantile(a: np.ndarray, q: float, s: np.ndarray) -> np.ndarray:
+    """cuda/ode/step.cu scaled_quantile: torch.quantile(a, q) of each row of a >= 0 (linear), its two
+    order statistics times s, positions, weight and lerp in float32 as torch forms them."""
+    m = a.shape[1]
+    rank = F32(q) * F32(m - 1)
+    lo, hi = min(int(rank), m - 1), min(int(np.ceil(rank)), m - 1)
+    weight = F32(rank - F32(int(rank)))
+    ordered = np.sort(a, axis=1)  # NaN rows sort anywhere: the caller replaces their t
+    x, y = ordered[:, lo] * s, ordered[:, hi] * s
+    if abs(weight) < 0.5:
+        return _fma(weight, y - x, x)
+    return _fma(-(y - x), F32(1) - weight, y)
 
 
 class FakeCuda:
@@ -609,3 +637,91 @@ def _gmm_terms(x, means, eigvals, log_w, smoothing):
         log_n = log_w.astype(F64) - 0.5 * ((z.astype(F64) * w).sum(-1) + np.log(c.astype(F64)).sum(-1)
                                            + x.shape[-1] * _LOG_2PI)
     return w, log_n
+
+    # ------------------------------------------------------------ ode: fused step, error norm
+
+    def ode_step(self, x_ptr, d_cond_ptr, d_uncond_ptr, h1_ptr, h2_ptr, h3_ptr, noise_ptr, B, M, coeffs_ptr,
+                 guidance_ptr, rescale, threshold, threshold_max, x_next_ptr, d_ptr, stream, device):
+        """x, d_cond and the optional (pointer 0) d_uncond, h1, h2, h3, noise [B, M] float32, coeffs
+        [B, 6] and guidance [B] float64 -> x_next, d [B, M] float32, as cuda/ode/step.cuh forms
+        them: d = fma(w, c - u, u) in float32; rescale by float32 stds from shifted float64 sums;
+        the threshold from torch.quantile's positions and lerp in float32 (NaN rows: NaN);
+        x_next by an fma chain. Nothing is checked for NaN / inf."""
+        op = "ode_step"
+        self.calls[op] += 1
+        if B < 0 or M < 0:
+            _fail(op, f"need B >= 0 and M >= 0, got B={B}, M={M}")
+        if M > _INT_MAX:
+            _fail(op, f"M must be < 2^31, got {M}")
+        if not 0.0 <= rescale <= 1.0:
+            _fail(op, f"rescale must be in [0, 1], got {rescale}")
+        if not 0.0 <= threshold < 1.0:
+            _fail(op, f"threshold must be in [0, 1), got {threshold}")
+        if not threshold_max > 0.0:
+            _fail(op, f"threshold_max must be > 0, got {threshold_max}")
+        if guidance_ptr and not d_uncond_ptr:
+            _fail(op, "guidance needs d_uncond")
+        if B == 0 or M == 0:
+            return
+        if not (x_ptr and d_cond_ptr and coeffs_ptr and x_next_ptr and d_ptr):
+            _fail(op, "a data pointer is null")
+        self._enter(op, device, stream)
+
+        def rows(ptr, name):
+            return None if not ptr else _view(ptr, (B, M), F32, name, op)
+        x, c = rows(x_ptr, "x"), rows(d_cond_ptr, "d_cond")
+        hs = [rows(p, n) for p, n in ((h1_ptr, "h1"), (h2_ptr, "h2"), (h3_ptr, "h3"), (noise_ptr, "noise"))]
+        coeffs = _view(coeffs_ptr, (B, 6), F64, "coeffs", op).astype(F32)
+        x_next, d_out = rows(x_next_ptr, "x_next"), rows(d_ptr, "d")
+        guided = bool(guidance_ptr)
+        with np.errstate(all="ignore"):  # non-finite inputs propagate, as on the GPU
+            if guided:
+                u = rows(d_uncond_ptr, "d_uncond")
+                w = _view(guidance_ptr, (B,), F64, "guidance", op).astype(F32)
+                d = _fma(w[:, None], c - u, u)
+            else:
+                d = c.copy()
+            s = np.ones((B, 1), F32)
+            if rescale > 0 and guided and M > 1:
+                std_c, std_d = _shifted_std(c), _shifted_std(d)
+                ratio = np.where(std_d > 0, std_c / np.where(std_d > 0, std_d, F32(1)), F32(1))
+                s = (rescale * ratio.astype(F64) + (1.0 - rescale)).astype(F32)[:, None]
+            if threshold > 0:
+                t = np.minimum(np.maximum(_scaled_quantile(np.abs(d), threshold, s[:, 0]), F32(1)),
+                               F32(threshold_max))
+                t = np.where(np.isnan(d).any(1), F32(np.nan), t)[:, None]
+                v = d * s
+                d = np.where(np.isnan(v), v, np.maximum(np.minimum(v, t), -t)) / t
+            elif rescale > 0 and guided and M > 1:
+                d = d * s
+            out = _fma(coeffs[:, :1], x, coeffs[:, 1:2] * d)
+            for k, h in enumerate(hs):
+                if h is not None:
+                    out = _fma(coeffs[:, 2 + k:3 + k], h, out)
+        d_out[:] = d
+        x_next[:] = out
+
+    def ode_error_norm(self, err_ptr, y_ptr, y_new_ptr, B, M, atol, rtol, out_ptr, stream, device):
+        """err, y, y_new [B, M] float32 -> out [B] float32 = sqrt(mean((err / s)^2)), s =
+        fma(rtol, max(|y|, |y_new|), atol) in float32 (NaN when y or y_new is), quotients and sums
+        in float64; 0 for M = 0. Nothing is checked for NaN / inf."""
+        op = "ode_error_norm"
+        self.calls[op] += 1
+        if B < 0 or M < 0:
+            _fail(op, f"need B >= 0 and M >= 0, got B={B}, M={M}")
+        if not (atol >= 0.0 and rtol >= 0.0 and atol + rtol > 0.0):
+            _fail(op, f"atol and rtol must be >= 0 and not both 0, got atol={atol}, rtol={rtol}")
+        if B == 0:
+            return
+        if not out_ptr or (M > 0 and not (err_ptr and y_ptr and y_new_ptr)):
+            _fail(op, "a data pointer is null")
+        self._enter(op, device, stream)
+        out = _view(out_ptr, (B,), F32, "out", op)
+        if M == 0:
+            out[:] = 0
+            return
+        e, a, c = (_view(p, (B, M), F32, n, op) for p, n in ((err_ptr, "err"), (y_ptr, "y"), (y_new_ptr, "y_new")))
+        with np.errstate(all="ignore"):
+            scale = _fma(F32(rtol), np.maximum(np.abs(a), np.abs(c)), F32(atol))  # np.maximum keeps NaN
+            r = e.astype(F64) / scale.astype(F64)
+            out[:] = np.sqrt((r * r).sum(1) / M).astype(F32)

@@ -7,7 +7,7 @@ inner product, ties to the lower index, NaN last), Mahalanobis (both reduces,
 lowest class on ties, NaN wins the min), logit scores 0-4 and residual / ViM;
 for the score family the data-set denoiser's tile step, the mixture score
 (iso/diagonal, and the full-covariance tile step), the DSM loss and its
-backward, the DMD gradient.
+backward, the DMD gradient; the ode family's fused step and error norm (NaN propagates).
 Exact equality is asked where the arithmetic is exact (integer-valued data);
 elsewhere float32 tolerances against the float64 reference.
 """
@@ -20,6 +20,8 @@ import pytest
 import torch
 
 from gencore import _native
+from gencore.ode.ops._error_norm import _reference as error_norm_reference
+from gencore.ode.ops._step import _reference as step_reference
 from gencore.ood import reference
 from gencore.score import reference as score_reference
 
@@ -571,6 +573,112 @@ def test_loss_argument_checks(rng):
     # M = 0: only the per-sample pointers are read; the sample pointers may be null
     fake.dsm_loss(0, 0, 0, 2, 0, c_skip.data_ptr(), c_out.data_ptr(), weight.data_ptr(), loss.data_ptr(), 0, 0, 0, 0)
     assert torch.equal(loss, torch.zeros(2))
+
+# ====================================================================== ode: fused step, error norm
+
+def fake_step(fake, x, d_cond, d_uncond=None, h=(None, None, None, None), coeffs=None, guidance=None, rescale=0.0,
+              threshold=0.0, threshold_max=float("inf")):
+    b, m = x.shape
+    tensors = [x, d_cond, d_uncond, *h]
+    ptrs = [0 if t is None else t.contiguous().data_ptr() for t in tensors]
+    c = coeffs.double().contiguous()
+    g = None if guidance is None else guidance.double().contiguous()
+    x_next, d = poisoned(b, m), poisoned(b, m)
+    fake.ode_step(*ptrs, b, m, c.data_ptr(), 0 if g is None else g.data_ptr(), rescale, threshold, threshold_max,
+                  x_next.data_ptr(), d.data_ptr(), 0, 0)
+    return x_next, d
+
+
+def step_case(rng, b, m, present=(True, True, False, True), guided=True):
+    x, c, u = (torch.randn(b, m, generator=rng) * 2 for _ in range(3))
+    h = tuple(torch.randn(b, m, generator=rng) if p else None for p in present)
+    coeffs = torch.randn(b, 6, generator=rng, dtype=torch.float64)
+    for k, t in enumerate(h):
+        if t is None:
+            coeffs[:, 2 + k] = 0.0
+    guidance = 1 + 3 * torch.rand(b, generator=rng, dtype=torch.float64) if guided else None
+    return x, c, u if guided else None, h, coeffs, guidance
+
+
+def assert_close_to_step_reference(got, want, scale):
+    for g, w in zip(got, want):
+        assert ((g - w).abs() <= 1e-5 * (scale + w.abs())).all(), (g - w).abs().max()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 33), (2, 1000), (5, 4096)])
+@pytest.mark.parametrize("mode", ["plain", "guided", "rescale", "threshold", "both"])
+def test_ode_step_matches_reference(rng, shape, mode):
+    x, c, u, h, coeffs, guidance = step_case(rng, *shape, guided=mode != "plain")
+    rescale = 0.7 if mode in ("rescale", "both") else 0.0
+    threshold = 0.9 if mode in ("threshold", "both") else 0.0
+    got = fake_step(FakeCuda(), x, c, u, h, coeffs, guidance, rescale, threshold, 3.0)
+    want = step_reference(x, c, u, *h, coeffs, guidance, rescale, threshold, 3.0)
+    scale = 1 + x.abs() * coeffs[:, :1].abs().float() + sum(t.abs() for t in h if t is not None) * coeffs.abs().max()
+    assert_close_to_step_reference(got, want, scale)
+
+
+def test_ode_step_quantile_ties_and_values_below_one():
+    x = torch.tensor([[5.0] * 6 + [2.0] * 3 + [9.0], [1.5, -4.0, 4.0, 4.0, -7.0, 2.5, 3.0, 8.0, 4.0, -6.0],
+                      [0.1, -0.2, 0.3, 0.05, -0.4, 0.2, 0.1, 0.0, 0.3, -0.1]])
+    coeffs = torch.tensor([[0.0, 1.0, 0, 0, 0, 0]] * 3, dtype=torch.float64)
+    for q in (0.3, 0.45, 0.5, 0.85, 0.95):
+        _, d = fake_step(FakeCuda(), x, x, coeffs=coeffs, threshold=q)
+        _, want = step_reference(x, x, None, None, None, None, None, coeffs, None, 0.0, q, float("inf"))
+        torch.testing.assert_close(d, want, rtol=1e-6, atol=0)
+        assert torch.equal(d[2], x[2])  # quantile < 1: t = 1
+
+
+def test_ode_step_nan_propagates_to_its_row_only():
+    x = torch.randn(3, 20, generator=torch.Generator().manual_seed(3))
+    bad = x.clone()
+    bad[1, 7] = float("nan")
+    coeffs = torch.tensor([[0.5, 1.0, 0, 0, 0, 0]] * 3, dtype=torch.float64)
+    x_next, d = fake_step(FakeCuda(), x, bad, coeffs=coeffs, threshold=0.8)
+    assert torch.isnan(d[1]).all() and torch.isnan(x_next[1]).all()  # t is NaN for the whole row
+    assert not torch.isnan(d[[0, 2]]).any() and not torch.isnan(x_next[[0, 2]]).any()
+    x_next, d = fake_step(FakeCuda(), x, bad, coeffs=coeffs)  # plain: only the element
+    assert torch.isnan(d).sum() == 1 and torch.isnan(x_next).sum() == 1
+
+
+def test_ode_step_argument_checks_and_empty_calls():
+    fake = FakeCuda()
+    with pytest.raises(ValueError, match=r"gencore\._cuda\.ode_step: guidance needs d_uncond"):
+        fake.ode_step(1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 8, 0.0, 0.0, 1.0, 1, 1, 0, 0)
+    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\)"):
+        fake.ode_step(1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0.0, 1.0, 1.0, 1, 1, 0, 0)
+    with pytest.raises(ValueError, match=r"rescale must be in \[0, 1\]"):
+        fake.ode_step(1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 0, 1.5, 0.0, 1.0, 1, 1, 0, 0)
+    with pytest.raises(ValueError, match="threshold_max must be > 0"):
+        fake.ode_step(1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0.0, 0.0, 0.0, 1, 1, 0, 0)
+    with pytest.raises(ValueError, match="a data pointer is null"):
+        fake.ode_step(0, 1, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0.0, 0.0, 1.0, 1, 1, 0, 0)
+    fake.ode_step(0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0.0, 0.0, 1.0, 0, 0, 0, 0)  # B = 0: nothing read or written
+    fake.ode_step(0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0.0, 0.0, 1.0, 0, 0, 0, 0)  # M = 0
+    assert fake.calls["ode_step"] == 7
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (4, 0), (3, 37), (2, 5000)])
+@pytest.mark.parametrize("tols", [(1e-3, 1e-3), (0.0, 1e-6)])
+def test_ode_error_norm_matches_reference(rng, shape, tols):
+    err = torch.randn(*shape, generator=rng) * 1e-3
+    y, y_new = torch.randn(*shape, generator=rng), torch.randn(*shape, generator=rng)
+    out = poisoned(shape[0])
+    FakeCuda().ode_error_norm(err.data_ptr(), y.data_ptr(), y_new.data_ptr(), *shape, *tols, out.data_ptr(), 0, 0)
+    torch.testing.assert_close(out, error_norm_reference(err, y, y_new, *tols), rtol=1e-5, atol=0)
+
+
+def test_ode_error_norm_nan_and_checks():
+    y = torch.tensor([[1.0, float("nan")], [1.0, 2.0]])
+    err = torch.ones(2, 2)
+    out = poisoned(2)
+    fake = FakeCuda()
+    fake.ode_error_norm(err.data_ptr(), y.data_ptr(), torch.zeros(2, 2).data_ptr(), 2, 2, 1e-3, 1e-3, out.data_ptr(),
+                        0, 0)
+    assert torch.isnan(out[0]) and torch.isfinite(out[1])  # a NaN y is not hidden by the max
+    with pytest.raises(ValueError, match="atol and rtol must be >= 0 and not both 0"):
+        fake.ode_error_norm(1, 1, 1, 1, 1, 0.0, 0.0, 1, 0, 0)
+    with pytest.raises(ValueError, match="a data pointer is null"):
+        fake.ode_error_norm(0, 1, 1, 1, 1, 1e-3, 0.0, 1, 0, 0)
 
 
 # ====================================================================== the fake's own checks

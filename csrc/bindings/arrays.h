@@ -48,6 +48,34 @@ MatrixView<const T> matrix_in(const py::array& a, const char* name) {
   return v;
 }
 
+// An array [B, ...] viewed without copying as B rows of prod(shape[1:])
+// elements (a 1-D [B] array: rows of one element), so N-D tensors need no
+// reshape on the Python side: dimensions after the first must be C-contiguous,
+// the row stride is free.
+template <typename T>
+MatrixView<const T> rows_in(const py::array& a, const char* name) {
+  GENCORE_CHECK(a.ndim() >= 1, name, ": expected an array of at least 1 dimension, got a 0-D one");
+  check_dtype<T>(a, name);
+  MatrixView<const T> v;
+  v.data = static_cast<const T*>(a.data());
+  v.rows = a.shape(0);
+  v.cols = 1;
+  for (py::ssize_t k = 1; k < a.ndim(); ++k) v.cols *= a.shape(k);
+  const auto item = static_cast<py::ssize_t>(sizeof(T));
+  const bool empty = v.rows == 0 || v.cols == 0;
+  py::ssize_t expect = item;  // the C-contiguous stride of dimension k, from the last one in
+  for (py::ssize_t k = a.ndim() - 1; k >= 1 && !empty; --k) {
+    GENCORE_CHECK(a.shape(k) <= 1 || a.strides(k) == expect, name,
+                  ": dimensions after the first must be C-contiguous");
+    expect *= a.shape(k);
+  }
+  GENCORE_CHECK(empty || v.rows <= 1 || (a.strides(0) % item == 0 && a.strides(0) >= v.cols * item), name,
+                ": unsupported row stride ", a.strides(0));
+  v.row_stride = empty || v.rows <= 1 ? v.cols : a.strides(0) / item;
+  if (v.row_stride < 1) v.row_stride = 1;
+  return v;
+}
+
 // A 1-D array [n] with unit stride, viewed without copying. A [1, n] row is
 // accepted too, so callers may keep 2-D shapes.
 template <typename T>
@@ -74,6 +102,17 @@ template <typename T>
 T* output(py::array& a, const char* name, py::ssize_t rows, py::ssize_t cols) {
   GENCORE_CHECK(a.ndim() == 2 && a.shape(0) == rows && a.shape(1) == cols, name,
                 ": expected shape [", rows, ", ", cols, "]");
+  return writeable_data<T>(a, name);
+}
+
+// A C-contiguous, writeable output [rows, ...] of rows x cols elements (cols =
+// prod(shape[1:])), the output twin of rows_in.
+template <typename T>
+T* rows_out(py::array& a, const char* name, py::ssize_t rows, py::ssize_t cols) {
+  py::ssize_t rest = 1;
+  for (py::ssize_t k = 1; k < a.ndim(); ++k) rest *= a.shape(k);
+  GENCORE_CHECK(a.ndim() >= 1 && a.shape(0) == rows && rest == cols, name, ": expected ", rows, " rows of ", cols,
+                " elements");
   return writeable_data<T>(a, name);
 }
 

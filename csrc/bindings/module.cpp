@@ -12,6 +12,7 @@ namespace py = pybind11;
 namespace gencore::bindings {
 void bind_ood(py::module_& m);
 void bind_score(py::module_& m);
+void bind_ode(py::module_& m);
 void bind_test_hooks(py::module_& m);
 }
 
@@ -43,5 +44,6 @@ PYBIND11_MODULE(_core, m) {
         "ISA kernel sets built into this module: ['scalar'] for a portable-only (or non-x86) build.");
   bindings::bind_ood(m);  // one binder per family
   bindings::bind_score(m);
+  bindings::bind_ode(m);
   bindings::bind_test_hooks(m);
 }

@@ -54,8 +54,9 @@ def _cpu(err, y, y_new, atol, rtol):
     dtype = _dtype(err)
     b = err.shape[0]
     out, out_array = _native_call.cpu_output((b,), dtype)
-    _native.core.ode_error_norm(*(_native_call.cpu_array(t.reshape(b, -1), dtype) for t in (err, y, y_new)),
-                                atol, rtol, out_array, _native_call.threads())
+    # contiguous tensors keep their [B, ...] shape (the binding reads rows of prod(shape[1:]))
+    _native.core.ode_error_norm(*(_native_call.cpu_array(t if t.is_contiguous() else t.reshape(b, -1), dtype)
+                                  for t in (err, y, y_new)), atol, rtol, out_array, _native_call.threads())
     return out
 
 

@@ -46,7 +46,37 @@ def _positive_or_inf(v, name: str) -> float:
     return v
 
 
+_COEFF_DTYPES = (torch.float64, torch.float32)
+
+
+def _common_call(x, d_cond, d_uncond, h1, h2, h3, noise, coeffs, guidance, rescale, threshold, threshold_max):
+    """True for a call that the checks below accept unchanged (plain tensors of x's dtype,
+    shape and device, coeffs [B, 6], float parameters in range), told in one pass: the
+    step is called once per solver step, often on small tensors. Anything else (other
+    types, fake tensors while tracing, ints for floats, errors) takes the full checks."""
+    tensor = torch.Tensor
+    if (type(x) is not tensor or type(d_cond) is not tensor or type(coeffs) is not tensor or x.dim() < 1
+            or x.dtype not in _checks.FLOATING):
+        return False
+    shape, dtype, device = x.shape, x.dtype, x.device
+    for t in (d_cond, d_uncond, h1, h2, h3, noise):
+        if t is not None and (type(t) is not tensor or t.dtype is not dtype or t.shape != shape
+                              or t.device != device):
+            return False
+    b = shape[0]
+    if coeffs.dtype not in _COEFF_DTYPES or coeffs.shape != (b, N_COEFFS) or coeffs.device != device:
+        return False
+    if guidance is not None and (type(guidance) is not tensor or d_uncond is None or guidance.dtype not in
+                                 _COEFF_DTYPES or guidance.shape != (b,) or guidance.device != device):
+        return False
+    return (type(rescale) is float and 0.0 <= rescale <= 1.0 and type(threshold) is float
+            and 0.0 <= threshold < 1.0 and type(threshold_max) is float and threshold_max > 0.0)
+
+
 def _check(x, d_cond, d_uncond, h1, h2, h3, noise, coeffs, guidance, rescale, threshold, threshold_max):
+    args = (x, d_cond, d_uncond, h1, h2, h3, noise, coeffs, guidance, rescale, threshold, threshold_max)
+    if _common_call(*args):
+        return args
     _checks.tensor(x, "x")
     if x.dim() < 1:
         raise ValueError("x must be [B, ...] (at least 1-D), got a 0-D tensor")
@@ -119,15 +149,22 @@ def _rows(t, b):
     return None if t is None else t.reshape(b, -1)
 
 
+def _cpu_array(t, b, dtype):
+    """The numpy view _core.ode_step reads: the tensor's own [B, ...] shape when it is
+    contiguous (the binding takes rows of prod(shape[1:]), no reshape), else [B, M] rows."""
+    if t is None:
+        return None
+    return _native_call.cpu_array(t if t.is_contiguous() else t.reshape(b, -1), dtype)
+
+
 def _cpu(x, d_cond, d_uncond, h1, h2, h3, noise, coeffs, guidance, rescale, threshold, threshold_max):
     dtype = _compute_dtype(x.dtype)
     b = x.shape[0]
-    m = x[0].numel() if b else 0
-    x_next, x_next_array = _native_call.cpu_output(x.shape, dtype, (b, m))
-    d, d_array = _native_call.cpu_output(x.shape, dtype, (b, m))
-    arrays = [None if t is None else _native_call.cpu_array(_rows(t, b), dtype)
-              for t in (x, d_cond, d_uncond, h1, h2, h3, noise)]
-    _native.core.ode_step(*arrays, _native_call.cpu_array(coeffs, torch.float64),
+    x_next, x_next_array = _native_call.cpu_output(x.shape, dtype)
+    d, d_array = _native_call.cpu_output(x.shape, dtype)
+    _native.core.ode_step(_cpu_array(x, b, dtype), _cpu_array(d_cond, b, dtype), _cpu_array(d_uncond, b, dtype),
+                          _cpu_array(h1, b, dtype), _cpu_array(h2, b, dtype), _cpu_array(h3, b, dtype),
+                          _cpu_array(noise, b, dtype), _native_call.cpu_array(coeffs, torch.float64),
                           None if guidance is None else _native_call.cpu_array(guidance, torch.float64),
                           rescale, threshold, threshold_max, x_next_array, d_array, _native_call.threads())
     return x_next, d
@@ -178,6 +215,6 @@ STEP = Op(
     "Tensor? guidance, float rescale, float threshold, float threshold_max) -> (Tensor, Tensor)",
     check=_check, fake=_fake, reference=_reference, cpu=_cpu, cuda=_cuda,
     finite=("x", "d_cond", "d_uncond", "h1", "h2", "h3", "noise", "coeffs", "guidance"),
-    cpu_kernel_checks=("x", "d_cond", "d_uncond", "h1", "h2", "h3", "noise"),
+    cpu_kernel_checks=("x", "d_cond", "d_uncond", "h1", "h2", "h3", "noise", "coeffs", "guidance"),
     empty=lambda x, *rest: x.shape[0] == 0, samples=_samples,
 )
