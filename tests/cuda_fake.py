@@ -582,62 +582,6 @@ class FakeCuda:
 
 # ---------------------------------------------------------------- score helpers
 
-def _require(op: str, *ptrs) -> None:
-    """The kernels' null check, before any work."""
-    if not all(ptrs):
-        _fail(op, "a data pointer is null")
-
-
-def _check_rows(op: str, B: int, M: int) -> None:
-    if B < 0 or M < 0:
-        _fail(op, f"need B >= 0 and M >= 0, got B={B}, M={M}")
-
-
-def _partials_bytes(B: int, M: int) -> int:
-    """cuda/score/rows.cuh partials_layout: 8 B S bytes when a row has S > 1 segments."""
-    segments = max(1, -(-M // SCORE_SEGMENT))
-    return 8 * B * segments if segments > 1 else 0
-
-
-def _dsm_error(op, raw_ptr, x_ptr, target_ptr, B, M, c_skip_ptr, c_out_ptr) -> np.ndarray:
-    """fmaf(c_skip, x, c_out * raw) - target, float32 [B, M], as the kernels form it."""
-    raw, x, target = (_view(p, (B, M), F32, n, op) for p, n in (
-        (raw_ptr, "raw"), (x_ptr, "x"), (target_ptr, "target")))
-    c_skip = _view(c_skip_ptr, (B,), F32, "c_skip", op)
-    c_out = _view(c_out_ptr, (B,), F32, "c_out", op)
-    with np.errstate(all="ignore"):
-        scaled = c_out[:, None] * raw                                             # float32 product
-        pred = (c_skip.astype(F64)[:, None] * x.astype(F64) + scaled.astype(F64)).astype(F32)  # one rounding
-        return pred - target
-
-
-def _check_gmm_sizes(op: str, B: int, d: int, K: int, k_name: str) -> None:
-    if B < 0:
-        _fail(op, f"B must be >= 0, got {B}")
-    _check_dim(op, "d", d)
-    if K < 1 or K > _INT_MAX:
-        _fail(op, f"{k_name} must be in [1, 2^31 - 1], got {K}")
-
-
-def _smoothing(sigma: np.ndarray, alpha: np.ndarray):
-    """(alpha, alpha^2, sigma^2) per query, float32 (squares formed in double), as gmm.cu."""
-    a64, s64 = alpha.astype(F64), sigma.astype(F64)
-    return alpha, (a64 * a64).astype(F32), (s64 * s64).astype(F32)
-
-
-def _gmm_terms(x, means, eigvals, log_w, smoothing):
-    """(w = z / c float32, log N float64) over the last axis, gmm.cu's elements: z = fmaf(-a, mu, x),
-    c = fmaf(a2, lambda, s2) (one rounding each), w = z / c; sums of z w and log c in float64.
-    smoothing arrays broadcast against x's leading axes."""
-    a, a2, s2 = (v.astype(F64)[..., None] for v in smoothing)
-    with np.errstate(all="ignore"):
-        z = (x.astype(F64) - a * means.astype(F64)).astype(F32)
-        c = (a2 * eigvals.astype(F64) + s2).astype(F32)
-        w = z / c
-        log_n = log_w.astype(F64) - 0.5 * ((z.astype(F64) * w).sum(-1) + np.log(c.astype(F64)).sum(-1)
-                                           + x.shape[-1] * _LOG_2PI)
-    return w, log_n
-
     # ------------------------------------------------------------ ode: fused step, error norm
 
     def ode_step(self, x_ptr, d_cond_ptr, d_uncond_ptr, h1_ptr, h2_ptr, h3_ptr, noise_ptr, B, M, coeffs_ptr,
@@ -725,3 +669,60 @@ def _gmm_terms(x, means, eigvals, log_w, smoothing):
             scale = _fma(F32(rtol), np.maximum(np.abs(a), np.abs(c)), F32(atol))  # np.maximum keeps NaN
             r = e.astype(F64) / scale.astype(F64)
             out[:] = np.sqrt((r * r).sum(1) / M).astype(F32)
+
+
+def _require(op: str, *ptrs) -> None:
+    """The kernels' null check, before any work."""
+    if not all(ptrs):
+        _fail(op, "a data pointer is null")
+
+
+def _check_rows(op: str, B: int, M: int) -> None:
+    if B < 0 or M < 0:
+        _fail(op, f"need B >= 0 and M >= 0, got B={B}, M={M}")
+
+
+def _partials_bytes(B: int, M: int) -> int:
+    """cuda/score/rows.cuh partials_layout: 8 B S bytes when a row has S > 1 segments."""
+    segments = max(1, -(-M // SCORE_SEGMENT))
+    return 8 * B * segments if segments > 1 else 0
+
+
+def _dsm_error(op, raw_ptr, x_ptr, target_ptr, B, M, c_skip_ptr, c_out_ptr) -> np.ndarray:
+    """fmaf(c_skip, x, c_out * raw) - target, float32 [B, M], as the kernels form it."""
+    raw, x, target = (_view(p, (B, M), F32, n, op) for p, n in (
+        (raw_ptr, "raw"), (x_ptr, "x"), (target_ptr, "target")))
+    c_skip = _view(c_skip_ptr, (B,), F32, "c_skip", op)
+    c_out = _view(c_out_ptr, (B,), F32, "c_out", op)
+    with np.errstate(all="ignore"):
+        scaled = c_out[:, None] * raw                                             # float32 product
+        pred = (c_skip.astype(F64)[:, None] * x.astype(F64) + scaled.astype(F64)).astype(F32)  # one rounding
+        return pred - target
+
+
+def _check_gmm_sizes(op: str, B: int, d: int, K: int, k_name: str) -> None:
+    if B < 0:
+        _fail(op, f"B must be >= 0, got {B}")
+    _check_dim(op, "d", d)
+    if K < 1 or K > _INT_MAX:
+        _fail(op, f"{k_name} must be in [1, 2^31 - 1], got {K}")
+
+
+def _smoothing(sigma: np.ndarray, alpha: np.ndarray):
+    """(alpha, alpha^2, sigma^2) per query, float32 (squares formed in double), as gmm.cu."""
+    a64, s64 = alpha.astype(F64), sigma.astype(F64)
+    return alpha, (a64 * a64).astype(F32), (s64 * s64).astype(F32)
+
+
+def _gmm_terms(x, means, eigvals, log_w, smoothing):
+    """(w = z / c float32, log N float64) over the last axis, gmm.cu's elements: z = fmaf(-a, mu, x),
+    c = fmaf(a2, lambda, s2) (one rounding each), w = z / c; sums of z w and log c in float64.
+    smoothing arrays broadcast against x's leading axes."""
+    a, a2, s2 = (v.astype(F64)[..., None] for v in smoothing)
+    with np.errstate(all="ignore"):
+        z = (x.astype(F64) - a * means.astype(F64)).astype(F32)
+        c = (a2 * eigvals.astype(F64) + s2).astype(F32)
+        w = z / c
+        log_n = log_w.astype(F64) - 0.5 * ((z.astype(F64) * w).sum(-1) + np.log(c.astype(F64)).sum(-1)
+                                           + x.shape[-1] * _LOG_2PI)
+    return w, log_n
