@@ -60,9 +60,9 @@ def invert(denoiser: Callable, x0: torch.Tensor, sigmas: torch.Tensor, solver: s
     if solver == "heun":
         out = _heun(stepper, x0, s, None)
     else:
-        table = {"euler": coef.euler, "dpmpp_2m": coef.dpmpp_2m, "dpmpp_3m": coef.dpmpp_3m,
-                 "unipc": lambda g: coef.unipc(g, corrector=False)}[solver](s)
-        out = _multistep(stepper, x0, table, None, None)
+        builder = {"euler": coef.euler, "dpmpp_2m": coef.dpmpp_2m, "dpmpp_3m": coef.dpmpp_3m,
+                   "unipc": lambda g: coef.unipc(g, corrector=False)}[solver]
+        out = _multistep(stepper, x0, lambda: builder(s), None, None)
     out = out.to(x0.dtype)
     return (out, info) if return_info else out
 

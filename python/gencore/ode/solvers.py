@@ -16,6 +16,7 @@ a fixed-step loop can be captured in a CUDA graph or compiled.
 """
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -69,7 +70,8 @@ class SampleInfo:
 class _Stepper:
     """Evaluates the (guided) denoiser and calls the fused step; owns the per-step tables."""
 
-    def __init__(self, denoiser, x, s, guidance: Optional[Guidance], threshold, threshold_max, info):
+    def __init__(self, denoiser, x, s, guidance: Optional[Guidance], threshold, threshold_max, info,
+                 sigma_inputs: Optional[torch.Tensor] = None):
         self.denoiser, self.info = denoiser, info
         self.b = x.shape[0]
         self.device = x.device
@@ -78,8 +80,13 @@ class _Stepper:
             raise ValueError(f"dynamic_threshold must be a quantile in (0, 1), got {threshold}")
         self.threshold_max = _positive_or_inf(threshold_max, "threshold_max")
         self.s = s                                                # [n + 1] or [B, n + 1], float64, CPU
+        # after one checked step, later ones call the op's implementation (see step) when nothing
+        # traces the loop and no gradient is being recorded (sample runs under no_grad)
+        self._direct = False
+        self._layout = None if torch.compiler.is_compiling() or torch.is_grad_enabled() else (
+            x.shape, x.dtype, x.device)
         per_sample = s if s.dim() == 2 else s.expand(self.b, -1)
-        self.sigma_inputs = per_sample.T.to(device=x.device, dtype=x.dtype)   # [n + 1, B]: the model's sigma
+        self.sigma_inputs = _sigma_inputs(s, x) if sigma_inputs is None else sigma_inputs   # [n + 1, B]
         self.guidance = guidance
         self.scales = self.uses_uncond = None
         if guidance is not None:
@@ -95,6 +102,9 @@ class _Stepper:
         else:
             self.rescale = 0.0
 
+    def _same_layout(self, t) -> bool:
+        return type(t) is torch.Tensor and (t.shape, t.dtype, t.device) == self._layout and not t.requires_grad
+
     def denoise(self, x, i, sigma_row=None):
         """(d_cond, d_uncond or None, guidance [B] or None) at grid point i (or at given sigmas)."""
         sigma = self.sigma_inputs[i] if sigma_row is None else sigma_row
@@ -108,9 +118,17 @@ class _Stepper:
 
     def step(self, i, coeffs, x, d, h1=None, h2=None, h3=None, noise=None):
         d_cond, d_uncond, scales = d
+        args = (x, d_cond, d_uncond, h1, h2, h3, noise, coeffs, scales, self.rescale if scales is not None else 0.0,
+                self.threshold, self.threshold_max)
         try:
-            return STEP(x, d_cond, d_uncond, h1, h2, h3, noise, coeffs, scales, self.rescale if scales is not None
-                        else 0.0, self.threshold, self.threshold_max)
+            if self._direct and self._same_layout(d_cond) and (d_uncond is None or self._same_layout(d_uncond)):
+                # Every argument but the model's outputs is the loop's own, checked by the first
+                # call; the outputs match x: the op's implementation directly (its dispatch
+                # and checks are what a step of a small model costs most).
+                return STEP.run(args)
+            out = STEP(*args)
+            self._direct = self._layout is not None
+            return out
         except ValueError as exc:
             if "d_cond" in str(exc) or "d_uncond" in str(exc):
                 sigma = self.s[..., i].reshape(-1)[0].item()
@@ -137,12 +155,49 @@ def _as_rows(table: torch.Tensor, b: int, device) -> torch.Tensor:
     return table.contiguous().to(device)
 
 
+_PLAN_CACHE_SIZE = 64
+_plans: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+
+
+def _cached(key: Optional[tuple], build: Callable):
+    """build(), remembered under key (None: not cached). A sampling loop with the same grid,
+    batch size, device and options reuses its coefficient tables and slot plans: what is
+    left per call is the steps themselves."""
+    if key is None:
+        return build()
+    if key in _plans:
+        _plans.move_to_end(key)
+        return _plans[key]
+    value = build()
+    _plans[key] = value
+    if len(_plans) > _PLAN_CACHE_SIZE:
+        _plans.popitem(last=False)
+    return value
+
+
+def _plan_key(name: str, s: torch.Tensor, x: torch.Tensor, *options) -> Optional[tuple]:
+    """The cache key of a plan for grid s and x's batch, device and dtype (None while tracing)."""
+    if torch.compiler.is_compiling():
+        return None
+    return (name, tuple(s.shape), s.numpy().tobytes(), x.shape[0], str(x.device), x.dtype, options)
+
+
+def _sigma_inputs(s: torch.Tensor, x: torch.Tensor) -> tuple:
+    """n + 1 tensors [B]: the sigma each model call gets, on x's device and in its dtype."""
+    per_sample = s if s.dim() == 2 else s.expand(x.shape[0], -1)
+    return per_sample.T.to(device=x.device, dtype=x.dtype).contiguous().unbind(0)
+
+
 # ---------------------------------------------------------------- the solvers
 
-def _multistep(stepper: _Stepper, x, table, noise_fn, callback):
-    rows, used = _as_rows(table, stepper.b, stepper.device), _used_slots(table, noise_fn is not None)
+def _multistep(stepper: _Stepper, x, table: Callable, noise_fn, callback, key=None):
+    """The multistep loop; table() builds the [n, (B,) 6] coefficients (once per key)."""
+    def build():
+        t = table()
+        return _as_rows(t, stepper.b, stepper.device).unbind(0), _used_slots(t, noise_fn is not None)
+    rows, used = _cached(key, build)
     history = [None, None, None]
-    for i in range(table.shape[0]):
+    for i in range(len(rows)):
         d = stepper.denoise(x, i)
         u = used[i]
         hist = [h if u[coef.H1 + j] else None for j, h in enumerate(history)]
@@ -155,14 +210,17 @@ def _multistep(stepper: _Stepper, x, table, noise_fn, callback):
     return x
 
 
-def _heun(stepper: _Stepper, x, s, callback):
-    predictor, corrector = coef.heun(s)
-    pred_rows, corr_rows = _as_rows(predictor, stepper.b, stepper.device), _as_rows(corrector, stepper.b, stepper.device)
-    final = (s[..., 1:] == 0).reshape(-1, s.shape[-1] - 1).all(0)
-    for i in range(predictor.shape[0]):
+def _heun(stepper: _Stepper, x, s, callback, key=None):
+    def build():
+        predictor, corrector = coef.heun(s)
+        final = (s[..., 1:] == 0).reshape(-1, s.shape[-1] - 1).all(0).tolist()
+        return (_as_rows(predictor, stepper.b, stepper.device).unbind(0),
+                _as_rows(corrector, stepper.b, stepper.device).unbind(0), final)
+    pred_rows, corr_rows, final = _cached(key, build)
+    for i in range(len(pred_rows)):
         d1 = stepper.denoise(x, i)
         x2, denoised = stepper.step(i, pred_rows[i], x, d1)
-        if bool(final[i]):
+        if final[i]:
             x = x2
         else:
             d2 = stepper.denoise(x2, i + 1)
@@ -211,6 +269,15 @@ def sample(denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, solver: st
     NaN/inf from the denoiser raise ValueError naming the step and sigma (on the
     CPU; on CUDA steps are not checked unless gencore.set_check_finite("always")).
     """
+    with torch.no_grad():  # sampling records no graph (as k-diffusion's samplers)
+        return _sample(denoiser, x, sigmas, solver, guidance, dynamic_threshold, threshold_max, eta, s_noise,
+                       sde_solver, order, unipc_variant, corrector, lower_order_final, coefficients, generator,
+                       noise_sampler, callback, return_info, rk45_options)
+
+
+def _sample(denoiser, x, sigmas, solver, guidance, dynamic_threshold, threshold_max, eta, s_noise, sde_solver, order,
+            unipc_variant, corrector, lower_order_final, coefficients, generator, noise_sampler, callback,
+            return_info, rk45_options):
     _checks.tensor(x, "x")
     _checks.choice(solver, "solver", SOLVERS)
     if x.dim() < 1 or x.shape[0] == 0:
@@ -226,31 +293,29 @@ def sample(denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, solver: st
         return (out, info) if return_info else out
     if rk45_options:
         raise TypeError(f"unexpected options for solver {solver!r}: {sorted(rk45_options)}")
-    stepper = _Stepper(denoiser, x, s, guidance, dynamic_threshold, threshold_max, info)
+    sigma_inputs = _cached(_plan_key("sigmas", s, x), lambda: _sigma_inputs(s, x))
+    stepper = _Stepper(denoiser, x, s, guidance, dynamic_threshold, threshold_max, info, sigma_inputs)
     if solver == "heun":
-        out = _heun(stepper, x, s, callback)
+        out = _heun(stepper, x, s, callback, _plan_key("heun", s, x))
     else:
-        if solver == "euler":
-            table = coef.euler(s)
-        elif solver == "dpmpp_2m":
-            table = coef.dpmpp_2m(s)
-        elif solver == "dpmpp_3m":
-            table = coef.dpmpp_3m(s)
-        elif solver == "learned":
+        if solver == "learned":
             if coefficients is None:
                 raise ValueError('solver "learned" needs coefficients= (a table from learn_coefficients)')
             from .learned import check_table
-            table = check_table(coefficients, s, x.shape[0])
-        elif solver == "dpmpp_2m_sde":
-            table = coef.dpmpp_2m_sde(s, _checks.real(eta, "eta"), _checks.real(s_noise, "s_noise"), sde_solver)
+            learned = check_table(coefficients, s, x.shape[0])
+            table, key = (lambda: learned), None
         else:
-            table = coef.unipc(s, _checks.integer(order, "order", low=1, high=3), unipc_variant, bool(corrector),
-                               bool(lower_order_final))
+            options = {"dpmpp_2m_sde": (_checks.real(eta, "eta"), _checks.real(s_noise, "s_noise"), sde_solver),
+                       "unipc": (_checks.integer(order, "order", low=1, high=3), unipc_variant, bool(corrector),
+                                 bool(lower_order_final))}.get(solver, ())
+            builder = {"euler": coef.euler, "dpmpp_2m": coef.dpmpp_2m, "dpmpp_3m": coef.dpmpp_3m,
+                       "dpmpp_2m_sde": coef.dpmpp_2m_sde, "unipc": coef.unipc}[solver]
+            table, key = (lambda: builder(s, *options)), _plan_key(solver, s, x, *options)
         if solver != "dpmpp_2m_sde":
             noise_sampler = None
         elif noise_sampler is None:
             def noise_sampler(i):
                 return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        out = _multistep(stepper, x, table, noise_sampler, callback)
+        out = _multistep(stepper, x, table, noise_sampler, callback, key)
     out = out.to(x.dtype)
     return (out, info) if return_info else out
