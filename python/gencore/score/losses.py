@@ -165,11 +165,13 @@ def dsm_loss(raw: torch.Tensor, x: torch.Tensor, target: torch.Tensor, c_skip: O
     _checks.tensor(raw, "raw")
     b = raw.shape[0] if raw.dim() else 0
     dtype = torch.float64 if raw.dtype == torch.float64 else torch.float32
-    ones = torch.ones(b, dtype=dtype, device=raw.device)
-    c_skip = torch.zeros_like(ones) if c_skip is None else c_skip.to(dtype)
-    c_out = ones if c_out is None else c_out.to(dtype)
-    weight = ones if weight is None else weight.to(dtype)
-    return _reduce(DSM_LOSS(raw, x, target, c_skip, c_out, weight), reduction)
+
+    def per_sample(c, default):
+        if c is None:
+            return torch.full((b,), default, dtype=dtype, device=raw.device)
+        return c if c.dtype == dtype else c.to(dtype)
+    return _reduce(DSM_LOSS(raw, x, target, per_sample(c_skip, 0.0), per_sample(c_out, 1.0),
+                            per_sample(weight, 1.0)), reduction)
 
 
 def dsm_target(parameterization: str, y: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor,

@@ -127,7 +127,8 @@ def _dsm_backward(ctx, grad_loss):
     shape = (raw.shape[0],) + (1,) * (raw.dim() - 1)
     grads = [None, None, None]
     if ctx.needs_input_grad[0]:
-        grads[0] = DSM_LOSS_BACKWARD(raw, x, target, c_skip, c_out, weight, grad_loss).to(raw.dtype)
+        # the forward call checked these; grad_loss is autograd's [B] of the loss's dtype
+        grads[0] = DSM_LOSS_BACKWARD.trusted(raw, x, target, c_skip, c_out, weight, grad_loss).to(raw.dtype)
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
         residual = _dsm_residual(raw, x, target, c_skip, c_out, weight, grad_loss)
         if ctx.needs_input_grad[1]:
