@@ -18,15 +18,12 @@ of the memory pass (after the model's own time) at the large size.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
-
 import pytest
 import torch
 
 import gencore
 from gencore import ode
+from gencore.ode.accuracy import load_k_diffusion_sampling
 
 STEPS = 20
 LATENTS = {"1x4x8x8": (1, 4, 8, 8), "16x4x64x64": (16, 4, 64, 64)}
@@ -37,27 +34,10 @@ def model(x, sigma):
 
 
 def k_diffusion():
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or importlib.util.find_spec("torchsde") is None:
+    module = load_k_diffusion_sampling()
+    if module is None:
         pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion torchsde)")
-    utils = types.ModuleType("k_diffusion.utils")
-    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
-    package = types.ModuleType("k_diffusion")
-    package.__path__, package.utils = [], utils
-    saved = {k: sys.modules.get(k) for k in ("k_diffusion", "k_diffusion.utils")}
-    sys.modules["k_diffusion"], sys.modules["k_diffusion.utils"] = package, utils
-    try:
-        s = importlib.util.spec_from_file_location("k_diffusion.sampling",
-                                                   spec.submodule_search_locations[0] + "/sampling.py")
-        module = importlib.util.module_from_spec(s)
-        s.loader.exec_module(module)
-        return module
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                sys.modules.pop(key, None)
-            else:
-                sys.modules[key] = value
+    return module
 
 
 def make(contender, shape):

@@ -165,39 +165,36 @@ class DemoUnavailable(Exception):
     """A demo cannot run here; the message says why and what to do."""
 
 
-def demo_ood(args) -> str:
-    """OOD detectors on the digits that ship with gencore; returns what ran."""
-    from gencore.ood import demo
+def _family_demo(module: str, args, describe: Callable[[dict], str]) -> str:
+    """Runs gencore.<module>.run(seed=...) and describes what ran; missing demo data -> DemoUnavailable."""
+    import importlib
+
+    from gencore.ood.demo import DemoDataMissing
 
     try:
-        result = demo.run(seed=args.seed)
-    except demo.DemoDataMissing as exc:
+        result = importlib.import_module(module).run(seed=args.seed)
+    except DemoDataMissing as exc:
         raise DemoUnavailable(str(exc)) from None
-    return f"{len(result['detectors'])} OOD detectors on {result['n_id'] + result['n_ood']} test digits"
+    return describe(result)
+
+
+def demo_ood(args) -> str:
+    """OOD detectors on the digits that ship with gencore; returns what ran."""
+    return _family_demo("gencore.ood.demo", args,
+                        lambda r: f"{len(r['detectors'])} OOD detectors on {r['n_id'] + r['n_ood']} test digits")
 
 
 def demo_score(args) -> str:
     """An EDM-trained denoiser against the exact denoiser of the same digits; returns what ran."""
-    from gencore.ood.demo import DemoDataMissing
-    from gencore.score import demo
-
-    try:
-        result = demo.run(seed=args.seed)
-    except DemoDataMissing as exc:
-        raise DemoUnavailable(str(exc)) from None
-    return f"EDM-trained denoiser vs the exact one at {len(result['sigmas'])} noise levels"
+    return _family_demo("gencore.score.demo", args,
+                        lambda r: f"EDM-trained denoiser vs the exact one at {len(r['sigmas'])} noise levels")
 
 
 def demo_ode(args) -> str:
     """Digits sampled at NFE 10 from the exact denoiser of the shipped digits; returns what ran."""
-    from gencore.ode import demo
-    from gencore.ood.demo import DemoDataMissing
-
-    try:
-        result = demo.run(seed=args.seed)
-    except DemoDataMissing as exc:
-        raise DemoUnavailable(str(exc)) from None
-    return f"digits sampled with {' and '.join(result['solvers'])} at NFE 10, grid written to {result['png']}"
+    return _family_demo("gencore.ode.demo", args,
+                        lambda r: f"digits sampled with {' and '.join(r['solvers'])} at NFE 10, "
+                                  f"grid written to {r['png']}")
 
 
 # One entry per family that has a demo: (family, function). Each prints its own

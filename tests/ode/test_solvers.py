@@ -7,16 +7,14 @@ The models are the score family's exact denoisers (gencore.score), so every
 error measured here is the solver's."""
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-import types
 
 import pytest
 import torch
 
 import gencore
 from gencore import ode
+from gencore.ode.accuracy import load_k_diffusion_sampling
 from gencore.ode.likelihood import invert, log_likelihood
 
 F64 = torch.float64
@@ -44,28 +42,9 @@ def mixture(k=6, d=3, seed=1):
 
 
 def k_diffusion_sampling():
-    """k-diffusion's sampling.py, loaded by path with a stand-in k_diffusion.utils (its package
-    import pulls torchvision and more; sampling.py needs only append_dims from it)."""
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or importlib.util.find_spec("torchsde") is None:
+    module = load_k_diffusion_sampling()
+    if module is None:
         pytest.skip("k-diffusion (pip install --no-deps k-diffusion) and torchsde are not installed")
-    path = spec.submodule_search_locations[0] + "/sampling.py"
-    utils = types.ModuleType("k_diffusion.utils")
-    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
-    saved = {k: sys.modules.get(k) for k in ("k_diffusion", "k_diffusion.utils")}
-    package = types.ModuleType("k_diffusion")
-    package.__path__, package.utils = [], utils
-    sys.modules["k_diffusion"], sys.modules["k_diffusion.utils"] = package, utils
-    try:
-        sampling_spec = importlib.util.spec_from_file_location("k_diffusion.sampling", path)
-        module = importlib.util.module_from_spec(sampling_spec)
-        sampling_spec.loader.exec_module(module)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                sys.modules.pop(key, None)
-            else:
-                sys.modules[key] = value
     return module
 
 

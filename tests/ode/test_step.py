@@ -22,7 +22,6 @@ import itertools
 import pytest
 import torch
 
-import gencore
 from gencore import _native, _native_call
 from gencore.ode.ops import ERROR_NORM, STEP
 from gencore.ode.ops._error_norm import _reference as error_norm_reference

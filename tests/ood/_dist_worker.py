@@ -3,15 +3,12 @@ only torch and gencore (not pytest and the test module): start-up dominates
 that test's time."""
 from __future__ import annotations
 
-import os
-
 import torch
-import torch.distributed as dist
 
-import gencore
 from gencore.ood import distributed
 
-WORLD = 2
+from tests._distributed import WORLD, gloo_group, save  # noqa: F401 - WORLD is part of this module's interface
+
 
 # name -> (rows of rank 0, rows of rank 1, k, metric, dtype)
 CASES = {
@@ -39,10 +36,7 @@ def case_data(name):
 
 
 def run(rank, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
-        gencore.set_num_threads(1)
+    with gloo_group(rank, init_file):
         results = {}
         for name in CASES:
             shards = case_data(name)
@@ -53,6 +47,4 @@ def run(rank, init_file, out_dir):
             distributed.knn(shards[2], shards[rank], 81, "l2")
         except ValueError as exc:
             results["error"] = str(exc)
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+        save(results, rank, out_dir)

@@ -13,19 +13,18 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import gencore
 from gencore.ood import distributed
+
+from tests._distributed import spawn
 
 from ._dist_worker import CASES, WORLD, case_data, run
 
 
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dist")
-    mp.start_processes(run, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, join=True, start_method="spawn")
-    return [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
+    return spawn(run, tmp_path_factory.mktemp("dist"))
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")

@@ -25,7 +25,7 @@ import gencore
 from gencore import _native
 from gencore.ood import knn, reference
 
-from tests.conftest import cuda_only, native_cpu_only, supported_simd_levels
+from tests.conftest import cuda_only, native_cpu_only, supported_simd_levels, on_a_busy_side_stream
 
 METRICS = ("l2", "sqeuclidean", "ip", "cosine")
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -912,14 +912,7 @@ def test_cuda_runs_on_the_callers_stream(rng):
     # the queries before they are written and return the neighbours of zeros.
     x, y = randn(rng, 300, 32).cuda(), randn(rng, 20000, 32).cuda()
     expected = knn(x, y, 10, "l2")
-    torch.cuda.synchronize()
-    queries = torch.zeros_like(x)
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU cycles queued ahead on this stream
-        queries.copy_(x)
-        values, indices = knn(queries, y, 10, "l2")
-    stream.synchronize()
+    values, indices = on_a_busy_side_stream(x, lambda queries: knn(queries, y, 10, "l2"))
     assert torch.equal(values, expected[0]) and torch.equal(indices, expected[1])
 
 

@@ -2,15 +2,12 @@
 only torch and gencore (not pytest and the test module)."""
 from __future__ import annotations
 
-import os
-
 import torch
-import torch.distributed as dist
 
-import gencore
 from gencore.score import distributed
 
-WORLD = 2
+from tests._distributed import WORLD, gloo_group, save  # noqa: F401 - WORLD is part of this module's interface
+
 
 # name -> (rows of rank 0, rows of rank 1, weighted, sigma, dtype)
 CASES = {
@@ -34,16 +31,11 @@ def case_data(name):
 
 
 def run(rank, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
-        gencore.set_num_threads(1)
+    with gloo_group(rank, init_file):
         results = {}
         for name in CASES:
             d0, d1, w0, w1, x, sigma = case_data(name)
             local, w = (d0, w0) if rank == 0 else (d1, w1)
             results[name] = (distributed.dataset_denoiser(x, local, sigma, w),
                              distributed.dataset_log_density(x, local, sigma, w))
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+        save(results, rank, out_dir)

@@ -28,7 +28,7 @@ import torch
 from .. import score
 from . import grids, solvers
 
-__all__ = ["problems", "run", "main"]
+__all__ = ["problems", "run", "main", "load_k_diffusion_sampling"]
 
 F64 = torch.float64
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
@@ -66,8 +66,13 @@ def reference(problem: Problem, x: torch.Tensor) -> torch.Tensor:
     return solvers.sample(problem.denoiser, x, fine, "unipc", lower_order_final=False)
 
 
-def _k_diffusion():
-    """k-diffusion's sampling module, or None when it is not installed."""
+def load_k_diffusion_sampling():
+    """k-diffusion's sampling module, or None when k-diffusion (or torchsde) is not installed.
+
+    Its package import pulls torchvision, scikit-image, wandb and more; its
+    sampling.py needs only torch, scipy, torchsde and ``k_diffusion.utils.append_dims``,
+    so that file is loaded by path with a stand-in ``k_diffusion.utils`` (removed
+    from sys.modules again afterwards). The tests and benchmarks use it too."""
     import importlib.util
     import types
 
@@ -125,7 +130,7 @@ def run(problem_names=("gaussian", "gmm", "dataset"), nfes=(5, 10, 20, 40), samp
         grid: Callable = None, out=print) -> dict:
     """The error table of every contender: {problem: {label: {nfe: rmse}}}."""
     grid = grid or (lambda n: grids.karras_sigmas(n, SIGMA_MIN, SIGMA_MAX))
-    kd = _k_diffusion()
+    kd = load_k_diffusion_sampling()
     contenders = gencore_contenders() + k_diffusion_contenders(kd)
     table = {}
     for name in problem_names:
