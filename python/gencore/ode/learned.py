@@ -16,6 +16,11 @@ drawn), a fine reference solve gives the true states at the grid's noise
 levels; then step by step, on the states the learned solver itself reaches
 (so its own errors are corrected, not only the reference's), a least-squares
 fit of the next reference state on (x_i, D_i, D_{i-1}, D_{i-2}, D_{i-3}).
+The fit is a ridge regression towards UniPC's coefficients for the same grid:
+near the end of a data-set model's trajectory D_i and D_{i-1} become almost
+equal, an unregularized fit then gives huge opposite weights that cancel on
+the calibration draws and amplify the difference on new ones (NFE-20 RMSE
+4.7 vs UniPC's 0.17 on the harness's data-set problem; 0.12 with the ridge).
 The fit costs one fine solve of the calibration batch; sampling with the table
 costs exactly the grid's NFE.
 """
@@ -47,7 +52,7 @@ def check_table(table: torch.Tensor, sigmas: torch.Tensor, b: int) -> torch.Tens
 
 
 def learn_coefficients(denoiser: Callable, sigmas: torch.Tensor, calibration: torch.Tensor, *,
-                       history: int = 3, substeps: int = 64) -> torch.Tensor:
+                       history: int = 3, substeps: int = 64, ridge: float = 1e-4) -> torch.Tensor:
     """Fits a step-coefficient table [n, 6] for ``sigmas`` to ``denoiser`` (module docstring).
 
     Args:
@@ -57,6 +62,8 @@ def learn_coefficients(denoiser: Callable, sigmas: torch.Tensor, calibration: to
             of the samples to be drawn (C of a few hundred fits 4 numbers per step well).
         history: earlier denoised outputs each step may use (0 to 3).
         substeps: log-uniform UniPC-3 steps of the reference solve between two grid points.
+        ridge: the penalty on the departure from UniPC's coefficients, relative to
+            the columns' norms (0 is plain least squares).
 
     Returns:
         float64 [n, 6]: (c_x, c_d, c_1, c_2, c_3, c_z) per step, c_z = 0.
@@ -68,10 +75,14 @@ def learn_coefficients(denoiser: Callable, sigmas: torch.Tensor, calibration: to
         raise ValueError("learn_coefficients fits one table for a shared grid [n + 1]")
     history = _checks.integer(history, "history", low=0, high=3)
     substeps = _checks.integer(substeps, "substeps", low=2)
+    ridge = _checks.real(ridge, "ridge")
+    if ridge < 0:
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
     _checks.tensor(calibration, "calibration")
     n, c = s.shape[0] - 1, calibration.shape[0]
     x_hat, ref = calibration, calibration
     table = torch.zeros(n, coef.N_COEFFS, dtype=torch.float64)
+    prior = coef.unipc(s, order=min(history + 1, 3))
     past: list = []
     for i in range(n):
         lo = float(s[i + 1]) if s[i + 1] > 0 else float(s[i]) * 1e-4
@@ -80,8 +91,19 @@ def learn_coefficients(denoiser: Callable, sigmas: torch.Tensor, calibration: to
         d = denoiser(x_hat, s[i].to(x_hat.dtype).expand(c))
         columns = [x_hat, d] + past[:history]
         a = torch.stack([col.reshape(-1).to(torch.float64) for col in columns], 1)
-        fit = torch.linalg.lstsq(a, ref.reshape(-1, 1).to(torch.float64)).solution[:, 0]
+        fit = _ridge_fit(a, ref.reshape(-1).to(torch.float64), prior[i, :len(columns)], ridge)
         table[i, :len(columns)] = fit
         x_hat = sum(w.to(x_hat.dtype) * col for w, col in zip(fit, columns))
         past = [d] + past[:2]
     return table
+
+
+def _ridge_fit(a: torch.Tensor, target: torch.Tensor, prior: torch.Tensor, ridge: float) -> torch.Tensor:
+    """argmin_w |a w - target|^2 + ridge |diag(|a_j|) (w - prior)|^2, by least squares on
+    the column-normalized system stacked over the penalty rows (no normal equations,
+    so equal columns need no special case)."""
+    norms = a.norm(dim=0).clamp_min(torch.finfo(torch.float64).tiny)
+    k = a.shape[1]
+    stacked = torch.cat([a / norms, ridge ** 0.5 * torch.eye(k, dtype=torch.float64)])
+    residual = torch.cat([target - a @ prior, torch.zeros(k, dtype=torch.float64)])
+    return prior + torch.linalg.lstsq(stacked, residual[:, None]).solution[:, 0] / norms
