@@ -14,6 +14,7 @@ namespace gencore::gpu::bindings {
 void bind_ood(py::module_& m);
 void bind_score(py::module_& m);
 void bind_ode(py::module_& m);
+void bind_ot(py::module_& m);
 }
 
 namespace {
@@ -121,4 +122,5 @@ PYBIND11_MODULE(_cuda, m) {
   gencore::gpu::bindings::bind_ood(m);
   gencore::gpu::bindings::bind_score(m);
   gencore::gpu::bindings::bind_ode(m);
+  gencore::gpu::bindings::bind_ot(m);
 }

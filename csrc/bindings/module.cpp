@@ -13,6 +13,7 @@ namespace gencore::bindings {
 void bind_ood(py::module_& m);
 void bind_score(py::module_& m);
 void bind_ode(py::module_& m);
+void bind_ot(py::module_& m);
 void bind_test_hooks(py::module_& m);
 }
 
@@ -45,5 +46,6 @@ PYBIND11_MODULE(_core, m) {
   bindings::bind_ood(m);  // one binder per family
   bindings::bind_score(m);
   bindings::bind_ode(m);
+  bindings::bind_ot(m);
   bindings::bind_test_hooks(m);
 }

@@ -1,0 +1,10 @@
+// Bindings of the ot family's exact CUDA kernels.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+namespace gencore::gpu::bindings {
+
+void bind_ot_exact(py::module_& m) { (void)m; }
+
+}  // namespace gencore::gpu::bindings

@@ -1,0 +1,17 @@
+"""Optimal transport: online log-domain Sinkhorn with gradients, the Sinkhorn
+divergence, exact OT (network simplex), sliced Wasserstein, minibatch OT coupling.
+
+Conventions (as GeomLoss): for p = 2 the cost is |x - y|^2 / 2 and epsilon = blur^p.
+
+Public names:
+    sinkhorn(x, y, a=None, b=None, blur=0.05, p=2, scaling=0.5, tol=..., max_iter=...) -> SinkhornResult
+    sinkhorn_divergence(x, y, a=None, b=None, blur=0.05, p=2, reach=None) -> scalar
+    emd(a, b, M) -> EMDResult (cost, sparse plan, duals, converged, status)
+    sliced_wasserstein(x, y, n_projections=..., p=2, seed=None)
+    ot_coupling(x0, x1, method="exact" | "sinkhorn") -> permutation
+"""
+from .sinkhorn import *  # noqa: F401,F403  (the Sinkhorn solvers: sinkhorn.__all__)
+from .exact import *  # noqa: F401,F403  (exact OT, sliced Wasserstein: exact.__all__)
+from . import exact as _exact, sinkhorn as _sinkhorn
+
+__all__ = list(_sinkhorn.__all__) + list(_exact.__all__)

@@ -1,0 +1,2 @@
+"""Exact optimal transport (network simplex) and sliced Wasserstein."""
+__all__: list = []
