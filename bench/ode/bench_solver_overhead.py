@@ -92,4 +92,5 @@ def test_solver_step(benchmark, bench_threads, latent, contender):
                                  "simd": gencore.info()["simd"]["in_use"]})
     rounds = 50 if latent == "1x4x8x8" else 5
     benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
-    benchmark.extra_info["per_step_us"] = benchmark.stats.stats.min / STEPS * 1e6
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["per_step_us"] = benchmark.stats.stats.min / STEPS * 1e6

@@ -71,7 +71,9 @@ SLOW_PEER_SCORES = ("mahalanobis", "relative-mahalanobis", "knn")
 
 
 def _load_peer_helper():
-    path = Path(__file__).resolve().parents[2] / "tests" / "ood" / "_pytorch_ood.py"
+    """bench/ood/_pytorch_ood.py, beside this file both in the source tree and in an
+    install (gencore/bench/ood), loaded by path: the suites are not a package."""
+    path = Path(__file__).resolve().parent / "_pytorch_ood.py"
     spec = importlib.util.spec_from_file_location("_gencore_bench_pytorch_ood", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -29,7 +29,7 @@ import torch
 from gencore.ood import (EnergyDetector, KNNDetector, MahalanobisDetector, MaxLogitDetector, MSPDetector,
                          RelativeMahalanobisDetector, ViMDetector)
 
-from tests.ood import _pytorch_ood
+from bench.ood import _pytorch_ood
 
 MIN_PEARSON = 0.9999
 

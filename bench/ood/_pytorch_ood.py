@@ -5,8 +5,9 @@ torchvision on the registry does not load against the local CPU torch. Its
 detectors need nothing of torchvision, so when torchvision cannot be imported
 this installs stand-in modules for ``torchvision``, ``torchvision.transforms``,
 ``torchvision.models`` and ``torchvision.models.resnet`` (each attribute a
-placeholder class) in ``sys.modules`` first. Shared by the tests and by
-bench/ood/bench_detectors.py (which loads this file by path).
+placeholder class) in ``sys.modules`` first. Shared by bench/ood/bench_detectors.py
+and the tests (``from bench.ood import _pytorch_ood``); it lives with the
+benchmarks because they ship in the wheel (``gencore bench``) and the tests do not.
 """
 from __future__ import annotations
 
