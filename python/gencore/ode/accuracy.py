@@ -15,6 +15,10 @@ algorithms run on the same grids when it is installed (loaded from its
 sampling.py, as the tests do), for comparison.
 
     python -m gencore.ode.accuracy [--problem gmm] [--samples 512] [--nfe 5 10 20 40]
+
+"gencore learned" is the learned-coefficient solver with a table fitted by
+``learn_coefficients`` on 256 calibration draws of other noise (a separate
+seed from the samples measured), one fit per problem and NFE.
 """
 from __future__ import annotations
 
@@ -110,7 +114,18 @@ def gencore_contenders():
         ("gencore dpmpp_3m", lambda nfe: nfe, run("dpmpp_3m")),
         ("gencore unipc", lambda nfe: nfe, run("unipc")),
         ("gencore unipc-2", lambda nfe: nfe, run("unipc", order=2)),
+        ("gencore learned", lambda nfe: nfe, _learned),
     ]
+
+
+def _learned(den, x, s):
+    """The learned-coefficient solver, its table fitted on 256 calibration draws of other noise."""
+    from .learned import learn_coefficients
+
+    calibration = torch.randn((256,) + tuple(x.shape[1:]), generator=torch.Generator().manual_seed(99),
+                              dtype=x.dtype) * float(s[0])
+    table = learn_coefficients(den, s, calibration)
+    return solvers.sample(den, x, s, "learned", coefficients=table)
 
 
 def k_diffusion_contenders(kd):
