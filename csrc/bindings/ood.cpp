@@ -87,7 +87,10 @@ void bind_ood(py::module_& m) {
         py::arg("indices"), py::arg("num_threads"),
         "Exact kNN; metric 0 = squared L2, 1 = inner product, 2 = cosine.");
   m.def("last_knn_path", &ood::last_knn_path,
-        "Path of this thread's last knn call: 'blas' or 'bf16-screen' ('none' before any).");
+        "Path of this thread's last knn call: 'blas', 'fused' or 'bf16-screen' ('none' before any).");
+  m.def("knn_fused_max_queries", &ood::knn_fused_max_queries, py::arg("float64") = false,
+        "The most queries for which knn takes the fused small-query path at the SIMD level in use\n"
+        "(float32, or float64); 0 when it never does.");
   m.def("mahalanobis", &mahalanobis, py::arg("features"), py::arg("means"), py::arg("precision_factor"),
         py::arg("reduce"), py::arg("out"), py::arg("nearest"), py::arg("num_threads"),
         "Squared Mahalanobis distances ||(x - mu_c)^T L||^2; reduce 0 = every class [Q, C],\n"

@@ -1,0 +1,88 @@
+// AVX-512 dot tile of the fused small-query kNN path (knn_dots in knn.h):
+// 4 bank rows x 4 queries per step, 16 float32 accumulators of 16 lanes,
+// reduced to the 16 dot products once per row group.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "ood/knn.h"
+
+#define GENCORE_ISA avx512
+#include "gencore/isa_begin.h"
+
+#include "gencore/vec_avx512.h"
+
+namespace gencore::ood {
+namespace {
+
+constexpr int kRows = 4;     // bank rows per group: one 128-bit store per query
+constexpr int kQueries = 4;  // queries per group: 16 accumulators, 4 bank and 1 query register
+
+inline __m256 half(__m512 v) { return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)); }
+
+// The lane sums of a, b, c, d as one vector [sum a, sum b, sum c, sum d].
+inline __m128 sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(half(a), half(b)), _mm256_hadd_ps(half(c), half(d)));
+  return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+// out[q * ld + r] = alpha * x_q . y_r for q < QB, r < rows (rows <= 4; the
+// pointers of missing rows repeat a valid one and their sums are not stored).
+template <int QB>
+inline void group(const float* x, int64_t ldx, const float* const* y, int rows, int64_t D, float alpha,
+                  float* out, int64_t ld) {
+  __m512 acc[QB][kRows];
+  for (int q = 0; q < QB; ++q)
+    for (int r = 0; r < kRows; ++r) acc[q][r] = _mm512_setzero_ps();
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16) {
+    __m512 b[kRows];
+    for (int r = 0; r < kRows; ++r) b[r] = _mm512_loadu_ps(y[r] + d);
+    for (int q = 0; q < QB; ++q) {
+      const __m512 a = _mm512_loadu_ps(x + q * ldx + d);
+      for (int r = 0; r < kRows; ++r) acc[q][r] = _mm512_fmadd_ps(a, b[r], acc[q][r]);
+    }
+  }
+  if (d < D) {
+    const __mmask16 m = tail_mask(D - d);
+    __m512 b[kRows];
+    for (int r = 0; r < kRows; ++r) b[r] = _mm512_maskz_loadu_ps(m, y[r] + d);
+    for (int q = 0; q < QB; ++q) {
+      const __m512 a = _mm512_maskz_loadu_ps(m, x + q * ldx + d);
+      for (int r = 0; r < kRows; ++r) acc[q][r] = _mm512_fmadd_ps(a, b[r], acc[q][r]);
+    }
+  }
+  const __m128 scale = _mm_set1_ps(alpha);
+  for (int q = 0; q < QB; ++q) {
+    const __m128 s = _mm_mul_ps(sum4(acc[q][0], acc[q][1], acc[q][2], acc[q][3]), scale);
+    if (rows == kRows) _mm_storeu_ps(out + q * ld, s);
+    else _mm_mask_storeu_ps(out + q * ld, __mmask8((1u << rows) - 1u), s);
+  }
+}
+
+}  // namespace
+
+void knn_dots_avx512(const float* x, int64_t ldx, int64_t nq, const float* y, int64_t ldy, int64_t n,
+                     int64_t D, float alpha, float* tile, int64_t ld) {
+  for (int64_t r0 = 0; r0 < n; r0 += kRows) {
+    const int rows = int(n - r0 < kRows ? n - r0 : kRows);
+    const float* rowp[kRows];
+    for (int r = 0; r < kRows; ++r) rowp[r] = y + (r0 + (r < rows ? r : rows - 1)) * ldy;
+    // The group's 4 bank rows stay in L1 while every query group reads them.
+    int64_t q0 = 0;
+    for (; q0 + kQueries <= nq; q0 += kQueries)
+      group<kQueries>(x + q0 * ldx, ldx, rowp, rows, D, alpha, tile + q0 * ld + r0, ld);
+    const float* xq = x + q0 * ldx;
+    float* out = tile + q0 * ld + r0;
+    switch (nq - q0) {
+      case 3: group<3>(xq, ldx, rowp, rows, D, alpha, out, ld); break;
+      case 2: group<2>(xq, ldx, rowp, rows, D, alpha, out, ld); break;
+      case 1: group<1>(xq, ldx, rowp, rows, D, alpha, out, ld); break;
+      default: break;
+    }
+  }
+}
+
+}  // namespace gencore::ood
+
+#include "gencore/isa_end.h"
