@@ -69,6 +69,8 @@ def test_info_native_cpu_fields():
         assert "openblas" in info["blas"].lower(), info["blas"]
     if info["simd"]["avx512_bf16"]:
         assert info["simd"]["detected"] == "avx512"
+    # "gcc 12.2.0" / "clang 14.0.6 ...": the compiler that built _core
+    assert info["compiler"].split()[0] in ("gcc", "clang") and len(info["compiler"].split()) >= 2, info["compiler"]
 
 
 def test_info_cuda_devices():

@@ -31,6 +31,15 @@ void* capsule_pointer(const py::capsule& c) {
 PYBIND11_MODULE(_core, m) {
   using namespace gencore;
   m.doc() = "gencore CPU kernels (see gencore._native)";
+  // Which compiler built the kernels (CI builds with GCC and with Clang and
+  // checks that the module it tests is the one it meant to build).
+#if defined(__clang__)
+  m.attr("compiler") = "clang " __clang_version__;
+#elif defined(__GNUC__)
+  m.attr("compiler") = "gcc " __VERSION__;
+#else
+  m.attr("compiler") = "unknown";
+#endif
   m.def("set_blas", [](const py::capsule& sgemm, const py::capsule& dgemm) {
     blas::set_gemm(capsule_pointer(sgemm), capsule_pointer(dgemm));
   }, py::arg("sgemm"), py::arg("dgemm"), "Hand over SciPy's Fortran sgemm/dgemm capsules.");

@@ -128,6 +128,7 @@ def runtime_info() -> dict:
             "in_use": core.simd_level() if core else None,
             "avx512_bf16": bool(core.has_avx512_bf16()) if core else False,
         },
+        "compiler": getattr(core, "compiler", None) if core else None,
         "threads": get_num_threads(),
         "openmp": bool(core.openmp()) if core else False,
         "blas": core.blas_info() if core else None,
