@@ -3,7 +3,7 @@
 #include "bindings/arrays.h"
 #include "gencore/check.h"
 #include "ot/emd.h"
-#include "ot/wasserstein_1d.h"
+#include "ot/sliced.h"
 
 namespace gencore::bindings {
 
@@ -49,20 +49,18 @@ void emd(const py::array& a, const py::array& b, const py::array& cost, int64_t 
   });
 }
 
-// x [P, n], y [P, m] sorted rows; wx [P, n] / [n], wy [P, m] / [m] float64 weights (each row summing to 1)
-//   -> out [P] W_p^p; grad_x [P, n], grad_y [P, m] (when given, not None) d W_p^p / d x, y
-void wasserstein_1d(const py::array& x, const py::array& y, const py::array& wx, const py::array& wy, double p,
-                    py::array& out, const py::object& grad_x, const py::object& grad_y, int threads) {
+// x [P, n], y [P, m] projected points (any order); wx [n], wy [m] float64 weights summing to 1
+//   -> out [P] W_p^p; grad_x [P, n], grad_y [P, m] (when not None) d W_p^p / d x, y
+void sliced_1d(const py::array& x, const py::array& y, const py::array& wx, const py::array& wy, double p,
+               py::array& out, const py::object& grad_x, const py::object& grad_y, int threads) {
   dispatch_floating(x, "x", [&](auto tag) {
     using T = decltype(tag);
     const auto xv = matrix_in<T>(x, "x");
     const auto yv = matrix_in<T>(y, "y");
     GENCORE_CHECK(yv.rows == xv.rows, "y: expected ", xv.rows, " rows, got ", yv.rows);
-    const auto wxv = rows_in<double>(wx, "wx");
-    const auto wyv = rows_in<double>(wy, "wy");
-    GENCORE_CHECK(wxv.cols == xv.cols && (wxv.rows == 1 || wxv.rows == xv.rows), "wx: expected [P, n] or [n]");
-    GENCORE_CHECK(wyv.cols == yv.cols && (wyv.rows == 1 || wyv.rows == yv.rows), "wy: expected [P, m] or [m]");
-    ot::Wasserstein1dInputs<T> in{xv, yv, wxv, wyv, wxv.rows == 1, wyv.rows == 1, p};
+    GENCORE_CHECK(xv.cols < (int64_t(1) << 31) && yv.cols < (int64_t(1) << 31), "sliced: at most 2^31 - 1 points");
+    ot::Sliced1dInputs<T> in{xv, yv, vector_in<double>(wx, "wx", xv.cols), vector_in<double>(wy, "wy", yv.cols), p};
+    GENCORE_CHECK(p > 0, "p: must be > 0");
     T* o = vector_out<T>(out, "out", xv.rows);
     T* gx = nullptr;
     T* gy = nullptr;
@@ -70,7 +68,7 @@ void wasserstein_1d(const py::array& x, const py::array& y, const py::array& wx,
     if (!grad_x.is_none()) gxa = grad_x.cast<py::array>(), gx = output<T>(gxa, "grad_x", xv.rows, xv.cols);
     if (!grad_y.is_none()) gya = grad_y.cast<py::array>(), gy = output<T>(gya, "grad_y", yv.rows, yv.cols);
     py::gil_scoped_release release;
-    ot::wasserstein_1d<T>(in, o, gx, gy, threads);
+    ot::sliced_1d<T>(in, o, gx, gy, threads);
   });
 }
 
@@ -82,10 +80,10 @@ void bind_ot_exact(py::module_& m) {
         py::arg("status"), py::arg("num_threads"),
         "Exact OT by the network simplex, B problems in parallel; status 0 = optimal,\n"
         "1 = pivot limit reached (feasible plan), 2 = infeasible (mass left on artificial arcs).");
-  m.def("wasserstein_1d", &wasserstein_1d, py::arg("x"), py::arg("y"), py::arg("wx"), py::arg("wy"), py::arg("p"),
+  m.def("sliced_1d", &sliced_1d, py::arg("x"), py::arg("y"), py::arg("wx"), py::arg("wy"), py::arg("p"),
         py::arg("out"), py::arg("grad_x"), py::arg("grad_y"), py::arg("num_threads"),
-        "W_p^p between 1-D weighted empirical measures on sorted rows (one problem per row), and optionally\n"
-        "its gradient with respect to the sorted points.");
+        "W_p^p between the 1-D weighted empirical measures of each row of projected points (rows sorted\n"
+        "here, by a stable radix sort), and optionally its gradient with respect to the points.");
 }
 
 }  // namespace gencore::bindings

@@ -7,7 +7,7 @@ import torch
 
 from gencore import ot as got
 from gencore.ot import reference
-from gencore.ot.ops._sliced import WASSERSTEIN_1D, WASSERSTEIN_1D_GRAD
+from gencore.ot.ops._sliced import SLICED_1D, SLICED_1D_GRAD
 
 pot = pytest.importorskip("ot")
 
@@ -77,18 +77,30 @@ def test_gradients_match_the_reference_and_gradcheck(rng):
     assert torch.autograd.gradcheck(lambda u, w: got.sliced_wasserstein(u, w, None, b, projections=theta), (x, y))
 
 
-def test_1d_gradient_op_matches_autograd_of_the_reference(rng):
-    xs = torch.randn(5, 13, generator=rng, dtype=torch.float64).sort(1).values
-    ys = torch.randn(5, 6, generator=rng, dtype=torch.float64).sort(1).values
-    wx = torch.rand(5, 13, generator=rng, dtype=torch.float64) + 0.1
-    wx = wx / wx.sum(1, keepdim=True)
+def test_1d_op_and_gradient_op_match_the_reference(rng):
+    xp = torch.randn(5, 13, generator=rng, dtype=torch.float64)
+    yp = torch.randn(5, 6, generator=rng, dtype=torch.float64)
+    wx = torch.rand(13, generator=rng, dtype=torch.float64) + 0.1
+    wx = wx / wx.sum()
     wy = torch.full((6,), 1 / 6, dtype=torch.float64)
-    gx, gy = WASSERSTEIN_1D_GRAD(xs, ys, wx, wy, 2.0)
-    rx, ry = WASSERSTEIN_1D_GRAD.implementation("reference")(xs, ys, wx, wy, 2.0)
+    gx, gy = SLICED_1D_GRAD(xp, yp, wx, wy, 2.0)
+    rx, ry = SLICED_1D_GRAD.implementation("reference")(xp, yp, wx, wy, 2.0)
     torch.testing.assert_close(gx, rx, rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(gy, ry, rtol=1e-10, atol=1e-13)
-    values = WASSERSTEIN_1D(xs, ys, wx, wy, 2.0)
-    torch.testing.assert_close(values, reference.wasserstein_1d(xs, ys, wx, wy, 2.0), rtol=1e-12, atol=1e-14)
+    values = SLICED_1D(xp, yp, wx, wy, 2.0)
+    torch.testing.assert_close(values, SLICED_1D.implementation("reference")(xp, yp, wx, wy, 2.0), rtol=1e-12,
+                               atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_radix_sort_handles_signs_ties_and_extremes(dtype):
+    """Negative, zero, -0.0, tied and huge values: the kernel's order is the numeric order."""
+    row = torch.tensor([3.0, -1.0, 0.0, -0.0, 1e30, -1e30, 2.5, -1.0, 7e-30, -7e-30, 3.0], dtype=dtype)
+    other = torch.linspace(-2, 2, 11, dtype=dtype)
+    w = torch.full((11,), 1 / 11, dtype=torch.float64)
+    value = SLICED_1D(row[None], other[None], w, w, 1.0)
+    want = (row.double().sort().values - other.double()).abs().mean()
+    assert abs(float(value) - float(want)) <= 1e-6 * float(want)
 
 
 def test_numpy_inputs_come_back_as_numpy(rng):

@@ -10,7 +10,7 @@ import torch
 from .. import _arrays, _checks
 from . import reference
 from .ops._emd import EMD
-from .ops._sliced import WASSERSTEIN_1D
+from .ops._sliced import SLICED_1D
 
 __all__ = ["EMDResult", "emd", "emd2", "sliced_wasserstein", "ot_coupling", "default_max_iter"]
 
@@ -210,10 +210,11 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tenso
         seed: seed of the CPU generator that draws the directions (Gaussian columns
             normalised to unit length); None draws a fresh seed.
 
-    Returns a scalar in x's dtype (float32 for fp16/bf16). Cost: one GEMM
-    [n + m, D] x [D, P], one sort per projection, then the native merge of the
-    sorted columns, parallel over projections, O(P (n + m)) (CPU; on CUDA the
-    merge runs as composed torch ops). Memory O(P (n + m)).
+    Returns a scalar in x's dtype (float32 for fp16/bf16). Cost: the GEMMs
+    [P, D] x [D, n + m]; then, parallel over projections, a stable radix sort of
+    each projected row and the merge of the two cumulative weight sequences,
+    O(P (n + m)) (native CPU kernel; on CUDA the reference runs: torch.sort and
+    searchsorted, with a one-time warning). Memory O(P (n + m)).
 
     Gradients flow to x and y (through the sort's matching: almost everywhere the
     exact gradient), not to a, b or the projections. NaN/inf in x or y: ValueError
@@ -241,14 +242,10 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tenso
         theta = projections.detach().to(dtype=dtype, device=x.device)
     wa = _sliced_weights(a, x.shape[0], "a", x)
     wb = _sliced_weights(b, y.shape[0], "b", y)
-    xp = (x.to(dtype) @ theta).T  # [P, n]
-    yp = (y.to(dtype) @ theta).T  # [P, m]
-    xs, order_x = xp.sort(1)
-    ys, order_y = yp.sort(1)
-    # Uniform weights stay one shared row; others follow each projection's sort order.
-    wx = wa if a is None else wa.to(order_x.device)[order_x]
-    wy = wb if b is None else wb.to(order_y.device)[order_y]
-    per_projection = WASSERSTEIN_1D(xs, ys, wx, wy, p)
+    # theta^T x^T gives the projections as contiguous rows [P, n], the layout the kernel sorts.
+    xp = theta.T @ x.to(dtype).T
+    yp = theta.T @ y.to(dtype).T
+    per_projection = SLICED_1D(xp, yp, wa, wb, p)
     return per_projection.mean().pow(1.0 / p)
 
 

@@ -1,4 +1,5 @@
-"""ot 1-D Wasserstein op (the inner step of sliced Wasserstein) and its gradient op."""
+"""ot sliced-Wasserstein 1-D op (sort each projection, integrate the quantile
+distance) and its gradient op, through the op kit."""
 from __future__ import annotations
 
 import torch
@@ -15,15 +16,13 @@ def _dtype(x):
 def _check(x, y, wx, wy, p):
     _checks.tensor(x, "x", ndim=2)
     _checks.tensor(y, "y", ndim=2)
-    _checks.tensor(wx, "wx")
-    _checks.tensor(wy, "wy")
+    _checks.tensor(wx, "wx", ndim=1)
+    _checks.tensor(wy, "wy", ndim=1)
     _checks.same_device(x=x, y=y, wx=wx, wy=wy)
     _checks.same_dtype("x", x, y=y)
     _checks.same_size("projections", **{"x.shape[0]": x.shape[0], "y.shape[0]": y.shape[0]})
-    for name, w, pts in (("wx", wx, x), ("wy", wy, y)):
-        if w.dim() not in (1, 2) or w.shape[-1] != pts.shape[1] or (w.dim() == 2 and w.shape[0] != pts.shape[0]):
-            raise ValueError(f"{name} must be [{pts.shape[1]}] or [{pts.shape[0]}, {pts.shape[1]}], "
-                             f"got shape {tuple(w.shape)}")
+    _checks.same_size("points of x", **{"x.shape[1]": x.shape[1], "wx.shape[0]": wx.shape[0]})
+    _checks.same_size("points of y", **{"y.shape[1]": y.shape[1], "wy.shape[0]": wy.shape[0]})
     if x.shape[1] == 0 or y.shape[1] == 0:
         raise ValueError(f"x and y need at least one point each, got {x.shape[1]} and {y.shape[1]}")
     p = _checks.real(p, "p", positive=True)
@@ -34,17 +33,25 @@ def _fake(x, y, wx, wy, p):
     return x.new_empty((x.shape[0],), dtype=_dtype(x))
 
 
-def _weights(w, rows, cols):
-    return _native_call.rows(w.reshape(-1, cols), torch.float64).contiguous().numpy()
+def _reference(x, y, wx, wy, p):
+    """Sort each row (torch.sort), gather the weights, integrate (reference.wasserstein_1d)."""
+    xs, ox = x.sort(dim=1, stable=True)
+    ys, oy = y.sort(dim=1, stable=True)
+    return reference.wasserstein_1d(xs.to(_dtype(x)), ys.to(_dtype(x)), wx.double()[ox], wy.double()[oy], p)
+
+
+def _call(x, y, wx, wy, p, with_grads):
+    dtype = _dtype(x)
+    out, out_array = _native_call.cpu_output((x.shape[0],), dtype)
+    grads = [_native_call.cpu_output(tuple(t.shape), dtype) if with_grads else (None, None) for t in (x, y)]
+    _native.core.sliced_1d(_native_call.cpu_array(x, dtype), _native_call.cpu_array(y, dtype),
+                           _native_call.cpu_array(wx, torch.float64), _native_call.cpu_array(wy, torch.float64), p,
+                           out_array, grads[0][1], grads[1][1], _native_call.threads())
+    return out, grads[0][0], grads[1][0]
 
 
 def _cpu(x, y, wx, wy, p):
-    dtype = _dtype(x)
-    out, out_array = _native_call.cpu_output((x.shape[0],), dtype)
-    _native.core.wasserstein_1d(_native_call.cpu_array(x, dtype), _native_call.cpu_array(y, dtype),
-                                _weights(wx, x.shape[0], x.shape[1]), _weights(wy, y.shape[0], y.shape[1]), p,
-                                out_array, None, None, _native_call.threads())
-    return out
+    return _call(x, y, wx, wy, p, False)[0]
 
 
 def _grad_fake(x, y, wx, wy, p):
@@ -53,14 +60,7 @@ def _grad_fake(x, y, wx, wy, p):
 
 
 def _grad_cpu(x, y, wx, wy, p):
-    dtype = _dtype(x)
-    gx, gx_array = _native_call.cpu_output(tuple(x.shape), dtype)
-    gy, gy_array = _native_call.cpu_output(tuple(y.shape), dtype)
-    out_array = _native_call.cpu_output((x.shape[0],), dtype)[1]
-    _native.core.wasserstein_1d(_native_call.cpu_array(x, dtype), _native_call.cpu_array(y, dtype),
-                                _weights(wx, x.shape[0], x.shape[1]), _weights(wy, y.shape[0], y.shape[1]), p,
-                                out_array, gx_array, gy_array, _native_call.threads())
-    return gx, gy
+    return _call(x, y, wx, wy, p, True)[1:]
 
 
 def _grad_reference(x, y, wx, wy, p):
@@ -68,8 +68,7 @@ def _grad_reference(x, y, wx, wy, p):
     with torch.enable_grad():
         xs = x.detach().to(dtype).requires_grad_()
         ys = y.detach().to(dtype).requires_grad_()
-        value = reference.wasserstein_1d(xs, ys, wx, wy, p).sum()
-        gx, gy = torch.autograd.grad(value, (xs, ys))
+        gx, gy = torch.autograd.grad(_reference(xs, ys, wx, wy, p).sum(), (xs, ys))
     return gx, gy
 
 
@@ -82,39 +81,38 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out):
     x, y, wx, wy = ctx.saved_tensors
     if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-        raise NotImplementedError("wasserstein_1d has no gradient with respect to the weights wx, wy")
-    gx, gy = WASSERSTEIN_1D_GRAD.trusted(x.detach(), y.detach(), wx.detach(), wy.detach(), ctx.p)
+        raise NotImplementedError("sliced_1d has no gradient with respect to the weights wx, wy")
+    gx, gy = SLICED_1D_GRAD.trusted(x.detach(), y.detach(), wx.detach(), wy.detach(), ctx.p)
     g = grad_out.to(gx.dtype)[:, None]
     return (g * gx).to(x.dtype), (g * gy).to(y.dtype), None, None, None
 
 
 def _samples(gen):
-    def sorted_rows(*shape, dtype=torch.float64):
-        return torch.randn(*shape, generator=gen, dtype=dtype).sort(-1).values
+    def points(*shape, dtype=torch.float64):
+        return torch.randn(*shape, generator=gen, dtype=dtype)
 
-    def weights(*shape):
-        w = torch.rand(*shape, generator=gen, dtype=torch.float64) + 0.1
-        return w / w.sum(-1, keepdim=True)
+    def weights(n):
+        w = torch.rand(n, generator=gen, dtype=torch.float64) + 0.1
+        return w / w.sum()
 
     return [
-        (sorted_rows(4, 7), sorted_rows(4, 5), weights(7), weights(5), 2.0),
-        (sorted_rows(1, 1), sorted_rows(1, 1), weights(1), weights(1), 1.0),
-        (sorted_rows(3, 9, dtype=torch.float32), sorted_rows(3, 9, dtype=torch.float32), weights(3, 9),
-         weights(9), 2.0),
-        (sorted_rows(6, 4), sorted_rows(6, 11), weights(6, 4), weights(6, 11), 1.5),
-        (sorted_rows(0, 3), sorted_rows(0, 2), weights(3), weights(2), 2.0),
+        (points(4, 7), points(4, 5), weights(7), weights(5), 2.0),
+        (points(1, 1), points(1, 1), weights(1), weights(1), 1.0),
+        (points(3, 9, dtype=torch.float32), points(3, 9, dtype=torch.float32), weights(9), weights(9), 2.0),
+        (points(6, 4), points(6, 11), weights(4), weights(11), 1.5),
+        (points(0, 3), points(0, 2), weights(3), weights(2), 2.0),
     ]
 
 
-WASSERSTEIN_1D = Op(
-    "ot.wasserstein_1d", "(Tensor x, Tensor y, Tensor wx, Tensor wy, float p) -> Tensor",
-    check=_check, fake=_fake, reference=reference.wasserstein_1d, cpu=_cpu, cuda=None,
+SLICED_1D = Op(
+    "ot.sliced_1d", "(Tensor x, Tensor y, Tensor wx, Tensor wy, float p) -> Tensor",
+    check=_check, fake=_fake, reference=_reference, cpu=_cpu, cuda=None,
     finite=("x", "y", "wx", "wy"), empty=lambda x, y, wx, wy, p: x.shape[0] == 0,
     backward=_backward, setup_context=_setup_context, samples=_samples,
 )
 
-WASSERSTEIN_1D_GRAD = Op(
-    "ot.wasserstein_1d_grad", "(Tensor x, Tensor y, Tensor wx, Tensor wy, float p) -> (Tensor, Tensor)",
+SLICED_1D_GRAD = Op(
+    "ot.sliced_1d_grad", "(Tensor x, Tensor y, Tensor wx, Tensor wy, float p) -> (Tensor, Tensor)",
     check=_check, fake=_grad_fake, reference=_grad_reference, cpu=_grad_cpu, cuda=None,
     finite=("x", "y", "wx", "wy"), empty=lambda x, y, wx, wy, p: x.shape[0] == 0, samples=_samples,
 )
