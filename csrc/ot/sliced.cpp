@@ -6,6 +6,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "gencore/check.h"
 #include "gencore/parallel.h"
 
 namespace gencore::ot {
@@ -50,12 +51,18 @@ struct SortBuffers {
 
 // Stable LSD radix sort of one row by 8-bit digits; skips digits all keys share.
 // Leaves the sorted values in b.sorted and their original positions in b.index.
+// Refuses NaN/inf (naming `what` and the row) in the same pass that builds the keys.
 template <typename T>
-void radix_sort(const T* row, int64_t count, SortBuffers<T>& b) {
+void radix_sort(const T* row, int64_t count, SortBuffers<T>& b, const char* what, int64_t row_index) {
   using K = KeyOf<T>;
   b.keys.resize(count), b.keys_tmp.resize(count), b.index.resize(count), b.index_tmp.resize(count);
   b.sorted.resize(count);
-  for (int64_t t = 0; t < count; ++t) b.keys[t] = order_key(row[t]), b.index[t] = static_cast<int32_t>(t);
+  bool finite = true;
+  for (int64_t t = 0; t < count; ++t) {
+    finite = finite && std::isfinite(row[t]);
+    b.keys[t] = order_key(row[t]), b.index[t] = static_cast<int32_t>(t);
+  }
+  if (!finite) fail_non_finite_row(what, row_index);
   for (unsigned shift = 0; shift < 8 * sizeof(K); shift += 8) {
     int64_t histogram[256] = {0};
     for (int64_t t = 0; t < count; ++t) ++histogram[(b.keys[t] >> shift) & 0xff];
@@ -85,8 +92,8 @@ struct RowState {
 template <typename T>
 void one_row(const Sliced1dInputs<T>& in, int64_t k, RowState<T>& s, T* out, T* grad_x, T* grad_y) {
   const int64_t n = in.x.cols, m = in.y.cols;
-  radix_sort(in.x.row(k), n, s.xs);
-  radix_sort(in.y.row(k), m, s.ys);
+  radix_sort(in.x.row(k), n, s.xs, "x", k);
+  radix_sort(in.y.row(k), m, s.ys, "y", k);
   const T* x = s.xs.sorted.data();
   const T* y = s.ys.sorted.data();
   const int32_t* ix = s.xs.index.data();

@@ -26,6 +26,7 @@ struct Sliced1dInputs {
 // null) = d W_p^p / d x, d y in the rows' own (unsorted) order: the sorted matching
 // is piecewise constant, so this is the gradient almost everywhere (0 for a
 // matched pair that coincides when p <= 1). Ties sort stably (lower index first).
+// Throws std::invalid_argument naming x or y (and the row) for NaN/inf points.
 template <typename T>
 void sliced_1d(const Sliced1dInputs<T>& in, T* out, T* grad_x, T* grad_y, int threads);
 

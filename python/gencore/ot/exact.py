@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from .. import _arrays, _checks
+from .. import _arrays, _checks, _op
 from . import reference
 from .ops._emd import EMD
 from .ops._sliced import SLICED_1D
@@ -229,7 +229,7 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tenso
         raise ValueError(f"x and y must be non-empty, got {x.shape[0]} and {y.shape[0]} points")
     p = _checks.real(p, "p", positive=True)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    if x.device.type != "meta" and not (x.is_cuda and not _op_checks_cuda()):
+    if _op.checks_values_of(x):  # the finiteness policy of the ops (not on CUDA unless "always")
         _checks.finite(x, "x")
         _checks.finite(y, "y")
     if projections is None:
@@ -247,11 +247,6 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tenso
     yp = theta.T @ y.to(dtype).T
     per_projection = SLICED_1D(xp, yp, wa, wb, p)
     return per_projection.mean().pow(1.0 / p)
-
-
-def _op_checks_cuda() -> bool:
-    from .._op import check_finite_mode
-    return check_finite_mode() == "always"
 
 
 @_arrays.accepts_arrays

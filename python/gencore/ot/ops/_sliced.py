@@ -107,12 +107,12 @@ def _samples(gen):
 SLICED_1D = Op(
     "ot.sliced_1d", "(Tensor x, Tensor y, Tensor wx, Tensor wy, float p) -> Tensor",
     check=_check, fake=_fake, reference=_reference, cpu=_cpu, cuda=None,
-    finite=("x", "y", "wx", "wy"), empty=lambda x, y, wx, wy, p: x.shape[0] == 0,
+    finite=("x", "y", "wx", "wy"), cpu_kernel_checks=("x", "y"), empty=lambda x, y, wx, wy, p: x.shape[0] == 0,
     backward=_backward, setup_context=_setup_context, samples=_samples,
 )
 
 SLICED_1D_GRAD = Op(
     "ot.sliced_1d_grad", "(Tensor x, Tensor y, Tensor wx, Tensor wy, float p) -> (Tensor, Tensor)",
     check=_check, fake=_grad_fake, reference=_grad_reference, cpu=_grad_cpu, cuda=None,
-    finite=("x", "y", "wx", "wy"), empty=lambda x, y, wx, wy, p: x.shape[0] == 0, samples=_samples,
+    finite=("x", "y", "wx", "wy"), cpu_kernel_checks=("x", "y"), empty=lambda x, y, wx, wy, p: x.shape[0] == 0, samples=_samples,
 )
