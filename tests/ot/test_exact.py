@@ -237,3 +237,11 @@ def test_larger_random_problems_against_pot(rng, n):
     assert abs(float(result.cost) - pot_cost(a, b, M)) <= 1e-12
     assert_optimal(result, a, b, M)
     assert np.isfinite(result.duals[0].numpy()).all()
+
+
+def test_half_precision_cost_is_widened(rng):
+    a, b = weights(rng, 10), weights(rng, 12)
+    M = torch.rand(10, 12, generator=rng).to(torch.bfloat16)
+    result = got.emd(a, b, M)
+    assert abs(float(result.cost) - pot_cost(a, b, M.float())) <= 1e-12
+    assert_optimal(result, a, b, M.float())

@@ -129,3 +129,14 @@ def test_bad_input_names_the_argument(rng):
     for kwargs, exc, text in cases:
         with pytest.raises(exc, match=text):
             got.sliced_wasserstein(**kwargs)
+
+
+def test_thread_counts_give_identical_results(rng, num_threads):
+    x = torch.randn(400, 6, generator=rng, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(300, 6, generator=rng, dtype=torch.float64)
+    results = []
+    for threads in (1, 2):
+        num_threads(threads)
+        value = got.sliced_wasserstein(x, y, n_projections=40, seed=1)
+        results.append((value.detach(), torch.autograd.grad(value, x)[0]))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
