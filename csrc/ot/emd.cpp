@@ -241,7 +241,6 @@ class Solver {
     }
   }
 
- public:
   // Potentials from the tree arcs alone (phi_root = 0), without the drift of incremental shifts.
   void recompute_potentials() {
     auto& w = w_;
@@ -259,7 +258,6 @@ class Solver {
     }
   }
 
- private:
   Workspace& w_;
   int64_t n_, m_, root_;
   double big_, tolerance_;
