@@ -115,7 +115,7 @@ def _weights(w, name: str, n: int, like: torch.Tensor, dtype: torch.dtype) -> to
 def _check_balanced(a: torch.Tensor, b: torch.Tensor) -> None:
     if not checks_values_of(a):
         return
-    mass_a, mass_b = float(a.sum()), float(b.sum())
+    mass_a, mass_b = float(a.detach().sum()), float(b.detach().sum())
     if abs(mass_a - mass_b) > 1e-4 * max(mass_a, mass_b):
         raise ValueError(f"balanced OT needs a.sum() == b.sum(), got {mass_a:.6g} and {mass_b:.6g} "
                          "(normalise the weights, or pass reach= for unbalanced OT)")
@@ -138,7 +138,7 @@ def _whiten(x: torch.Tensor, y: torch.Tensor, cost: str, whitening) -> tuple[tor
     w = whitening.to(x.dtype)
     # (x - y)^T W (x - y) = |(x - y) L|^2 with W = L L^T: transform once, then the plain cost.
     factor, info = torch.linalg.cholesky_ex(w)
-    if int(info) != 0 or not torch.allclose(w, w.T, rtol=1e-5, atol=1e-6 * float(w.abs().max())):
+    if int(info) != 0 or not torch.allclose(w.detach(), w.detach().T, rtol=1e-5, atol=1e-6 * float(w.detach().abs().max())):
         raise ValueError("whitening must be symmetric positive definite (its Cholesky factorisation failed)")
     return x @ factor, y @ factor
 
