@@ -360,7 +360,7 @@ def _unbalanced_term(w: torch.Tensor, f: torch.Tensor, rho: float, eps: float) -
 
 # ====================================================================== public: sinkhorn
 
-def _prepare(x, y, a, b, blur, p, reach, cost, whitening):
+def _prepare(what, x, y, a, b, blur, p, reach, cost, whitening):
     x, y = _cloud(x, "x"), _cloud(y, "y")
     _checks.same_device(x=x, y=y)
     _checks.same_dtype("x", x, y=y)
@@ -375,6 +375,11 @@ def _prepare(x, y, a, b, blur, p, reach, cost, whitening):
     b = _weights(b, "b", y.shape[0], y, dtype)
     if rho is None:
         _check_balanced(a, b)
+    else:
+        for w, name in ((a_in, "a"), (b_in, "b")):
+            if w is not None and w.requires_grad and torch.is_grad_enabled():
+                raise NotImplementedError(f"{what}: no gradient with respect to the weights {name} of unbalanced "
+                                          "OT (reach=...); pass it detached")
     xw, yw = _whiten(x.to(dtype), y.to(dtype), cost, whitening)
     return xw, yw, a, b, a_in, b_in, p, blur, rho, dtype
 
@@ -393,12 +398,8 @@ def _log(w: torch.Tensor) -> torch.Tensor:
 @_arrays.accepts_arrays
 def _sinkhorn_arrays(x, y, a, b, blur, p, scaling, tol, max_iter, reach, cost, whitening, f0, g0):
     scaling, tol, max_iter = _check_loop(scaling, tol, max_iter)
-    xw, yw, wa, wb, a_in, b_in, p, blur, rho, dtype = _prepare(x, y, a, b, blur, p, reach, cost, whitening)
-    if rho is not None:
-        for w, name in ((a_in, "a"), (b_in, "b")):
-            if w is not None and w.requires_grad and torch.is_grad_enabled():
-                raise NotImplementedError(f"gencore.ot.sinkhorn: no gradient with respect to the weights {name} "
-                                          "of unbalanced OT (reach=...); pass it detached")
+    xw, yw, wa, wb, a_in, b_in, p, blur, rho, dtype = _prepare("gencore.ot.sinkhorn", x, y, a, b, blur, p, reach,
+                                                               cost, whitening)
     points_x, points_y = xw.detach(), yw.detach()
     wa_d, wb_d = wa.detach(), wb.detach()
     log_a, log_b = _log(wa_d), _log(wb_d)
@@ -525,12 +526,8 @@ def sinkhorn_divergence(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tens
     Memory O((N + M) d) plus the kernel's tiles; NaN policy as ``sinkhorn``.
     """
     scaling, tol, max_iter = _check_loop(scaling, tol, max_iter)
-    xw, yw, wa, wb, a_in, b_in, p, blur, rho, dtype = _prepare(x, y, a, b, blur, p, reach, cost, whitening)
-    if rho is not None:
-        for w, name in ((a_in, "a"), (b_in, "b")):
-            if w is not None and w.requires_grad and torch.is_grad_enabled():
-                raise NotImplementedError(f"gencore.ot.sinkhorn_divergence: no gradient with respect to the "
-                                          f"weights {name} of unbalanced OT (reach=...); pass it detached")
+    xw, yw, wa, wb, a_in, b_in, p, blur, rho, dtype = _prepare("gencore.ot.sinkhorn_divergence", x, y, a, b, blur,
+                                                               p, reach, cost, whitening)
     px, py = xw.detach(), yw.detach()
     wa_d, wb_d = wa.detach(), wb.detach()
     log_a, log_b = _log(wa_d), _log(wb_d)
