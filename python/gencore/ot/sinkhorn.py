@@ -466,7 +466,10 @@ def sinkhorn(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tensor] = None,
         p: 2. (p=1, the Euclidean cost, is not supported: ValueError.)
         scaling: epsilon scaling, in (0, 1): eps goes from diameter^p (the
             bounding-box diagonal of both clouds) down to blur^p, divided by
-            scaling^p each iteration, then stays at blur^p until convergence.
+            scaling^p each iteration (symmetric, averaged updates of f and g, as
+            GeomLoss), then stays at blur^p until convergence, where f and g
+            alternate with an adaptive over-relaxation (measured: a third to a
+            quarter of the iterations of averaged updates; see ``_Problem._tune``).
         tol: stop when the marginal error (``SinkhornResult.marginal_error``: the
             fraction of mass the plan misplaces) is <= tol at the final eps. The
             default 1e-3 (0.1% of the mass) is well above float32's rounding
@@ -489,7 +492,8 @@ def sinkhorn(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tensor] = None,
         ``SinkhornResult`` (cost, f [N], g [M], n_iter, marginal_error,
         converged, status, eps), in float64 for float64 input, else float32.
 
-    Memory: O((N + M) d) plus the kernel's tiles (about N x 1024 floats), never N x M.
+    Memory: O((N + M) d) plus the kernel's tiles (per thread about 256 x 1024 floats,
+    and O(N) partials when few queries are split over threads), never N x M.
     Gradients: ``cost`` is differentiable w.r.t. x, y (and W) and, balanced, a and b,
     through the envelope theorem: d/dx_i = m_i (x_i - T(x_i)) with T the
     barycentric projection and m_i the row mass of the plan; d/da = f, d/db = g.
