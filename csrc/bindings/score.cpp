@@ -23,9 +23,9 @@ const T* optional_vector_in(const py::object& a, const char* name, py::ssize_t n
 }
 
 // x [B, d], data [N, d], sigma [B], alpha [B], log_weights [N] or None
-//   -> denoised [B, d], log_z [B]
+//   -> denoised [B, d] (None: log_z only), log_z [B]
 void dataset_denoise(const py::array& x, const py::array& data, const py::array& sigma, const py::array& alpha,
-                     const py::object& log_weights, py::array& denoised, py::array& log_z, int threads) {
+                     const py::object& log_weights, const py::object& denoised, py::array& log_z, int threads) {
   dispatch_floating(x, "x", [&](auto tag) {
     using T = decltype(tag);
     const auto xs = matrix_in<T>(x, "x");
@@ -33,7 +33,11 @@ void dataset_denoise(const py::array& x, const py::array& data, const py::array&
     const T* s = vector_in<T>(sigma, "sigma", xs.rows);
     const T* a = vector_in<T>(alpha, "alpha", xs.rows);
     const T* lw = optional_vector_in<T>(log_weights, "log_weights", ys.rows);
-    T* out = output<T>(denoised, "denoised", xs.rows, xs.cols);
+    T* out = nullptr;
+    if (!denoised.is_none()) {
+      py::array denoised_array = denoised.cast<py::array>();
+      out = output<T>(denoised_array, "denoised", xs.rows, xs.cols);
+    }
     T* lz = vector_out<T>(log_z, "log_z", xs.rows);
     py::gil_scoped_release release;
     score::dataset_denoise<T>(xs, ys, s, a, lw, out, lz, threads);
@@ -132,7 +136,8 @@ void bind_score(py::module_& m) {
   m.def("dataset_denoise", &dataset_denoise, py::arg("x"), py::arg("data"), py::arg("sigma"), py::arg("alpha"),
         py::arg("log_weights"), py::arg("denoised"), py::arg("log_z"), py::arg("num_threads"),
         "Exact denoiser of a data set: denoised [B, d] = softmax_i(l_bi) . data, log_z [B] = logsumexp_i l_bi,\n"
-        "l_bi = log w_i - ||x_b - alpha_b y_i||^2 / (2 sigma_b^2) (log_weights None: all w_i = 1).");
+        "l_bi = log w_i - ||x_b - alpha_b y_i||^2 / (2 sigma_b^2) (log_weights None: all w_i = 1; denoised None:\n"
+        "log_z only, without the second GEMM).");
   m.def("dataset_denoise_plan", &dataset_denoise_plan, py::arg("b"), py::arg("n"), py::arg("d"),
         py::arg("num_threads"),
         "How dataset_denoise splits a [b, d] x [n, d] call: (plan 'query-split' | 'data-split', query_block,\n"

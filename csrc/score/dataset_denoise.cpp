@@ -21,6 +21,10 @@
 // and finally D = A / sum + c. x' lives in the rows of the output D until the
 // finished accumulator overwrites it.
 //
+// log_z only (denoised null, what a Sinkhorn iteration needs): no accumulator
+// and no second GEMM, so about half the work at large d; x' then lives in a
+// buffer of B d elements.
+//
 // Threads: queries go in the fewest equal blocks of <= 256 (the GEMMs run
 // ~20% faster on 256-row blocks than on 128). When the blocks can be dealt
 // evenly (a multiple of the thread count, or >= 4 per thread) each is one item
@@ -186,7 +190,7 @@ template <typename T>
 struct Running {
   T* max;
   double* sum;
-  T* acc;  // row stride d
+  T* acc;  // row stride d; null: log_z only
 };
 
 // Per-thread state: a single-threaded BLAS and the tile buffers.
@@ -211,7 +215,7 @@ void stream_block(const T* xc, int64_t q0, int64_t rows, MatrixView<const T> dat
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   std::fill(run.max, run.max + rows, kNegInf);
   std::fill(run.sum, run.sum + rows, 0.0);
-  std::fill(run.acc, run.acc + rows * d, T(0));
+  if (run.acc) std::fill(run.acc, run.acc + rows * d, T(0));
   for (int64_t t0 = n0; t0 < n1; t0 += tile_rows) {
     const int64_t tn = std::min(tile_rows, n1 - t0);
     for (int64_t r = 0; r < tn; ++r) {
@@ -235,24 +239,27 @@ void stream_block(const T* xc, int64_t q0, int64_t rows, MatrixView<const T> dat
         if (run.max[i] != kNegInf) {  // rescale what was accumulated to the new max
           const double r = std::exp(double(run.max[i]) - double(tile_max));
           run.sum[i] *= r;
-          T* a = run.acc + i * d;
-          for (int64_t j = 0; j < d; ++j) a[j] *= T(r);
+          if (run.acc) {
+            T* a = run.acc + i * d;
+            for (int64_t j = 0; j < d; ++j) a[j] *= T(r);
+          }
         }
         run.max[i] = tile_max;
       }
       run.sum[i] += ops.exp_sum(row, tn, run.max[i]);
     }
     // A [rows, d] += P [rows, tn] . y' [tn, d]
-    blas::gemm_ab(rows, d, tn, T(1), s.scores.data(), tile_rows, s.tile.data(), d, T(1), run.acc, d);
+    if (run.acc) blas::gemm_ab(rows, d, tn, T(1), s.scores.data(), tile_rows, s.tile.data(), d, T(1), run.acc, d);
   }
 }
 
-// D_b = A_b / sum + c and log_z_b = max + log(sum) - ||x'_b||^2 / (2 sigma^2).
+// D_b = A_b / sum + c (unless denoised is null) and log_z_b = max + log(sum) - ||x'_b||^2 / (2 sigma^2).
 template <typename T>
 void finish_query(const T* acc, T max, double sum, const T* center, double x_sq, double half_inv_var, int64_t d,
                   T* denoised, T* log_z) {
   const double inv = 1.0 / sum;
-  for (int64_t j = 0; j < d; ++j) denoised[j] = T(double(acc[j]) * inv + double(center[j]));
+  if (denoised)
+    for (int64_t j = 0; j < d; ++j) denoised[j] = T(double(acc[j]) * inv + double(center[j]));
   *log_z = T(double(max) + std::log(sum) - x_sq * half_inv_var);
 }
 
@@ -299,7 +306,10 @@ void dataset_denoise(MatrixView<const T> x, MatrixView<const T> data, const T* s
   MinIndex bad_data, bad_x;
   const std::vector<T> center = data_mean(data, num_threads, bad_data);
   std::vector<double> x_sq(B);
-  centre_queries(x, alpha, center.data(), denoised, x_sq.data(), num_threads, bad_x);
+  const bool with_denoised = denoised != nullptr;
+  std::vector<T> xc_buffer(with_denoised ? 0 : B * d);  // log_z only: x' has no output rows to live in
+  T* xc_rows = with_denoised ? denoised : xc_buffer.data();
+  centre_queries(x, alpha, center.data(), xc_rows, x_sq.data(), num_threads, bad_x);
   GENCORE_CHECK(!bad_x.any(), "x contains NaN or inf (row ", bad_x.get(), "); inputs must be finite");
   GENCORE_CHECK(!bad_data.any(), "data contains NaN or inf (row ", bad_data.get(), "); inputs must be finite");
 
@@ -307,17 +317,17 @@ void dataset_denoise(MatrixView<const T> x, MatrixView<const T> data, const T* s
   const QueryTerms<T> terms = query_terms(B, sigma, alpha);
   const DenoiseRowOps<T> ops = pick_row_ops<T>();
   const SquaredNormFn norm = squared_norm_kernel();
-  const T* xc = denoised;
+  const T* xc = xc_rows;
   const int64_t chunks = plan.data_chunks, qb = plan.query_block, tile_rows = plan.tile_rows;
   // Partials of the data split: [chunks, B] max and sum, [chunks, B, d] accumulators.
   const bool split = plan.data_split();
   std::vector<T> part_max(split ? chunks * B : 0);
   std::vector<double> part_sum(part_max.size());
-  std::vector<T> part_acc(split ? chunks * B * d : 0);
+  std::vector<T> part_acc(split && with_denoised ? chunks * B * d : 0);
 
   auto make_scratch = [&] {
     return TileScratch<T>{blas::SingleThreadedScope{}, std::vector<T>(tile_rows * d), std::vector<T>(tile_rows),
-                          std::vector<T>(qb * tile_rows), std::vector<T>(split ? 0 : qb * d),
+                          std::vector<T>(qb * tile_rows), std::vector<T>(split || !with_denoised ? 0 : qb * d),
                           std::vector<T>(split ? 0 : qb), std::vector<double>(split ? 0 : qb)};
   };
   // Items are (query block, data chunk) pairs; dynamic: the last block may be short.
@@ -329,14 +339,16 @@ void dataset_denoise(MatrixView<const T> x, MatrixView<const T> data, const T* s
     if (split) {
       const int64_t at = chunk * B + q0;
       stream_block(xc, q0, rows, data, n0, n1, center.data(), log_weights, terms, ops, norm, tile_rows, s,
-                   Running<T>{part_max.data() + at, part_sum.data() + at, part_acc.data() + at * d});
+                   Running<T>{part_max.data() + at, part_sum.data() + at,
+                              with_denoised ? part_acc.data() + at * d : nullptr});
       return;
     }
     stream_block(xc, q0, rows, data, n0, n1, center.data(), log_weights, terms, ops, norm, tile_rows, s,
-                 Running<T>{s.max.data(), s.sum.data(), s.acc.data()});
+                 Running<T>{s.max.data(), s.sum.data(), with_denoised ? s.acc.data() : nullptr});
     for (int64_t i = 0; i < rows; ++i)  // x' of these rows is no longer needed
       finish_query(s.acc.data() + i * d, s.max[i], s.sum[i], center.data(), x_sq[q0 + i],
-                   terms.half_inv_var[q0 + i], d, denoised + (q0 + i) * d, log_z + q0 + i);
+                   terms.half_inv_var[q0 + i], d, with_denoised ? denoised + (q0 + i) * d : nullptr,
+                   log_z + q0 + i);
   });
   if (!split) return;
 
@@ -344,16 +356,17 @@ void dataset_denoise(MatrixView<const T> x, MatrixView<const T> data, const T* s
   parallel_for(B, clamp_threads(num_threads, B * d * chunks / kWorkPerThread + 1), Schedule::fixed, [&](int64_t b) {
     T max = -std::numeric_limits<T>::infinity();
     for (int64_t c = 0; c < chunks; ++c) max = std::max(max, part_max[c * B + b]);
-    T* acc = part_acc.data() + b * d;
+    T* acc = with_denoised ? part_acc.data() + b * d : nullptr;
     double sum = 0.0;
     for (int64_t c = 0; c < chunks; ++c) {
       const T m = part_max[c * B + b];
       if (m == -std::numeric_limits<T>::infinity()) {  // a chunk of weight 0 adds nothing
-        if (c == 0) std::fill(acc, acc + d, T(0));
+        if (c == 0 && acc) std::fill(acc, acc + d, T(0));
         continue;
       }
       const double f = std::exp(double(m) - double(max));
       sum += f * part_sum[c * B + b];
+      if (!acc) continue;
       const T* part = part_acc.data() + (c * B + b) * d;
       if (c == 0) {
         for (int64_t j = 0; j < d; ++j) acc[j] = T(f * double(part[j]));
@@ -361,7 +374,8 @@ void dataset_denoise(MatrixView<const T> x, MatrixView<const T> data, const T* s
         for (int64_t j = 0; j < d; ++j) acc[j] += T(f * double(part[j]));
       }
     }
-    finish_query(acc, max, sum, center.data(), x_sq[b], terms.half_inv_var[b], d, denoised + b * d, log_z + b);
+    finish_query(acc, max, sum, center.data(), x_sq[b], terms.half_inv_var[b], d,
+                 with_denoised ? denoised + b * d : nullptr, log_z + b);
   });
 }
 

@@ -13,7 +13,8 @@
 namespace gencore::score {
 
 // log_weights may be null (all weights 1) and may hold -inf (weight 0).
-// denoised is C-contiguous [B, d]. Throws std::invalid_argument naming "x" or
+// denoised is C-contiguous [B, d], or null: log_z only, without the second
+// GEMM (the softmin of a Sinkhorn iteration). Throws std::invalid_argument naming "x" or
 // "data" and the first row holding NaN or inf.
 template <typename T>
 void dataset_denoise(MatrixView<const T> x, MatrixView<const T> data, const T* sigma, const T* alpha,

@@ -285,7 +285,7 @@ def test_cuda_runs_on_the_callers_stream(rng):
 # ---------------------------------------------------------------- the CUDA glue over tests/cuda_fake.py
 
 def test_cuda_glue_streams_tiles_over_the_fake(rng, monkeypatch):
-    from gencore import _native, _native_call
+    from gencore import _native, _native_call, _softmin
     from gencore.score.ops import _dataset as ops
 
     from tests.cuda_fake import FakeCuda
@@ -294,7 +294,7 @@ def test_cuda_glue_streams_tiles_over_the_fake(rng, monkeypatch):
     monkeypatch.setattr(_native, "cuda", fake)
     monkeypatch.setattr(_native_call, "cuda_stream", lambda device: 0)
     monkeypatch.setattr(_native_call, "POISON", True)
-    monkeypatch.setattr(ops, "_CUDA_TILE", 7)
+    monkeypatch.setattr(_softmin, "_CUDA_TILE", 7)
     x, data, sigma = randn(rng, 9, 4), randn(rng, 45, 4), uniform(rng, 9, 0.3, 2.0)
     alpha, weights = uniform(rng, 9, 0.5, 1.0), uniform(rng, 45, 0.1, 2.0)
     weights[:14] = 0.0  # the first two tiles have no mass

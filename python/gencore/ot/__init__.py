@@ -10,8 +10,9 @@ Public names:
     sliced_wasserstein(x, y, n_projections=..., p=2, seed=None)
     ot_coupling(x0, x1, method="exact" | "sinkhorn") -> permutation
 """
+# The modules first: the star import then rebinds the name ``sinkhorn`` to the function.
+from . import exact as _exact, sinkhorn as _sinkhorn
 from .sinkhorn import *  # noqa: F401,F403  (the Sinkhorn solvers: sinkhorn.__all__)
 from .exact import *  # noqa: F401,F403  (exact OT, sliced Wasserstein: exact.__all__)
-from . import exact as _exact, sinkhorn as _sinkhorn
 
 __all__ = list(_sinkhorn.__all__) + list(_exact.__all__)

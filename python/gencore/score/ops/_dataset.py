@@ -5,17 +5,13 @@ weights [N]?) -> (D [B, d], log_z [B]); see gencore.score.reference for the math
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Union
 
 import torch
 
-from ... import _arrays, _checks, _native, _native_call
+from ... import _arrays, _checks, _softmin
 from ..._op import Op
 from .. import reference
-
-_CUDA_TILE = 4096  # data rows per CUDA step: two GEMMs by torch (cuBLAS) and one fused epilogue kernel
-
 
 # ====================================================================== checks
 
@@ -82,46 +78,11 @@ def _reference(x, data, sigma, alpha, weights):
 
 def _cpu(x, data, sigma, alpha, weights):
     dtype = reference.compute_dtype(x.dtype)
-    b = x.shape[0]
-    denoised, denoised_array = _native_call.cpu_output(x.shape, dtype)
-    log_z, log_z_array = _native_call.cpu_output((b,), dtype)
-    log_w = _log_weights(weights, dtype)
-    _native.core.dataset_denoise(
-        _native_call.cpu_array(x, dtype), _native_call.cpu_array(data, dtype), _native_call.cpu_array(sigma, dtype),
-        _native_call.cpu_array(alpha, dtype), None if log_w is None else log_w.contiguous().numpy(),
-        denoised_array, log_z_array, _native_call.threads())
-    return denoised, log_z
+    return _softmin.cpu(x, data, sigma, alpha, _log_weights(weights, dtype), dtype)
 
 
 def _cuda(x, data, sigma, alpha, weights):
-    # Per tile of the data: the distance GEMM and the weighted-sum GEMM by torch
-    # (cuBLAS on the caller's stream); in between, one gencore kernel turns the
-    # GEMM tile into softmax numerators in place and advances each query's
-    # running (max, sum), returning the factor that rescales the accumulator.
-    xs, y = _native_call.cuda_input(x), _native_call.cuda_input(data)
-    s, a = _native_call.cuda_input(sigma), _native_call.cuda_input(alpha)
-    log_w = _log_weights(weights, torch.float32)
-    b = xs.shape[0]
-    center = y.mean(0)
-    xc = (xs - a[:, None] * center).contiguous()
-    running_max = torch.full((b,), -math.inf, device=xs.device)
-    total = torch.zeros(b, device=xs.device)
-    rescale = torch.empty(b, device=xs.device)
-    acc = torch.zeros_like(xs)
-    stream, device = _native_call.cuda_stream(xs.device), _native_call.device_index(xs.device)
-    for start in range(0, y.shape[0], _CUDA_TILE):
-        tile = (y[start:start + _CUDA_TILE] - center).contiguous()     # [T, d]
-        tile_sq = (tile * tile).sum(1)
-        scores = xc @ tile.T                                            # [B, T]
-        lw = None if log_w is None else log_w[start:start + _CUDA_TILE].contiguous()
-        _native.cuda.dataset_denoise_tile(scores.data_ptr(), b, tile.shape[0], tile_sq.data_ptr(),
-                                          0 if lw is None else lw.data_ptr(), s.data_ptr(), a.data_ptr(),
-                                          running_max.data_ptr(), total.data_ptr(), rescale.data_ptr(),
-                                          stream, device)
-        acc.mul_(rescale[:, None]).addmm_(scores, tile)
-    denoised = acc / total[:, None] + center
-    log_z = running_max + torch.log(total) - 0.5 * (xc * xc).sum(1) / (s * s)
-    return denoised, log_z
+    return _softmin.cuda(x, data, sigma, alpha, _log_weights(weights, torch.float32))
 
 
 # ====================================================================== autograd (with respect to x and sigma)
