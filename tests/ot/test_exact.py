@@ -159,10 +159,43 @@ def test_uniform_square_problem_gives_a_permutation_and_ot_coupling(rng):
     from scipy.optimize import linear_sum_assignment
     rows, cols = linear_sum_assignment(cost.numpy())
     assert abs(float(cost[torch.arange(n), perm].sum()) - float(cost.numpy()[rows, cols].sum())) <= 1e-9
-    with pytest.raises(NotImplementedError, match="sinkhorn"):
-        got.ot_coupling(x0, x1, method="sinkhorn")
     with pytest.raises(ValueError, match="x0 and x1"):
         got.ot_coupling(x0, x1[:-1])
+    with pytest.raises(ValueError, match="blur"):
+        got.ot_coupling(x0, x1, method="sinkhorn", blur=0.0)
+
+
+def test_sinkhorn_coupling_draws_from_the_entropic_plan(rng):
+    n = 64
+    x0 = torch.randn(n, 5, generator=rng, dtype=torch.float64)
+    x1 = torch.randn(n, 5, generator=rng, dtype=torch.float64) + 1.0
+    cost = torch.cdist(x0, x1).square()
+    exact = float(cost[torch.arange(n), got.ot_coupling(x0, x1)].mean())
+    drawn = float(cost.diagonal().mean())  # the batch as drawn: an independent pairing
+    # A small blur concentrates each row of the plan on the exact partner.
+    sharp = got.ot_coupling(x0, x1, method="sinkhorn", blur=0.05, generator=torch.Generator().manual_seed(1))
+    assert sharp.dtype == torch.int64 and sharp.shape == (n,) and int(sharp.min()) >= 0 and int(sharp.max()) < n
+    assert float(cost[torch.arange(n), sharp].mean()) <= exact * 1.05
+    # The default blur (OT-CFM's 0.05 of the max cost) still pairs far better than chance...
+    default = got.ot_coupling(x0, x1, method="sinkhorn", generator=torch.Generator().manual_seed(2))
+    assert exact <= float(cost[torch.arange(n), default].mean()) < 0.5 * (exact + drawn)
+    # ...and the draw follows the generator.
+    again = got.ot_coupling(x0, x1, method="sinkhorn", generator=torch.Generator().manual_seed(2))
+    assert torch.equal(default, again)
+    # The row frequencies follow pi_ij / a_i: one row drawn many times against
+    # the plan from the same potentials.
+    from gencore.ot import sinkhorn
+    half = cost / 2
+    eps_blur = (0.05 * float(half.max())) ** 0.5
+    result = sinkhorn(x0, x1, blur=eps_blur)
+    row = torch.softmax((result.g[None, :] - half[:1]) / result.eps, dim=1)[0]
+    draws = torch.stack([got.ot_coupling(x0, x1, method="sinkhorn", generator=torch.Generator().manual_seed(s))[0]
+                         for s in range(400)])
+    freq = torch.bincount(draws, minlength=n).double() / 400
+    # L1 distance of 400 draws over 64 columns from their law: about 0.3 expected
+    # (sum_j sqrt(2 p_j / (pi 400))); a wrong law (uniform) is far further away.
+    to_plan, to_uniform = float((freq - row).abs().sum()), float((freq - 1 / n).abs().sum())
+    assert to_plan < 0.5 and to_plan < 0.5 * to_uniform, (to_plan, to_uniform)
 
 
 def test_pivot_limit_reports_non_convergence_with_a_feasible_plan(rng):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from typing import Optional
 
@@ -259,25 +260,32 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tenso
 
 
 @_arrays.accepts_arrays
-def ot_coupling(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact") -> torch.Tensor:
+def ot_coupling(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", *, blur: Optional[float] = None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Minibatch OT coupling for flow matching (OT-CFM, Tong et al. 2023; Pooladian et al. 2023).
 
     Given equal-size batches x0 [N, ...] and x1 [N, ...] with uniform weights and
     the squared Euclidean cost between flattened samples, returns ``perm`` [N]
-    int64 such that the pairs (x0[i], x1[perm[i]]) are an optimal assignment:
-    train on ``x0, x1[perm]``.
+    int64: train on the pairs ``x0, x1[perm]``.
 
-    method: ``"exact"`` solves the N x N EMD with the network simplex (uniform
-    square problems have a permutation as an optimal vertex; each row's mass
-    lies on one column). ``"sinkhorn"`` (sampling from the entropic plan) is
-    not wired yet and raises NotImplementedError.
+    method:
+        ``"exact"``: an optimal assignment, solved as the N x N EMD with the
+            network simplex (uniform square problems have a permutation as an
+            optimal vertex: each row's mass lies on one column). ``perm`` is a
+            permutation.
+        ``"sinkhorn"``: a draw from the entropic plan pi (``gencore.ot.sinkhorn``
+            at ``blur``; by default blur^2 = 0.05 max_ij |x0_i - x1_j|^2 / 2, the
+            regularisation OT-CFM uses on its max-normalised cost): each x0[i]
+            gets x1[j] with probability pi_ij / a_i. Rows are drawn independently,
+            so ``perm`` may repeat a column (as OT-CFM's sampler, which draws pairs
+            from pi with replacement); smaller blur approaches the exact coupling.
+            ``generator`` seeds the draw.
 
-    Cost: the [N, N] distance matrix (one GEMM, float64) plus the EMD.
-    Not differentiable (a permutation). NaN/inf: ValueError.
+    Cost: the [N, N] distance matrix of the minibatch (one GEMM, float64) plus
+    the EMD, or the Sinkhorn loop plus one [N, N] row draw.
+    Not differentiable (indices). NaN/inf: ValueError.
     """
     _checks.choice(method, "method", ("exact", "sinkhorn"))
-    if method == "sinkhorn":
-        raise NotImplementedError('ot_coupling(method="sinkhorn") is not available yet; use method="exact"')
     _checks.tensor(x0, "x0")
     _checks.tensor(x1, "x1")
     _checks.same_device(x0=x0, x1=x1)
@@ -287,6 +295,8 @@ def ot_coupling(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact") -> to
     if x0.shape[1:] != x1.shape[1:]:
         raise ValueError(f"x0 and x1 samples must have one shape, got {tuple(x0.shape[1:])} and "
                          f"{tuple(x1.shape[1:])}")
+    if blur is not None and not (isinstance(blur, (int, float)) and math.isfinite(blur) and blur > 0):
+        raise ValueError(f"blur must be a positive finite number or None, got {blur!r}")
     n = x0.shape[0]
     if n == 0:
         raise ValueError("x0 and x1 are empty batches")
@@ -295,6 +305,16 @@ def ot_coupling(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact") -> to
     _checks.finite(u, "x0")
     _checks.finite(w, "x1")
     cost = torch.cdist(u, w).square()
-    result = emd(None, None, cost)
-    plan = result.dense()
-    return plan.argmax(1)
+    if method == "exact":
+        return emd(None, None, cost).dense().argmax(1)
+    from .sinkhorn import sinkhorn
+
+    half_cost = cost / 2  # gencore.ot.sinkhorn's C = |x - y|^2 / 2
+    if blur is None:
+        blur = math.sqrt(max(0.05 * float(half_cost.max()), 1e-300))
+    result = sinkhorn(u, w, blur=blur)
+    eps = result.eps
+    # pi_ij / a_i = b_j exp((f_i + g_j - C_ij) / eps): f_i only normalises row i.
+    logits = (result.g.to(torch.float64)[None, :] - half_cost) / eps
+    probs = torch.softmax(logits, dim=1)
+    return torch.multinomial(probs, 1, generator=generator).flatten()
