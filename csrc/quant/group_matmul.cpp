@@ -1,0 +1,193 @@
+// group_matmul driver (group_matmul.h). Two paths:
+//   rows: few activation rows (memory bound). The activations are copied once
+//         into the kernel's layout (deinterleaved blocks for int4, checked for
+//         NaN/inf on the way), then threads take blocks of kRowBlock weight
+//         rows and each weight row is streamed from memory once, dequantized
+//         in registers and multiplied into all activation rows (kMaxKernelRows
+//         per kernel call; further calls find the row in L1).
+//   blas: many activation rows (compute bound). Each thread dequantizes a tile
+//         of kTileRows weight rows into a float buffer once and runs SciPy's
+//         sgemm on it against all activation rows.
+// Outputs of different threads are blocks of at least 16 columns of y, so no
+// two threads write the same 64-byte line except at block edges.
+// Peak extra memory: M x K floats (rows) or threads x kTileRows x K floats (blas).
+#include "quant/group_matmul.h"
+#include "quant/group_tail.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "gencore/blas.h"
+#include "gencore/check.h"
+#include "gencore/isa.h"
+#include "gencore/parallel.h"
+
+namespace gencore::quant {
+namespace {
+
+constexpr int64_t kRowBlock = 16;   // weight rows per work item of the rows path
+constexpr int64_t kTileRows = 64;   // weight rows per dequantized tile of the blas path
+// From this many activation rows on, dequantize + sgemm beats the fused
+// kernel (measured, bench/quant/bench_group_matmul.py: the fused kernel redoes
+// the int -> float conversion for every 8 rows and has no register blocking over N).
+constexpr int64_t kBlasMinRows = 16;
+
+thread_local const char* last_path = "none";
+
+void check_group_params(const PackedWeight& w) {
+  GENCORE_CHECK(w.bits == 4 || w.bits == 8, "bits must be 4 or 8, got ", w.bits);
+  GENCORE_CHECK(w.group >= 1, "group_size must be >= 1, got ", w.group);
+  GENCORE_CHECK(w.group >= w.cols || w.group % kBlock == 0,
+                "group_size must be a multiple of 32 or cover all of K, got ", w.group, " for K=", w.cols);
+}
+
+int64_t groups_of(const PackedWeight& w) { return w.cols == 0 ? 0 : (w.cols + w.group - 1) / w.group; }
+
+void check_row_params(const PackedWeight& w, int64_t n, int64_t groups) {
+  const float* s = w.scales + n * w.scale_stride;
+  const float* z = w.zeros + n * w.scale_stride;
+  for (int64_t g = 0; g < groups; ++g) {
+    if (!std::isfinite(s[g])) fail_non_finite_row("scales", n);
+    if (!std::isfinite(z[g])) fail_non_finite_row("zeros", n);
+  }
+}
+
+// One weight row, natural order: out[k] = (q[k] - z[g]) * s[g].
+void dequantize_row(const PackedWeight& w, int64_t n, float* out) {
+  const uint8_t* q = w.data + n * w.data_stride;
+  const float* s = w.scales + n * w.scale_stride;
+  const float* z = w.zeros + n * w.scale_stride;
+  for (int64_t k0 = 0, g = 0; k0 < w.cols; k0 += w.group, ++g) {
+    const int64_t k1 = std::min(w.cols, k0 + w.group);
+    const float scale = s[g], zero = z[g];
+    if (w.bits == 4) {
+      int64_t k = k0;
+      for (; k + 1 < k1; k += 2) {  // k0 is even whenever a group ends before K
+        const uint8_t byte = q[k >> 1];
+        out[k] = (float(byte & 0x0F) - zero) * scale;
+        out[k + 1] = (float(byte >> 4) - zero) * scale;
+      }
+      if (k < k1) out[k] = (float(quantized_at(q, k, 4)) - zero) * scale;
+    } else {
+      for (int64_t k = k0; k < k1; ++k) out[k] = (float(q[k]) - zero) * scale;
+    }
+  }
+}
+
+// x [M, K] -> xd [M, K] in the row kernel's layout; refuses NaN/inf rows.
+void prepare_activations(MatrixView<const float> x, const PackedWeight& w, float* xd, int threads) {
+  const int64_t K = x.cols;
+  parallel_for(x.rows, threads, Schedule::fixed, [&](int64_t m) {
+    const float* src = x.row(m);
+    float* dst = xd + m * K;
+    bool finite = true;
+    for (int64_t k = 0; k < K; ++k) finite &= std::isfinite(src[k]);
+    if (!finite) fail_non_finite_row("x", m);
+    for (int64_t k0 = 0; k0 < K; k0 += w.group) {
+      const int64_t k1 = std::min(K, k0 + w.group);
+      const int64_t whole = w.bits == 4 ? blocks_end(k0, k1) : k0;
+      for (int64_t k = k0; k < whole; k += kBlock)
+        for (int j = 0; j < 16; ++j) {
+          dst[k + j] = src[k + 2 * j];
+          dst[k + 16 + j] = src[k + 2 * j + 1];
+        }
+      std::copy(src + whole, src + k1, dst + whole);
+    }
+  });
+}
+
+void check_activations(MatrixView<const float> x, int threads) {
+  parallel_for(x.rows, threads, Schedule::fixed, [&](int64_t m) {
+    const float* src = x.row(m);
+    bool finite = true;
+    for (int64_t k = 0; k < x.cols; ++k) finite &= std::isfinite(src[k]);
+    if (!finite) fail_non_finite_row("x", m);
+  });
+}
+
+void add_bias(const float* bias, int64_t M, int64_t N, int64_t n0, int64_t n1, float* y) {
+  if (!bias) return;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = n0; n < n1; ++n) y[m * N + n] += bias[n];
+}
+
+void rows_path(MatrixView<const float> x, const PackedWeight& w, const float* bias, float* y, int threads) {
+  const int64_t M = x.rows, N = w.rows, K = w.cols, groups = groups_of(w);
+  std::vector<float> xd(static_cast<size_t>(M * K));
+  prepare_activations(x, w, xd.data(), threads);
+  const RowKernel kernel = pick_isa<RowKernel>(group_rows_portable, GENCORE_ISA_FN(group_rows_avx2),
+                                               GENCORE_ISA_FN(group_rows_avx512));
+  const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
+  parallel_for(blocks, threads, Schedule::fixed, [&](int64_t block) {
+    const int64_t n0 = block * kRowBlock, n1 = std::min(N, n0 + kRowBlock);
+    for (int64_t n = n0; n < n1; ++n) {
+      check_row_params(w, n, groups);
+      const uint8_t* q = w.data + n * w.data_stride;
+      const float* s = w.scales + n * w.scale_stride;
+      const float* z = w.zeros + n * w.scale_stride;
+      for (int64_t m0 = 0; m0 < M; m0 += kMaxKernelRows) {
+        const int nb = static_cast<int>(std::min<int64_t>(kMaxKernelRows, M - m0));
+        kernel(xd.data() + m0 * K, K, nb, q, s, z, K, w.group, w.bits, y + m0 * N + n, N);
+      }
+    }
+    add_bias(bias, M, N, n0, n1, y);
+  });
+}
+
+void blas_path(MatrixView<const float> x, const PackedWeight& w, const float* bias, float* y, int threads) {
+  const int64_t M = x.rows, N = w.rows, K = w.cols, groups = groups_of(w);
+  check_activations(x, threads);
+  const int64_t tiles = (N + kTileRows - 1) / kTileRows;
+  struct State {
+    blas::SingleThreadedScope single;
+    std::vector<float> tile;
+  };
+  parallel_for(tiles, threads, Schedule::fixed,
+               [&] { return State{blas::SingleThreadedScope(), std::vector<float>(size_t(kTileRows * K))}; },
+               [&](State& state, int64_t t) {
+                 const int64_t n0 = t * kTileRows, n1 = std::min(N, n0 + kTileRows);
+                 for (int64_t n = n0; n < n1; ++n) {
+                   check_row_params(w, n, groups);
+                   dequantize_row(w, n, state.tile.data() + (n - n0) * K);
+                 }
+                 blas::gemm_abt(M, n1 - n0, K, 1.0f, x.data, x.row_stride, state.tile.data(), K, 0.0f, y + n0, N);
+                 add_bias(bias, M, N, n0, n1, y);
+               });
+}
+
+}  // namespace
+
+const char* last_group_matmul_path() { return last_path; }
+
+int64_t group_matmul_blas_min_rows() { return kBlasMinRows; }
+
+void group_matmul(MatrixView<const float> x, const PackedWeight& w, const float* bias, float* y, int threads) {
+  check_group_params(w);
+  GENCORE_CHECK(x.cols == w.cols, "x has ", x.cols, " columns, the weight has K=", w.cols);
+  const int64_t M = x.rows, N = w.rows;
+  if (M == 0 || N == 0) return;
+  if (w.cols == 0) {  // an empty sum
+    std::fill(y, y + M * N, 0.0f);
+    add_bias(bias, M, N, 0, N, y);
+    return;
+  }
+  if (M >= kBlasMinRows && blas::available()) {
+    last_path = "blas";
+    blas_path(x, w, bias, y, threads);
+  } else {
+    last_path = "rows";
+    rows_path(x, w, bias, y, threads);
+  }
+}
+
+void dequantize(const PackedWeight& w, float* out, int64_t ld, int threads) {
+  check_group_params(w);
+  const int64_t groups = groups_of(w);
+  parallel_for(w.rows, threads, Schedule::fixed, [&](int64_t n) {
+    check_row_params(w, n, groups);
+    dequantize_row(w, n, out + n * ld);
+  });
+}
+
+}  // namespace gencore::quant

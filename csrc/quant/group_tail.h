@@ -1,0 +1,25 @@
+// Scalar pieces shared by every ISA's row kernel: the quantized value of
+// element k, and the dot product over the part of a group that is not a whole
+// 32-element block (stored in natural order, see group_matmul.h).
+#pragma once
+#include <cstdint>
+
+namespace gencore::quant {
+
+constexpr int64_t kBlock = 32;  // elements per deinterleaved block (16 bytes of int4)
+
+inline int quantized_at(const uint8_t* w, int64_t k, int bits) {
+  return bits == 4 ? (w[k >> 1] >> ((k & 1) * 4)) & 0x0F : w[k];
+}
+
+// sum_{k in [k0, k1)} x[k] * (q[k] - z)
+inline float dot_natural(const float* x, const uint8_t* w, int64_t k0, int64_t k1, float z, int bits) {
+  float acc = 0.0f;
+  for (int64_t k = k0; k < k1; ++k) acc += x[k] * (float(quantized_at(w, k, bits)) - z);
+  return acc;
+}
+
+// End of the whole blocks of the group [k0, k1).
+inline int64_t blocks_end(int64_t k0, int64_t k1) { return k0 + (k1 - k0) / kBlock * kBlock; }
+
+}  // namespace gencore::quant

@@ -1,0 +1,16 @@
+"""Group-quantized weights: int4 / int8 with a scale and zero point per group of
+K, fused dequantize-matmul kernels, QuantLinear.
+
+Public names:
+    quantize(weight, bits=4, group_size=128, symmetric=False) -> QuantizedWeight
+    dequantize(qw, dtype=torch.float32) -> [N, K]
+    group_matmul(x, qw, bias=None) -> [..., N]  (y = x @ dequant(W)^T + bias)
+    pack(codes, bits) / unpack(data, bits, in_features): the int4 packing (low nibble first)
+    QuantizedWeight: the plain-tensor container (data, scales, zeros, bits, group_size, shape)
+    reference: the pure-torch specification (and the format's description)
+"""
+from . import reference
+from .functions import dequantize, group_matmul, pack, quantize, unpack
+from .weight import QuantizedWeight
+
+__all__ = ["quantize", "dequantize", "group_matmul", "pack", "unpack", "QuantizedWeight", "reference"]
