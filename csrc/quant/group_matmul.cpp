@@ -75,8 +75,10 @@ void dequantize_row(const PackedWeight& w, int64_t n, float* out) {
   }
 }
 
-// x [M, K] -> xd [M, K] in the row kernel's layout; refuses NaN/inf rows.
-void prepare_activations(MatrixView<const float> x, const PackedWeight& w, float* xd, int threads) {
+// x [M, K] -> xd [M, K] in the row kernel's layout and xs [M, G] its per-group
+// sums (summed in natural order); refuses NaN/inf rows.
+void prepare_activations(MatrixView<const float> x, const PackedWeight& w, float* xd, float* xs, int threads) {
+  const int64_t groups = groups_of(w);
   const int64_t K = x.cols;
   parallel_for(x.rows, threads, Schedule::fixed, [&](int64_t m) {
     const float* src = x.row(m);
@@ -84,8 +86,11 @@ void prepare_activations(MatrixView<const float> x, const PackedWeight& w, float
     bool finite = true;
     for (int64_t k = 0; k < K; ++k) finite &= std::isfinite(src[k]);
     if (!finite) fail_non_finite_row("x", m);
-    for (int64_t k0 = 0; k0 < K; k0 += w.group) {
+    for (int64_t k0 = 0, g = 0; k0 < K; k0 += w.group, ++g) {
       const int64_t k1 = std::min(K, k0 + w.group);
+      float sum = 0.0f;
+      for (int64_t k = k0; k < k1; ++k) sum += src[k];
+      xs[m * groups + g] = sum;
       const int64_t whole = w.bits == 4 ? blocks_end(k0, k1) : k0;
       for (int64_t k = k0; k < whole; k += kBlock)
         for (int j = 0; j < 16; ++j) {
@@ -114,8 +119,8 @@ void add_bias(const float* bias, int64_t M, int64_t N, int64_t n0, int64_t n1, f
 
 void rows_path(MatrixView<const float> x, const PackedWeight& w, const float* bias, float* y, int threads) {
   const int64_t M = x.rows, N = w.rows, K = w.cols, groups = groups_of(w);
-  std::vector<float> xd(static_cast<size_t>(M * K));
-  prepare_activations(x, w, xd.data(), threads);
+  std::vector<float> xd(static_cast<size_t>(M * K)), xs(static_cast<size_t>(M * groups));
+  prepare_activations(x, w, xd.data(), xs.data(), threads);
   const RowKernel kernel = pick_isa<RowKernel>(group_rows_portable, GENCORE_ISA_FN(group_rows_avx2),
                                                GENCORE_ISA_FN(group_rows_avx512));
   const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
@@ -128,7 +133,7 @@ void rows_path(MatrixView<const float> x, const PackedWeight& w, const float* bi
       const float* z = w.zeros + n * w.scale_stride;
       for (int64_t m0 = 0; m0 < M; m0 += kMaxKernelRows) {
         const int nb = static_cast<int>(std::min<int64_t>(kMaxKernelRows, M - m0));
-        kernel(xd.data() + m0 * K, K, nb, q, s, z, K, w.group, w.bits, y + m0 * N + n, N);
+        kernel(xd.data() + m0 * K, K, xs.data() + m0 * groups, groups, nb, q, s, z, K, w.group, w.bits, y + m0 * N + n, N);
       }
     }
     add_bias(bias, M, N, n0, n1, y);

@@ -42,19 +42,22 @@ int64_t group_matmul_blas_min_rows();
 
 // The fused row kernel: for b < nb (nb <= kMaxKernelRows),
 //   out[b * ldo] = sum_g s[g] * sum_{k in group g} xd[b * ldx + k] * (q[k] - z[g])
+//               = sum_g s[g] * (sum_{k in g} xd[b * ldx + k] * q[k] - z[g] * xs[b * ldxs + g])
+// with xs the per-group sums of each activation row (the SIMD kernels use the
+// second form: the zero point leaves the inner loop, one subtraction per element less).
 // where xd is x with every full 32-element block inside a group stored
 // "deinterleaved" for int4 (the 16 even elements, then the 16 odd ones: the
 // order of low then high nibbles of 16 bytes) and natural otherwise.
 // One implementation per SIMD level; accumulation is float32 with FMA where
 // the ISA has it, one partial sum per group.
 constexpr int kMaxKernelRows = 8;
-using RowKernel = void (*)(const float* xd, int64_t ldx, int nb, const uint8_t* w, const float* s, const float* z,
+using RowKernel = void (*)(const float* xd, int64_t ldx, const float* xs, int64_t ldxs, int nb, const uint8_t* w, const float* s, const float* z,
                            int64_t K, int64_t group, int bits, float* out, int64_t ldo);
-void group_rows_portable(const float* xd, int64_t ldx, int nb, const uint8_t* w, const float* s, const float* z,
+void group_rows_portable(const float* xd, int64_t ldx, const float* xs, int64_t ldxs, int nb, const uint8_t* w, const float* s, const float* z,
                          int64_t K, int64_t group, int bits, float* out, int64_t ldo);
-void group_rows_avx2(const float* xd, int64_t ldx, int nb, const uint8_t* w, const float* s, const float* z,
+void group_rows_avx2(const float* xd, int64_t ldx, const float* xs, int64_t ldxs, int nb, const uint8_t* w, const float* s, const float* z,
                      int64_t K, int64_t group, int bits, float* out, int64_t ldo);
-void group_rows_avx512(const float* xd, int64_t ldx, int nb, const uint8_t* w, const float* s, const float* z,
+void group_rows_avx512(const float* xd, int64_t ldx, const float* xs, int64_t ldxs, int nb, const uint8_t* w, const float* s, const float* z,
                        int64_t K, int64_t group, int bits, float* out, int64_t ldo);
 
 }  // namespace gencore::quant

@@ -1,4 +1,5 @@
-// Portable row kernel of group_matmul (group_matmul.h): plain C++ the compiler
+// Portable row kernel of group_matmul (group_matmul.h), in the first form
+// (q - z per element: no per-group activation sums needed): plain C++ the compiler
 // vectorises with the baseline ISA (SSE2 on x86-64, NEON on aarch64). Each
 // activation row is a separate pass over the weight row, which is in L1 by then.
 #include "quant/group_matmul.h"
@@ -27,7 +28,7 @@ float dot_blocks(const float* xd, const uint8_t* w, int64_t k0, int64_t k1, floa
 
 }  // namespace
 
-void group_rows_portable(const float* xd, int64_t ldx, int nb, const uint8_t* w, const float* s, const float* z,
+void group_rows_portable(const float* xd, int64_t ldx, const float* /*xs*/, int64_t /*ldxs*/, int nb, const uint8_t* w, const float* s, const float* z,
                          int64_t K, int64_t group, int bits, float* out, int64_t ldo) {
   for (int b = 0; b < nb; ++b) {
     const float* x = xd + b * ldx;

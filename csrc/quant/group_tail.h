@@ -19,6 +19,15 @@ inline float dot_natural(const float* x, const uint8_t* w, int64_t k0, int64_t k
   return acc;
 }
 
+// sum_g s[g] * z[g] * xs[g]: the zero points' share of a row's result (see group_matmul.h)
+inline float zero_share(const float* s, const float* z, const float* xs, int64_t groups) {
+  float acc = 0.0f;
+  for (int64_t g = 0; g < groups; ++g) acc += s[g] * z[g] * xs[g];
+  return acc;
+}
+
+inline int64_t group_count(int64_t K, int64_t group) { return K == 0 ? 0 : (K + group - 1) / group; }
+
 // End of the whole blocks of the group [k0, k1).
 inline int64_t blocks_end(int64_t k0, int64_t k1) { return k0 + (k1 - k0) / kBlock * kBlock; }
 
