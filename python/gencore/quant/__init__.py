@@ -7,10 +7,14 @@ Public names:
     group_matmul(x, qw, bias=None) -> [..., N]  (y = x @ dequant(W)^T + bias)
     pack(codes, bits) / unpack(data, bits, in_features): the int4 packing (low nibble first)
     QuantizedWeight: the plain-tensor container (data, scales, zeros, bits, group_size, shape)
+    QuantLinear.from_linear(linear, bits=4, group_size=128): an nn.Linear with a quantized weight
+    quantize_model(model, bits=4, group_size=128, symmetric=False, skip=None): replaces nn.Linear layers
     reference: the pure-torch specification (and the format's description)
 """
 from . import reference
 from .functions import dequantize, group_matmul, pack, quantize, unpack
+from .modules import QuantLinear, quantize_model
 from .weight import QuantizedWeight
 
-__all__ = ["quantize", "dequantize", "group_matmul", "pack", "unpack", "QuantizedWeight", "reference"]
+__all__ = ["quantize", "dequantize", "group_matmul", "pack", "unpack", "QuantizedWeight", "QuantLinear", "quantize_model",
+           "reference"]
