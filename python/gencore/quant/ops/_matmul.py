@@ -80,6 +80,25 @@ def _cpu_matmul(x, data, scales, zeros, bias, bits, group_size, in_features):
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
+def _cuda_matmul(x, data, scales, zeros, bias, bits, group_size, in_features):
+    rows = _native_call.cuda_input(x)
+    m, n = rows.shape[0], data.shape[0]
+    codes = data.detach().contiguous()
+    s, z = _native_call.cuda_input(scales), _native_call.cuda_input(zeros)
+    b = None if bias is None else _native_call.cuda_input(bias)
+    y = _native_call.output((m, n), torch.float32, rows.device)
+    _native.cuda.group_matmul(rows.data_ptr(), m, in_features, codes.data_ptr(), n, s.data_ptr(), z.data_ptr(),
+                              group_size, bits, 0 if b is None else b.data_ptr(), y.data_ptr(),
+                              _native_call.cuda_stream(rows.device), _native_call.device_index(rows.device))
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+def _cuda_limit(x, data, scales, zeros, bias, bits, group_size, in_features):
+    limit = _native.cuda.group_matmul_max_rows()
+    return (f"{x.shape[0]} activation rows exceed the CUDA kernel's {limit} (dequantize + matmul in torch runs)"
+            if x.shape[0] > limit else None)
+
+
 def _setup_context(ctx, inputs, output):
     x, data, scales, zeros, bias, bits, group_size, in_features = inputs
     ctx.save_for_backward(data, scales, zeros)
@@ -122,8 +141,8 @@ GROUP_MATMUL = Op(
     "quant.group_matmul",
     "(Tensor x, Tensor data, Tensor scales, Tensor zeros, Tensor? bias, int bits, int group_size, "
     "int in_features) -> Tensor",
-    check=_check_matmul, fake=_fake_matmul, reference=reference.group_matmul, cpu=_cpu_matmul,
-    cpu_dtypes=_FLOAT16_32, finite=("x", "scales", "zeros", "bias"), cpu_kernel_checks=("x", "scales", "zeros"),
+    check=_check_matmul, fake=_fake_matmul, reference=reference.group_matmul, cpu=_cpu_matmul, cuda=_cuda_matmul,
+    cpu_dtypes=_FLOAT16_32, cuda_limit=_cuda_limit, finite=("x", "scales", "zeros", "bias"), cpu_kernel_checks=("x", "scales", "zeros"),
     empty=lambda x, data, *rest: x.shape[0] * data.shape[0] == 0,
     backward=_backward, setup_context=_setup_context, samples=_samples_matmul,
 )
