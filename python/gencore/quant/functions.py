@@ -49,6 +49,10 @@ def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32) -> torch
     raise ValueError naming them (on the CPU)."""
     qw = _weight(qw)
     w = DEQUANTIZE(qw.data, qw.scales, qw.zeros, *qw.layout())
+    if qw.perm is not None:  # packed column j is input channel perm[j]
+        unpermuted = torch.empty_like(w)
+        unpermuted[:, qw.perm] = w
+        w = unpermuted
     return w if dtype == torch.float32 else w.to(dtype)
 
 
@@ -79,12 +83,16 @@ def group_matmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tens
     Gradients flow to ``x`` (grad @ dequant(W)) and ``bias``; asking for the
     gradient of the quantized parameters raises NotImplementedError. NaN/inf in
     x, scales, zeros or bias raise ValueError naming it on the CPU.
+    A weight with an input permutation (``qw.perm``, GPTQ act-order) gathers
+    x's columns first (one [..., K] copy).
     """
     qw = _weight(qw)
     _checks.tensor(x, "x")
     if x.dim() == 0:
         raise ValueError("x must have at least 1 dimension [..., in_features], got a 0-D tensor")
     lead = x.shape[:-1]
+    if qw.perm is not None:
+        x = x.index_select(-1, qw.perm)
     rows = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
     y = GROUP_MATMUL(rows, qw.data, qw.scales, qw.zeros, bias, *qw.layout())
     return y.reshape(*lead, qw.out_features) if x.dim() != 2 else y

@@ -1,7 +1,7 @@
 """QuantLinear and quantize_model: nn.Linear layers with group-quantized weights."""
 from __future__ import annotations
 
-from typing import Callable, Iterable, Union
+from typing import Callable, Iterable, Optional, Union
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ class QuantLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 4,
-                 group_size: int = 128, device=None, dtype: torch.dtype = torch.float32):
+                 group_size: int = 128, device=None, dtype: torch.dtype = torch.float32, act_order: bool = False):
         super().__init__()
         if bits not in reference.BITS:
             raise ValueError(f"bits must be one of {reference.BITS}, got {bits}")
@@ -42,6 +42,8 @@ class QuantLinear(nn.Module):
         self.register_buffer("data", torch.zeros(out_features, columns, dtype=torch.uint8, device=device))
         self.register_buffer("scales", torch.ones(out_features, g, dtype=torch.float32, device=device))
         self.register_buffer("zeros", torch.zeros(out_features, g, dtype=torch.float32, device=device))
+        # act_order: an input-channel permutation buffer (GPTQ desc_act checkpoints, QuantizedWeight.perm)
+        self.register_buffer("perm", torch.arange(self.in_features, device=device) if act_order else None)
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
 
     @classmethod
@@ -58,18 +60,35 @@ class QuantLinear(nn.Module):
             module.bias.data.copy_(linear.bias.detach())
         return module
 
+    @classmethod
+    def from_quantized(cls, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None) -> "QuantLinear":
+        """A layer over an existing QuantizedWeight (from ``from_gptq`` / ``from_awq``, say)."""
+        n, k = qw.shape
+        module = cls(k, n, bias is not None, qw.bits, qw.group_size, device=qw.device,
+                     dtype=bias.dtype if bias is not None else torch.float32, act_order=qw.perm is not None)
+        module.set_weight(qw)
+        if bias is not None:
+            module.bias.data.copy_(bias.detach())
+        return module
+
     def set_weight(self, qw: QuantizedWeight) -> None:
-        """Replaces the quantized weight (same shape, bits and group size)."""
+        """Replaces the quantized weight (same shape, bits, group size and act-order)."""
         if (qw.shape, qw.bits, qw.group_size) != ((self.out_features, self.in_features), self.bits, self.group_size):
             raise ValueError(f"qw {qw} does not fit this layer ({self.out_features} x {self.in_features}, "
                              f"bits={self.bits}, group_size={self.group_size})")
+        if (qw.perm is None) != (self.perm is None):
+            raise ValueError("qw and this layer disagree on act-order (an input permutation): build the layer "
+                             "with act_order=True for a weight with perm")
         self.data, self.scales, self.zeros = qw.data.clone(), qw.scales.clone(), qw.zeros.clone()
+        self.scales, self.zeros = self.scales.to(torch.float32), self.zeros.to(torch.float32)
+        if qw.perm is not None:
+            self.perm = qw.perm.clone()
 
     @property
     def weight(self) -> QuantizedWeight:
         """The quantized weight as a QuantizedWeight over this module's buffers (no copy)."""
         return QuantizedWeight(self.data, self.scales, self.zeros, self.bits, self.group_size,
-                               (self.out_features, self.in_features))
+                               (self.out_features, self.in_features), self.perm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias if self.bias is None or self.bias.dtype == x.dtype else self.bias.to(x.dtype)

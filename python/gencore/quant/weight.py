@@ -21,23 +21,32 @@ class QuantizedWeight:
         bits: 4 or 8.
         group_size: elements per group along K (32, 64, 128, or K itself for one group per row).
         shape: (N, K) = (out_features, in_features).
+        perm: None, or int64 [K]: an input-channel permutation (GPTQ act-order
+            checkpoints): the packed columns are those of W[:, perm], so
+            y = x[..., perm] @ dequant(packed)^T, and ``dequantize`` puts the columns back.
 
     dequant(W)[n, k] = (q[n, k] - zeros[n, k // group_size]) * scales[n, k // group_size].
     Construction checks that the tensors agree with each other (ValueError / TypeError naming the argument).
     """
 
-    __slots__ = ("data", "scales", "zeros", "bits", "group_size", "shape")
+    __slots__ = ("data", "scales", "zeros", "bits", "group_size", "shape", "perm")
 
     def __init__(self, data: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group_size: int,
-                 shape):
+                 shape, perm: Optional[torch.Tensor] = None):
         if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 2:
             raise ValueError(f"shape must be (out_features, in_features), got {shape!r}")
         n, k = (int(s) for s in shape)
         bits, group_size, k = _layout.packed(data, scales, zeros, bits, group_size, k)
         if data.shape[0] != n:
             raise ValueError(f"data has {data.shape[0]} rows, shape says out_features={n}")
+        if perm is not None:
+            if not isinstance(perm, torch.Tensor) or perm.dtype != torch.int64 or tuple(perm.shape) != (k,):
+                raise ValueError(f"perm must be an int64 tensor of shape [{k}] (a permutation of the input channels)")
+            if perm.device.type != "meta" and not torch.equal(torch.sort(perm).values,
+                                                              torch.arange(k, device=perm.device)):
+                raise ValueError("perm must be a permutation of range(in_features)")
         self.data, self.scales, self.zeros = data, scales, zeros
-        self.bits, self.group_size, self.shape = bits, group_size, (n, k)
+        self.bits, self.group_size, self.shape, self.perm = bits, group_size, (n, k), perm
 
     @property
     def out_features(self) -> int:
@@ -60,7 +69,7 @@ class QuantizedWeight:
         def move(t, dtype=None):
             return t.to(device=device if device is not None else t.device, dtype=dtype or t.dtype)
         return QuantizedWeight(move(self.data), move(self.scales, scale_dtype), move(self.zeros, scale_dtype),
-                               self.bits, self.group_size, self.shape)
+                               self.bits, self.group_size, self.shape, None if self.perm is None else move(self.perm))
 
     def nbytes(self) -> int:
         """Bytes of the packed codes, scales and zeros."""
@@ -68,4 +77,5 @@ class QuantizedWeight:
 
     def __repr__(self) -> str:
         return (f"QuantizedWeight(shape={self.shape}, bits={self.bits}, group_size={self.group_size}, "
-                f"scales={str(self.scales.dtype).replace('torch.', '')}, device={self.device})")
+                f"scales={str(self.scales.dtype).replace('torch.', '')}, device={self.device}"
+                f"{', act-order perm' if self.perm is not None else ''})")
