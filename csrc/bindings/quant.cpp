@@ -4,6 +4,7 @@
 #include "bindings/arrays.h"
 #include "gencore/check.h"
 #include "quant/group_matmul.h"
+#include "quant/group_matmul_a8.h"
 #include "quant/quantize.h"
 
 namespace gencore::bindings {
@@ -40,14 +41,18 @@ quant::PackedWeight packed_weight(const py::array& data, const py::array& scales
 
 // x [M, K] float32, bias [N] float32 or None -> out [M, N] float32
 void group_matmul(const py::array& x, const py::array& data, const py::array& scales, const py::array& zeros,
-                  const py::object& bias, int bits, int64_t group, int64_t K, py::array& out, int threads) {
+                  const py::object& bias, int bits, int64_t group, int64_t K, py::array& out, int threads,
+                  bool int8_activations) {
   const auto w = packed_weight(data, scales, zeros, bits, group, K);
   const auto a = matrix_in<float>(x, "x");
   GENCORE_CHECK(a.cols == K, "x: expected ", K, " columns, got ", a.cols);
   const float* b = bias.is_none() ? nullptr : vector_in<float>(bias.cast<py::array>(), "bias", w.rows);
   float* y = output<float>(out, "out", a.rows, w.rows);
   py::gil_scoped_release release;
-  quant::group_matmul(a, w, b, y, threads);
+  if (int8_activations)
+    quant::group_matmul_int8_activations(a, w, b, y, threads);
+  else
+    quant::group_matmul(a, w, b, y, threads);
 }
 
 // -> out [N, K] float32
@@ -79,7 +84,9 @@ void quantize(const py::array& weight, int bits, int64_t group, bool symmetric, 
 void bind_quant(py::module_& m) {
   m.def("group_matmul", &group_matmul, py::arg("x"), py::arg("data"), py::arg("scales"), py::arg("zeros"),
         py::arg("bias"), py::arg("bits"), py::arg("group_size"), py::arg("in_features"), py::arg("out"),
-        py::arg("threads"), "y [M, N] = x [M, K] . dequant(W [N, K])^T (+ bias), float32 (csrc/quant/group_matmul.h)");
+        py::arg("threads"), py::arg("int8_activations") = false,
+        "y [M, N] = x [M, K] . dequant(W [N, K])^T (+ bias), float32 (csrc/quant/group_matmul.h); with\n"
+        "int8_activations, x quantized per row and group to int8 first (csrc/quant/group_matmul_a8.h)");
   m.def("quant_dequantize", &dequantize, py::arg("data"), py::arg("scales"), py::arg("zeros"), py::arg("bits"),
         py::arg("group_size"), py::arg("in_features"), py::arg("out"), py::arg("threads"),
         "out [N, K] = dequant(W), float32");

@@ -44,14 +44,23 @@ void check_group_params(const PackedWeight& w) {
 
 int64_t groups_of(const PackedWeight& w) { return w.cols == 0 ? 0 : (w.cols + w.group - 1) / w.group; }
 
+}  // namespace
+
 void check_row_params(const PackedWeight& w, int64_t n, int64_t groups) {
   const float* s = w.scales + n * w.scale_stride;
   const float* z = w.zeros + n * w.scale_stride;
+  // v - v is 0 for finite v and NaN otherwise: a branch-free loop the compiler vectorises
+  // (at groups of 32 a branchy one costs a tenth of the kernel).
+  bool scales_finite = true, zeros_finite = true;
   for (int64_t g = 0; g < groups; ++g) {
-    if (!std::isfinite(s[g])) fail_non_finite_row("scales", n);
-    if (!std::isfinite(z[g])) fail_non_finite_row("zeros", n);
+    scales_finite &= (s[g] - s[g]) == 0.0f;
+    zeros_finite &= (z[g] - z[g]) == 0.0f;
   }
+  if (!scales_finite) fail_non_finite_row("scales", n);
+  if (!zeros_finite) fail_non_finite_row("zeros", n);
 }
+
+namespace {
 
 // One weight row, natural order: out[k] = (q[k] - z[g]) * s[g].
 void dequantize_row(const PackedWeight& w, int64_t n, float* out) {

@@ -33,6 +33,9 @@ void group_matmul(MatrixView<const float> x, const PackedWeight& w, const float*
 // out [N, K] (row stride ld) = dequant(W). Refuses NaN/inf in scales or zeros.
 void dequantize(const PackedWeight& w, float* out, int64_t ld, int threads);
 
+// Refuses (std::invalid_argument naming the input and row n) NaN/inf among row n's `groups` scales or zeros.
+void check_row_params(const PackedWeight& w, int64_t n, int64_t groups);
+
 // Which path the calling thread's last group_matmul took: "rows" (the fused
 // dequant-dot kernel, weights streamed once) or "blas" (dequantized tiles and sgemm).
 const char* last_group_matmul_path();

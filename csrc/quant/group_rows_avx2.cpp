@@ -13,6 +13,8 @@
 #define GENCORE_ISA avx2
 #include "gencore/isa_begin.h"
 
+#include "quant/zero_share_avx2.h"
+
 namespace gencore::quant {
 namespace {
 
@@ -20,12 +22,6 @@ constexpr int kRowsPerCall = 4;
 
 inline __m256 widen(__m128i bytes8) {  // the low 8 bytes as floats
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes8));
-}
-
-inline float hsum(__m256 v) {
-  __m128 t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
 }
 
 template <int NB, int BITS>
@@ -74,7 +70,7 @@ void rows(const float* xd, int64_t ldx, const float* xs, int64_t ldxs, const uin
   }
   const int64_t groups = group_count(K, group);
   for (int b = 0; b < NB; ++b)
-    out[b * ldo] = hsum(total[b]) + tail_total[b] - zero_share(s, z, xs + b * ldxs, groups);
+    out[b * ldo] = hsum8(total[b]) + tail_total[b] - zero_share_vec(s, z, xs + b * ldxs, groups);
 }
 
 template <int BITS>

@@ -14,6 +14,8 @@
 #define GENCORE_ISA avx512
 #include "gencore/isa_begin.h"
 
+#include "quant/zero_share_avx2.h"
+
 namespace gencore::quant {
 namespace {
 
@@ -58,7 +60,7 @@ void rows(const float* xd, int64_t ldx, const float* xs, int64_t ldxs, const uin
   }
   const int64_t groups = group_count(K, group);
   for (int b = 0; b < NB; ++b)
-    out[b * ldo] = _mm512_reduce_add_ps(total[b]) + tail_total[b] - zero_share(s, z, xs + b * ldxs, groups);
+    out[b * ldo] = _mm512_reduce_add_ps(total[b]) + tail_total[b] - zero_share_vec(s, z, xs + b * ldxs, groups);
 }
 
 template <int BITS>

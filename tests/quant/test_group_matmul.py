@@ -173,3 +173,36 @@ def test_half_precision_scales_run_natively(rng):
     qw = quant.quantize(torch.randn(11, 300, generator=rng), 4, 128).to(scale_dtype=torch.bfloat16)
     x = torch.randn(3, 300, generator=rng)
     assert kernel_error(quant.group_matmul(x, qw), x, qw) < 1e-5
+
+
+# ---------------------------------------------------------------- int8 activations (W4A8)
+
+@native_cpu_only
+@pytest.mark.parametrize("group_size", [32, 64, 128, -1])
+def test_int8_activation_kernel_matches_its_reference_at_every_level(rng, simd_level, group_size):
+    for m, n, k in SHAPES:
+        qw = quant.quantize(torch.randn(n, k, generator=rng), 4, group_size)
+        x = torch.randn(m, k, generator=rng) * 3
+        bias = torch.randn(n, generator=rng)
+        y = quant.group_matmul(x, qw, bias, activations="int8")
+        want = reference.group_matmul_int8(x, qw.data, qw.scales, qw.zeros, bias, *qw.layout())
+        scale = float(want.abs().max()) if want.numel() else 1.0
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5 * scale, msg=f"{(m, n, k)}")
+
+
+def test_int8_activations_cost_a_bounded_accuracy_against_the_float_product(rng):
+    qw = quant.quantize(torch.randn(64, 512, generator=rng), 4, 128)
+    x = torch.randn(16, 512, generator=rng)
+    exact = x @ quant.dequantize(qw).T
+    float_error = float((quant.group_matmul(x, qw) - exact).norm() / exact.norm())
+    int8_error = float((quant.group_matmul(x, qw, activations="int8") - exact).norm() / exact.norm())
+    # int8 rounding of Gaussian activations per group of 128: ~0.5% of the output's norm
+    assert float_error < 1e-6 < int8_error < 2e-2
+
+
+def test_int8_activations_refuse_int8_weights_and_unknown_modes(rng):
+    x = torch.randn(2, 64, generator=rng)
+    with pytest.raises(ValueError, match="bits"):
+        quant.group_matmul(x, quant.quantize(torch.randn(4, 64, generator=rng), 8, 32), activations="int8")
+    with pytest.raises(ValueError, match="activations"):
+        quant.group_matmul(x, quant.quantize(torch.randn(4, 64, generator=rng), 4, 32), activations="int4")

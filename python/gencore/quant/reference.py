@@ -151,3 +151,28 @@ def quantize_activations(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor
     scales = torch.where(scales == 0, torch.ones_like(scales), scales)
     codes = torch.round(x / _per_column(scales, group_size, k)).clamp(-127, 127).to(torch.int8)
     return codes, scales
+
+
+def group_matmul_int8(x: torch.Tensor, data: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                      bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int) -> torch.Tensor:
+    """The int8-activation product (W4A8), exactly as the native kernel defines it:
+    x [M, K] -> y [M, N] in x's dtype with c, sx = quantize_activations(x, group_size) and
+
+        y[m, n] = sum_g s[n, g] * sx[m, g] * (sum_{k in g} c[m, k] q[n, k] - z[n, g] * sum_{k in g} c[m, k]) + bias[n]
+
+    The integer sums are exact (float64 here); only the per-group scaling rounds."""
+    m, k = x.shape
+    n = data.shape[0]
+    codes_x, sx = quantize_activations(x, group_size)
+    q = unpack(data, bits, in_features)
+    g = groups(k, group_size)
+    cx = _grouped(codes_x.to(torch.float64), group_size)           # [M, G, g]
+    cw = _grouped(q.to(torch.float64), group_size)                 # [N, G, g]
+    dots = torch.einsum("mgk,ngk->mng", cx, cw) if g else x.new_zeros(m, n, 0, dtype=torch.float64)
+    sums = cx.sum(2)                                                # [M, G]
+    z = zeros.to(torch.float32).to(torch.float64)
+    s = scales.to(torch.float32).to(torch.float64)
+    y = ((dots - z[None] * sums[:, None, :]) * s[None] * sx.to(torch.float64)[:, None, :]).sum(2)
+    if bias is not None:
+        y = y + bias.to(torch.float64)
+    return y.to(torch.float32).to(x.dtype) if x.dtype != torch.float64 else y

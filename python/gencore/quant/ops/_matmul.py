@@ -70,13 +70,14 @@ def _fake_matmul(x, data, scales, zeros, bias, bits, group_size, in_features):
     return x.new_empty((x.shape[0], data.shape[0]))
 
 
-def _cpu_matmul(x, data, scales, zeros, bias, bits, group_size, in_features):
+def _cpu_matmul(x, data, scales, zeros, bias, bits, group_size, in_features, int8_activations=False):
     n = data.shape[0]
     y, y_array = _native_call.cpu_output((x.shape[0], n), torch.float32)
     bias_array = None if bias is None else _native_call.cpu_array(bias, torch.float32)
     _native.core.group_matmul(_native_call.cpu_array(x, torch.float32), _layout.kernel_data(data).numpy(),
                               _layout.kernel_params(scales).numpy(), _layout.kernel_params(zeros).numpy(),
-                              bias_array, bits, group_size, in_features, y_array, _native_call.threads())
+                              bias_array, bits, group_size, in_features, y_array, _native_call.threads(),
+                              int8_activations)
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
@@ -145,4 +146,40 @@ GROUP_MATMUL = Op(
     cpu_dtypes=_FLOAT16_32, cuda_limit=_cuda_limit, finite=("x", "scales", "zeros", "bias"), cpu_kernel_checks=("x", "scales", "zeros"),
     empty=lambda x, data, *rest: x.shape[0] * data.shape[0] == 0,
     backward=_backward, setup_context=_setup_context, samples=_samples_matmul,
+)
+
+
+# ---------------------------------------------------------------- group_matmul_int8 (W4A8)
+
+def _check_matmul_int8(x, data, scales, zeros, bias, bits, group_size, in_features):
+    args = _check_matmul(x, data, scales, zeros, bias, bits, group_size, in_features)
+    if args[5] != 4:
+        raise ValueError(f"bits must be 4 for int8 activations (W4A8), got {args[5]}")
+    return args
+
+
+def _cpu_matmul_int8(x, data, scales, zeros, bias, bits, group_size, in_features):
+    return _cpu_matmul(x, data, scales, zeros, bias, bits, group_size, in_features, int8_activations=True)
+
+
+def _samples_matmul_int8(gen):
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen)
+    out = []
+    for m, n, k, group, bias in ((3, 5, 70, 32, True), (1, 1, 33, 33, False), (0, 4, 64, 64, True),
+                                 (2, 7, 130, 128, True), (9, 6, 256, 64, False), (4, 3, 200, 200, True)):
+        data, scales, zeros = reference.quantize(randn(n, k), 4, group, False)
+        out.append((randn(m, k), data, scales, zeros, randn(n) if bias else None, 4, group, k))
+    return out
+
+
+GROUP_MATMUL_INT8 = Op(
+    "quant.group_matmul_int8",
+    "(Tensor x, Tensor data, Tensor scales, Tensor zeros, Tensor? bias, int bits, int group_size, "
+    "int in_features) -> Tensor",
+    check=_check_matmul_int8, fake=_fake_matmul, reference=reference.group_matmul_int8, cpu=_cpu_matmul_int8,
+    cpu_dtypes=_FLOAT16_32, finite=("x", "scales", "zeros", "bias"), cpu_kernel_checks=("x", "scales", "zeros"),
+    empty=lambda x, data, *rest: x.shape[0] * data.shape[0] == 0,
+    # the straight-through gradient: the activation rounding is treated as the identity
+    backward=_backward, setup_context=_setup_context, samples=_samples_matmul_int8,
 )
