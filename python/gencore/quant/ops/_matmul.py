@@ -143,7 +143,8 @@ GROUP_MATMUL = Op(
     "(Tensor x, Tensor data, Tensor scales, Tensor zeros, Tensor? bias, int bits, int group_size, "
     "int in_features) -> Tensor",
     check=_check_matmul, fake=_fake_matmul, reference=reference.group_matmul, cpu=_cpu_matmul, cuda=_cuda_matmul,
-    cpu_dtypes=_FLOAT16_32, cuda_limit=_cuda_limit, finite=("x", "scales", "zeros", "bias"), cpu_kernel_checks=("x", "scales", "zeros"),
+    cpu_dtypes=_FLOAT16_32, cuda_limit=_cuda_limit, finite=("x", "scales", "zeros", "bias"),
+    cpu_kernel_checks=("x", "scales", "zeros"),
     empty=lambda x, data, *rest: x.shape[0] * data.shape[0] == 0,
     backward=_backward, setup_context=_setup_context, samples=_samples_matmul,
 )
