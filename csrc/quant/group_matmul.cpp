@@ -27,7 +27,7 @@ namespace gencore::quant {
 namespace {
 
 constexpr int64_t kRowBlock = 16;   // weight rows per work item of the rows path
-constexpr int64_t kTileRows = 64;   // weight rows per dequantized tile of the blas path
+constexpr int64_t kTileRows = 64;  // weight rows per dequantized tile of the blas path
 // From this many activation rows on, dequantize + sgemm beats the fused
 // kernel (measured, bench/quant/bench_group_matmul.py: the fused kernel redoes
 // the int -> float conversion for every 8 rows and has no register blocking over N).
@@ -62,26 +62,14 @@ void check_row_params(const PackedWeight& w, int64_t n, int64_t groups) {
 
 namespace {
 
-// One weight row, natural order: out[k] = (q[k] - z[g]) * s[g].
-void dequantize_row(const PackedWeight& w, int64_t n, float* out) {
-  const uint8_t* q = w.data + n * w.data_stride;
-  const float* s = w.scales + n * w.scale_stride;
-  const float* z = w.zeros + n * w.scale_stride;
-  for (int64_t k0 = 0, g = 0; k0 < w.cols; k0 += w.group, ++g) {
-    const int64_t k1 = std::min(w.cols, k0 + w.group);
-    const float scale = s[g], zero = z[g];
-    if (w.bits == 4) {
-      int64_t k = k0;
-      for (; k + 1 < k1; k += 2) {  // k0 is even whenever a group ends before K
-        const uint8_t byte = q[k >> 1];
-        out[k] = (float(byte & 0x0F) - zero) * scale;
-        out[k + 1] = (float(byte >> 4) - zero) * scale;
-      }
-      if (k < k1) out[k] = (float(quantized_at(q, k, 4)) - zero) * scale;
-    } else {
-      for (int64_t k = k0; k < k1; ++k) out[k] = (float(q[k]) - zero) * scale;
-    }
-  }
+DequantRowFn dequantize_row_fn() {
+  return pick_isa<DequantRowFn>(dequantize_row_portable, GENCORE_ISA_FN(dequantize_row_avx2),
+                                GENCORE_ISA_FN(dequantize_row_avx512));
+}
+
+void dequantize_row(DequantRowFn fn, const PackedWeight& w, int64_t n, float* out) {
+  fn(w.data + n * w.data_stride, w.scales + n * w.scale_stride, w.zeros + n * w.scale_stride, w.cols, w.group,
+     w.bits, out);
 }
 
 // x [M, K] -> xd [M, K] in the row kernel's layout and xs [M, G] its per-group
@@ -153,6 +141,7 @@ void blas_path(MatrixView<const float> x, const PackedWeight& w, const float* bi
   const int64_t M = x.rows, N = w.rows, K = w.cols, groups = groups_of(w);
   check_activations(x, threads);
   const int64_t tiles = (N + kTileRows - 1) / kTileRows;
+  const DequantRowFn dequant = dequantize_row_fn();
   struct State {
     blas::SingleThreadedScope single;
     std::vector<float> tile;
@@ -163,7 +152,7 @@ void blas_path(MatrixView<const float> x, const PackedWeight& w, const float* bi
                  const int64_t n0 = t * kTileRows, n1 = std::min(N, n0 + kTileRows);
                  for (int64_t n = n0; n < n1; ++n) {
                    check_row_params(w, n, groups);
-                   dequantize_row(w, n, state.tile.data() + (n - n0) * K);
+                   dequantize_row(dequant, w, n, state.tile.data() + (n - n0) * K);
                  }
                  blas::gemm_abt(M, n1 - n0, K, 1.0f, x.data, x.row_stride, state.tile.data(), K, 0.0f, y + n0, N);
                  add_bias(bias, M, N, n0, n1, y);
@@ -198,9 +187,10 @@ void group_matmul(MatrixView<const float> x, const PackedWeight& w, const float*
 void dequantize(const PackedWeight& w, float* out, int64_t ld, int threads) {
   check_group_params(w);
   const int64_t groups = groups_of(w);
+  const DequantRowFn dequant = dequantize_row_fn();
   parallel_for(w.rows, threads, Schedule::fixed, [&](int64_t n) {
     check_row_params(w, n, groups);
-    dequantize_row(w, n, out + n * ld);
+    dequantize_row(dequant, w, n, out + n * ld);
   });
 }
 

@@ -63,4 +63,15 @@ void group_rows_avx2(const float* xd, int64_t ldx, const float* xs, int64_t ldxs
 void group_rows_avx512(const float* xd, int64_t ldx, const float* xs, int64_t ldxs, int nb, const uint8_t* w, const float* s, const float* z,
                        int64_t K, int64_t group, int bits, float* out, int64_t ldo);
 
+// One weight row in natural order: out[k] = (q[k] - z[g]) * s[g] for k < K, in
+// float32 (exact subtraction, one rounding: bit-exact with the reference).
+using DequantRowFn = void (*)(const uint8_t* q, const float* s, const float* z, int64_t K, int64_t group, int bits,
+                              float* out);
+void dequantize_row_portable(const uint8_t* q, const float* s, const float* z, int64_t K, int64_t group, int bits,
+                             float* out);
+void dequantize_row_avx2(const uint8_t* q, const float* s, const float* z, int64_t K, int64_t group, int bits,
+                         float* out);
+void dequantize_row_avx512(const uint8_t* q, const float* s, const float* z, int64_t K, int64_t group, int bits,
+                           float* out);
+
 }  // namespace gencore::quant
