@@ -8,8 +8,8 @@
 //   blas: many activation rows (compute bound). Each thread dequantizes a tile
 //         of kTileRows weight rows into a float buffer once and runs SciPy's
 //         sgemm on it against all activation rows.
-// Outputs of different threads are blocks of at least 16 columns of y, so no
-// two threads write the same 64-byte line except at block edges.
+// Outputs of different threads are blocks of at least 16 columns of y (64
+// bytes), so threads share a cache line only where a block edge is not aligned.
 // Peak extra memory: M x K floats (rows) or threads x kTileRows x K floats (blas).
 #include "quant/group_matmul.h"
 #include "quant/group_tail.h"
@@ -45,6 +45,11 @@ void check_group_params(const PackedWeight& w) {
 int64_t groups_of(const PackedWeight& w) { return w.cols == 0 ? 0 : (w.cols + w.group - 1) / w.group; }
 
 }  // namespace
+
+int useful_threads(int threads, int64_t work) {
+  constexpr int64_t kMinWorkPerThread = int64_t(1) << 18;
+  return static_cast<int>(std::clamp<int64_t>(work / kMinWorkPerThread, 1, std::max(threads, 1)));
+}
 
 void check_row_params(const PackedWeight& w, int64_t n, int64_t groups) {
   const float* s = w.scales + n * w.scale_stride;
@@ -121,7 +126,8 @@ void rows_path(MatrixView<const float> x, const PackedWeight& w, const float* bi
   const RowKernel kernel = pick_isa<RowKernel>(group_rows_portable, GENCORE_ISA_FN(group_rows_avx2),
                                                GENCORE_ISA_FN(group_rows_avx512));
   const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
-  parallel_for(blocks, threads, Schedule::fixed, [&](int64_t block) {
+  // Dynamic: on a shared machine a descheduled thread would otherwise hold the whole call back.
+  parallel_for(blocks, threads, Schedule::dynamic, [&](int64_t block) {
     const int64_t n0 = block * kRowBlock, n1 = std::min(N, n0 + kRowBlock);
     for (int64_t n = n0; n < n1; ++n) {
       check_row_params(w, n, groups);
@@ -146,7 +152,7 @@ void blas_path(MatrixView<const float> x, const PackedWeight& w, const float* bi
     blas::SingleThreadedScope single;
     std::vector<float> tile;
   };
-  parallel_for(tiles, threads, Schedule::fixed,
+  parallel_for(tiles, threads, Schedule::dynamic,
                [&] { return State{blas::SingleThreadedScope(), std::vector<float>(size_t(kTileRows * K))}; },
                [&](State& state, int64_t t) {
                  const int64_t n0 = t * kTileRows, n1 = std::min(N, n0 + kTileRows);
@@ -175,6 +181,7 @@ void group_matmul(MatrixView<const float> x, const PackedWeight& w, const float*
     add_bias(bias, M, N, 0, N, y);
     return;
   }
+  threads = useful_threads(threads, M * N * w.cols);
   if (M >= kBlasMinRows && blas::available()) {
     last_path = "blas";
     blas_path(x, w, bias, y, threads);
@@ -188,6 +195,7 @@ void dequantize(const PackedWeight& w, float* out, int64_t ld, int threads) {
   check_group_params(w);
   const int64_t groups = groups_of(w);
   const DequantRowFn dequant = dequantize_row_fn();
+  threads = useful_threads(threads, w.rows * w.cols);
   parallel_for(w.rows, threads, Schedule::fixed, [&](int64_t n) {
     check_row_params(w, n, groups);
     dequantize_row(dequant, w, n, out + n * ld);

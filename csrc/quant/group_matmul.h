@@ -36,6 +36,10 @@ void dequantize(const PackedWeight& w, float* out, int64_t ld, int threads);
 // Refuses (std::invalid_argument naming the input and row n) NaN/inf among row n's `groups` scales or zeros.
 void check_row_params(const PackedWeight& w, int64_t n, int64_t groups);
 
+// Threads worth waking for `work` weight-element products (M x N x K): at
+// least ~2^18 per thread (tens of microseconds), so small layers stay on the calling thread.
+int useful_threads(int threads, int64_t work);
+
 // Which path the calling thread's last group_matmul took: "rows" (the fused
 // dequant-dot kernel, weights streamed once) or "blas" (dequantized tiles and sgemm).
 const char* last_group_matmul_path();

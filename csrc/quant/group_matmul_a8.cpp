@@ -69,6 +69,7 @@ void group_matmul_int8_activations(MatrixView<const float> x, const PackedWeight
     return;
   }
   const int64_t G = (K + w.group - 1) / w.group, block = block_of(w);
+  threads = useful_threads(threads, M * N * K);
   std::vector<int8_t> xc(static_cast<size_t>(M * K));
   std::vector<float> xs(static_cast<size_t>(M * G));
   std::vector<int32_t> xsum(static_cast<size_t>(M * G));
@@ -76,7 +77,7 @@ void group_matmul_int8_activations(MatrixView<const float> x, const PackedWeight
   const IntRowKernel kernel = pick_isa<IntRowKernel>(group_rows_a8_portable, GENCORE_ISA_FN(group_rows_a8_avx2),
                                                      nullptr);
   const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
-  parallel_for(blocks, threads, Schedule::fixed, [&] { return std::vector<int32_t>(size_t(G)); },
+  parallel_for(blocks, threads, Schedule::dynamic, [&] { return std::vector<int32_t>(size_t(G)); },
                [&](std::vector<int32_t>& zeros, int64_t item) {
                  const int64_t n0 = item * kRowBlock, n1 = std::min(N, n0 + kRowBlock);
                  for (int64_t n = n0; n < n1; ++n) {

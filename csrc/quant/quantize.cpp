@@ -2,6 +2,7 @@
 // scale and zero point, then the codes, packed low nibble first for int4.
 // Rows are independent; threads take contiguous row ranges.
 #include "quant/quantize.h"
+#include "quant/group_matmul.h"
 
 #include <algorithm>
 #include <cmath>
@@ -19,6 +20,7 @@ void quantize(MatrixView<const float> weight, int bits, int64_t group, bool symm
   const int64_t G = K == 0 ? 0 : (K + group - 1) / group;
   const float top = float((1 << bits) - 1);
   const float half = float(1 << (bits - 1));
+  threads = useful_threads(threads, weight.rows * K);
   parallel_for(weight.rows, threads, Schedule::fixed, [&](int64_t n) {
     const float* w = weight.row(n);
     bool finite = true;
