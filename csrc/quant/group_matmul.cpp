@@ -85,9 +85,7 @@ void prepare_activations(MatrixView<const float> x, const PackedWeight& w, float
   parallel_for(x.rows, threads, Schedule::fixed, [&](int64_t m) {
     const float* src = x.row(m);
     float* dst = xd + m * K;
-    bool finite = true;
-    for (int64_t k = 0; k < K; ++k) finite &= std::isfinite(src[k]);
-    if (!finite) fail_non_finite_row("x", m);
+    require_finite_row(src, K, "x", m);
     for (int64_t k0 = 0, g = 0; k0 < K; k0 += w.group, ++g) {
       const int64_t k1 = std::min(K, k0 + w.group);
       float sum = 0.0f;
@@ -107,9 +105,7 @@ void prepare_activations(MatrixView<const float> x, const PackedWeight& w, float
 void check_activations(MatrixView<const float> x, int threads) {
   parallel_for(x.rows, threads, Schedule::fixed, [&](int64_t m) {
     const float* src = x.row(m);
-    bool finite = true;
-    for (int64_t k = 0; k < x.cols; ++k) finite &= std::isfinite(src[k]);
-    if (!finite) fail_non_finite_row("x", m);
+    require_finite_row(src, x.cols, "x", m);
   });
 }
 

@@ -4,6 +4,8 @@
 // path (group_matmul.cpp). Peak extra memory: M x K bytes + 8 M x G bytes.
 #include "quant/group_matmul_a8.h"
 
+#include "quant/group_tail.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -25,9 +27,7 @@ void quantize_activations(MatrixView<const float> x, const PackedWeight& w, int6
   const int64_t K = x.cols, G = (K + w.group - 1) / w.group;
   parallel_for(x.rows, threads, Schedule::fixed, [&](int64_t m) {
     const float* src = x.row(m);
-    bool finite = true;
-    for (int64_t k = 0; k < K; ++k) finite &= std::isfinite(src[k]);
-    if (!finite) fail_non_finite_row("x", m);
+    require_finite_row(src, K, "x", m);
     int8_t* dst = xc + m * K;
     for (int64_t k0 = 0, g = 0; k0 < K; k0 += w.group, ++g) {
       const int64_t k1 = std::min(K, k0 + w.group);

@@ -2,9 +2,19 @@
 // element k, and the dot product over the part of a group that is not a whole
 // 32-element block (stored in natural order, see group_matmul.h).
 #pragma once
+#include <cmath>
 #include <cstdint>
 
+#include "gencore/check.h"
+
 namespace gencore::quant {
+
+// Refuses a row of n floats holding NaN or inf (one branch-free pass), naming `what` and the row.
+inline void require_finite_row(const float* v, int64_t n, const char* what, int64_t row) {
+  bool finite = true;
+  for (int64_t k = 0; k < n; ++k) finite &= std::isfinite(v[k]);
+  if (!finite) fail_non_finite_row(what, row);
+}
 
 constexpr int64_t kBlock = 32;  // elements per deinterleaved block (16 bytes of int4)
 

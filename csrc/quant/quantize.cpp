@@ -4,6 +4,8 @@
 #include "quant/quantize.h"
 #include "quant/group_matmul.h"
 
+#include "quant/group_tail.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -23,9 +25,7 @@ void quantize(MatrixView<const float> weight, int bits, int64_t group, bool symm
   threads = useful_threads(threads, weight.rows * K);
   parallel_for(weight.rows, threads, Schedule::fixed, [&](int64_t n) {
     const float* w = weight.row(n);
-    bool finite = true;
-    for (int64_t k = 0; k < K; ++k) finite &= std::isfinite(w[k]);
-    if (!finite) fail_non_finite_row("weight", n);
+    require_finite_row(w, K, "weight", n);
     uint8_t* out = data + n * data_stride;
     if (bits == 4) std::fill(out, out + (K + 1) / 2, uint8_t(0));
     for (int64_t g = 0; g < G; ++g) {
