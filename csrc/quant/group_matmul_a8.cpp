@@ -19,16 +19,32 @@ namespace {
 
 constexpr int64_t kRowBlock = 16;  // weight rows per work item
 
-// Whole blocks of 64 where every group holds whole 64-element blocks, else 32.
-int64_t block_of(const PackedWeight& w) { return (w.group % 64 == 0 || w.group >= w.cols) ? 64 : 32; }
+// The kernels' layout of one row of codes (group_matmul_a8.h): natural -> laid out.
+void lay_out(const int8_t* natural, int64_t K, int64_t group, int8_t* dst) {
+  auto deinterleave = [&](int64_t k) {  // one 64-element block: 32 even elements, then 32 odd
+    for (int64_t j = 0; j < 32; ++j) {
+      dst[k + j] = natural[k + 2 * j];
+      dst[k + 32 + j] = natural[k + 2 * j + 1];
+    }
+  };
+  std::copy(natural, natural + K, dst);
+  if (group == kPairGroup) {
+    for (int64_t k = 0; k + 64 <= K; k += 64) deinterleave(k);
+    return;
+  }
+  for (int64_t k0 = 0; k0 < K; k0 += group) {
+    const int64_t k1 = std::min(K, k0 + group);
+    for (int64_t k = k0; k + 64 <= k1; k += 64) deinterleave(k);
+  }
+}
 
-void quantize_activations(MatrixView<const float> x, const PackedWeight& w, int64_t block, int8_t* xc, float* xs,
-                          int32_t* xsum, int threads) {
+void quantize_activations(MatrixView<const float> x, const PackedWeight& w, int8_t* xc, float* xs, int32_t* xsum,
+                          int threads) {
   const int64_t K = x.cols, G = (K + w.group - 1) / w.group;
-  parallel_for(x.rows, threads, Schedule::fixed, [&](int64_t m) {
+  parallel_for(x.rows, threads, Schedule::fixed, [&] { return std::vector<int8_t>(size_t(K)); },
+               [&](std::vector<int8_t>& natural, int64_t m) {
     const float* src = x.row(m);
     require_finite_row(src, K, "x", m);
-    int8_t* dst = xc + m * K;
     for (int64_t k0 = 0, g = 0; k0 < K; k0 += w.group, ++g) {
       const int64_t k1 = std::min(K, k0 + w.group);
       float amax = 0.0f;
@@ -36,20 +52,14 @@ void quantize_activations(MatrixView<const float> x, const PackedWeight& w, int6
       float scale = amax / 127.0f;
       if (scale == 0.0f) scale = 1.0f;
       xs[m * G + g] = scale;
-      auto code = [&](int64_t k) {
-        return static_cast<int8_t>(std::clamp(std::nearbyint(src[k] / scale), -127.0f, 127.0f));
-      };
       int32_t sum = 0;
-      const int64_t whole = k0 + (k1 - k0) / block * block, half = block / 2;
-      for (int64_t k = k0; k < whole; k += block)
-        for (int64_t j = 0; j < half; ++j) {
-          dst[k + j] = code(k + 2 * j);
-          dst[k + half + j] = code(k + 2 * j + 1);
-        }
-      for (int64_t k = whole; k < k1; ++k) dst[k] = code(k);
-      for (int64_t k = k0; k < k1; ++k) sum += dst[k];
+      for (int64_t k = k0; k < k1; ++k) {
+        natural[k] = static_cast<int8_t>(std::clamp(std::nearbyint(src[k] / scale), -127.0f, 127.0f));
+        sum += natural[k];
+      }
       xsum[m * G + g] = sum;
     }
+    lay_out(natural.data(), K, w.group, xc + m * K);
   });
 }
 
@@ -68,12 +78,12 @@ void group_matmul_int8_activations(MatrixView<const float> x, const PackedWeight
       for (int64_t n = 0; n < N; ++n) y[m * N + n] = bias ? bias[n] : 0.0f;
     return;
   }
-  const int64_t G = (K + w.group - 1) / w.group, block = block_of(w);
+  const int64_t G = (K + w.group - 1) / w.group;
   threads = useful_threads(threads, M * N * K);
   std::vector<int8_t> xc(static_cast<size_t>(M * K));
   std::vector<float> xs(static_cast<size_t>(M * G));
   std::vector<int32_t> xsum(static_cast<size_t>(M * G));
-  quantize_activations(x, w, block, xc.data(), xs.data(), xsum.data(), threads);
+  quantize_activations(x, w, xc.data(), xs.data(), xsum.data(), threads);
   const IntRowKernel kernel = pick_isa<IntRowKernel>(group_rows_a8_portable, GENCORE_ISA_FN(group_rows_a8_avx2),
                                                      nullptr);
   const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
@@ -95,7 +105,7 @@ void group_matmul_int8_activations(MatrixView<const float> x, const PackedWeight
                    for (int64_t m0 = 0; m0 < M; m0 += kMaxKernelRows) {
                      const int nb = static_cast<int>(std::min<int64_t>(kMaxKernelRows, M - m0));
                      kernel(xc.data() + m0 * K, K, xs.data() + m0 * G, xsum.data() + m0 * G, G, nb, q, s,
-                            zeros.data(), K, w.group, block, y + m0 * N + n, N);
+                            zeros.data(), K, w.group, y + m0 * N + n, N);
                    }
                    if (bias)
                      for (int64_t m = 0; m < M; ++m) y[m * N + n] += bias[n];

@@ -19,22 +19,29 @@ namespace gencore::quant {
 void group_matmul_int8_activations(MatrixView<const float> x, const PackedWeight& w, const float* bias, float* y,
                                    int threads);
 
-// Row kernel (the SIMD one scales each group's int32 partial sums in float
-// and subtracts the zero points' share once per row; both forms agree to float32 rounding):
-// activation codes xc [nb, K] (row stride ldx) in the block layout
-// of `block` (32 or 64: inside each whole block of a group, the block/2 even
-// elements then the block/2 odd ones; the rest of a group in natural order),
-// scales xs and code sums xsum [nb, G] (row stride ldg) ->
-//   out[b * ldo] = sum_g s[g] * xs[b, g] * (dot_g - z[g] * xsum[b, g]).
+// Layout of the activation codes the row kernels read (one row of K codes):
+// 64-element blocks hold their 32 even elements, then their 32 odd ones (the
+// order of the low, then high nibbles of 32 weight bytes). Groups of 32 are
+// taken in pairs: every whole 64-element block of the row is laid out so (its
+// first half of 32 weight bytes belongs to group 2i, its second to group 2i + 1:
+// one 128-bit lane each); larger groups lay out the whole 64-element blocks
+// inside each group. Everything else stays in natural order.
+constexpr int64_t kPairGroup = 32;
+
+// Row kernel: codes xc [nb, K] (row stride ldx) in that layout, scales xs and
+// code sums xsum [nb, G] (row stride ldg) ->
+//   out[b * ldo] = sum_g s[g] * xs[b, g] * (dot_g - z[g] * xsum[b, g])
+// (the SIMD kernel scales each group's int32 partial sums in float and
+// subtracts the zero points' share once per row; both agree to float32 rounding).
 using IntRowKernel = void (*)(const int8_t* xc, int64_t ldx, const float* xs, const int32_t* xsum, int64_t ldg, int nb,
-                              const uint8_t* w, const float* s, const int32_t* z, int64_t K, int64_t group,
-                              int64_t block, float* out, int64_t ldo);
+                              const uint8_t* w, const float* s, const int32_t* z, int64_t K, int64_t group, float* out,
+                              int64_t ldo);
 void group_rows_a8_portable(const int8_t* xc, int64_t ldx, const float* xs, const int32_t* xsum, int64_t ldg, int nb,
-                            const uint8_t* w, const float* s, const int32_t* z, int64_t K, int64_t group,
-                            int64_t block, float* out, int64_t ldo);
+                            const uint8_t* w, const float* s, const int32_t* z, int64_t K, int64_t group, float* out,
+                            int64_t ldo);
 void group_rows_a8_avx2(const int8_t* xc, int64_t ldx, const float* xs, const int32_t* xsum, int64_t ldg, int nb,
-                        const uint8_t* w, const float* s, const int32_t* z, int64_t K, int64_t group, int64_t block,
-                        float* out, int64_t ldo);
+                        const uint8_t* w, const float* s, const int32_t* z, int64_t K, int64_t group, float* out,
+                        int64_t ldo);
 
 // sum over [k0, k1) (natural order) of c[k] * q[k]
 inline int32_t dot_natural_a8(const int8_t* c, const uint8_t* w, int64_t k0, int64_t k1) {
