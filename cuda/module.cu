@@ -15,6 +15,7 @@ void bind_ood(py::module_& m);
 void bind_score(py::module_& m);
 void bind_ode(py::module_& m);
 void bind_ot(py::module_& m);
+void bind_quant(py::module_& m);
 }
 
 namespace {
@@ -123,4 +124,5 @@ PYBIND11_MODULE(_cuda, m) {
   gencore::gpu::bindings::bind_score(m);
   gencore::gpu::bindings::bind_ode(m);
   gencore::gpu::bindings::bind_ot(m);
+  gencore::gpu::bindings::bind_quant(m);
 }

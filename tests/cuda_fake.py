@@ -671,6 +671,43 @@ class FakeCuda:
             out[:] = np.sqrt((r * r).sum(1) / M).astype(F32)
 
 
+
+    # ------------------------------------------------------------ quant: group-quantized matmul
+
+    def group_matmul_max_rows(self) -> int:
+        return 64
+
+    def group_matmul(self, x_ptr, M, K, data_ptr, N, scales_ptr, zeros_ptr, group_size, bits, bias_ptr, out_ptr,
+                     stream, device):
+        """y [M, N] float32 = x [M, K] . dequant(W)^T (+ bias), as cuda/quant/group_matmul.cu: each
+        weight dequantized as (q - z) * s in float32, products summed per output (here in float64)."""
+        op = "group_matmul"
+        self.calls[op] += 1
+        if bits not in (4, 8):
+            _fail(op, f"bits must be 4 or 8, got {bits}")
+        if M < 0 or N < 0 or K < 0 or group_size < 1:
+            _fail(op, "need M, N, K >= 0 and group >= 1")
+        if M > 64:
+            _fail(op, f"M = {M} exceeds the kernel's 64 rows")
+        if M == 0 or N == 0:
+            return
+        self._enter(op, device, stream)
+        G = -(-K // group_size) if K else 0
+        data = _view(data_ptr, (N, (K + 1) // 2 if bits == 4 else K), np.uint8, "data", op)
+        if bits == 4:
+            codes = np.stack([data & 0x0F, data >> 4], axis=2).reshape(N, -1)[:, :K]
+        else:
+            codes = data
+        per_column = np.arange(K) // group_size
+        s = _view(scales_ptr, (N, G), F32, "scales", op)[:, per_column]
+        z = _view(zeros_ptr, (N, G), F32, "zeros", op)[:, per_column]
+        w = ((codes.astype(F32) - z) * s).astype(F32)
+        y = _view(x_ptr, (M, K), F32, "x", op).astype(F64) @ w.astype(F64).T
+        if bias_ptr:
+            y = y + _view(bias_ptr, (N,), F32, "bias", op).astype(F64)
+        _view(out_ptr, (M, N), F32, "out", op)[:] = y.astype(F32)
+
+
 def _require(op: str, *ptrs) -> None:
     """The kernels' null check, before any work."""
     if not all(ptrs):

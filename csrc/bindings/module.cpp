@@ -14,6 +14,7 @@ void bind_ood(py::module_& m);
 void bind_score(py::module_& m);
 void bind_ode(py::module_& m);
 void bind_ot(py::module_& m);
+void bind_quant(py::module_& m);
 void bind_test_hooks(py::module_& m);
 }
 
@@ -56,5 +57,6 @@ PYBIND11_MODULE(_core, m) {
   bindings::bind_score(m);
   bindings::bind_ode(m);
   bindings::bind_ot(m);
+  bindings::bind_quant(m);
   bindings::bind_test_hooks(m);
 }

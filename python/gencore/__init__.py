@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 from ._native import get_num_threads, set_num_threads, set_simd_level
 from ._op import set_check_finite
 from ._info import info
-from . import ode, ood, ot, score
+from . import ode, ood, ot, quant, score
 
 __all__ = ["__version__", "info", "set_num_threads", "get_num_threads", "set_simd_level", "set_check_finite",
-           "ode", "ood", "ot", "score"]
+           "ode", "ood", "ot", "quant", "score"]

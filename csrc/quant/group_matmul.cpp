@@ -1,0 +1,201 @@
+// group_matmul driver (group_matmul.h). Two paths:
+//   rows: few activation rows (memory bound). The activations are copied once
+//         into the kernel's layout (deinterleaved blocks for int4, checked for
+//         NaN/inf on the way), then threads take blocks of kRowBlock weight
+//         rows and each weight row is streamed from memory once, dequantized
+//         in registers and multiplied into all activation rows (kMaxKernelRows
+//         per kernel call; further calls find the row in L1).
+//   blas: many activation rows (compute bound). Each thread dequantizes a tile
+//         of kTileRows weight rows into a float buffer once and runs SciPy's
+//         sgemm on it against all activation rows.
+// Outputs of different threads are blocks of at least 16 columns of y (64
+// bytes), so threads share a cache line only where a block edge is not aligned.
+// Peak extra memory: M x K floats (rows) or threads x kTileRows x K floats (blas).
+#include "quant/group_matmul.h"
+#include "quant/group_tail.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "gencore/blas.h"
+#include "gencore/check.h"
+#include "gencore/isa.h"
+#include "gencore/parallel.h"
+
+namespace gencore::quant {
+namespace {
+
+constexpr int64_t kRowBlock = 16;   // weight rows per work item of the rows path
+constexpr int64_t kTileRows = 64;  // weight rows per dequantized tile of the blas path
+// From this many activation rows on, dequantize + sgemm beats the fused
+// kernel (measured, bench/quant/bench_group_matmul.py: the fused kernel redoes
+// the int -> float conversion for every 8 rows and has no register blocking over N).
+constexpr int64_t kBlasMinRows = 16;
+
+thread_local const char* last_path = "none";
+
+void check_group_params(const PackedWeight& w) {
+  GENCORE_CHECK(w.bits == 4 || w.bits == 8, "bits must be 4 or 8, got ", w.bits);
+  GENCORE_CHECK(w.group >= 1, "group_size must be >= 1, got ", w.group);
+  GENCORE_CHECK(w.group >= w.cols || w.group % kBlock == 0,
+                "group_size must be a multiple of 32 or cover all of K, got ", w.group, " for K=", w.cols);
+}
+
+int64_t groups_of(const PackedWeight& w) { return w.cols == 0 ? 0 : (w.cols + w.group - 1) / w.group; }
+
+}  // namespace
+
+int useful_threads(int threads, int64_t work) {
+  constexpr int64_t kMinWorkPerThread = int64_t(1) << 18;
+  return static_cast<int>(std::clamp<int64_t>(work / kMinWorkPerThread, 1, std::max(threads, 1)));
+}
+
+void check_row_params(const PackedWeight& w, int64_t n, int64_t groups) {
+  const float* s = w.scales + n * w.scale_stride;
+  const float* z = w.zeros + n * w.scale_stride;
+  // v - v is 0 for finite v and NaN otherwise: a branch-free loop the compiler vectorises
+  // (at groups of 32 a branchy one costs a tenth of the kernel).
+  bool scales_finite = true, zeros_finite = true;
+  for (int64_t g = 0; g < groups; ++g) {
+    scales_finite &= (s[g] - s[g]) == 0.0f;
+    zeros_finite &= (z[g] - z[g]) == 0.0f;
+  }
+  if (!scales_finite) fail_non_finite_row("scales", n);
+  if (!zeros_finite) fail_non_finite_row("zeros", n);
+}
+
+namespace {
+
+DequantRowFn dequantize_row_fn() {
+  return pick_isa<DequantRowFn>(dequantize_row_portable, GENCORE_ISA_FN(dequantize_row_avx2),
+                                GENCORE_ISA_FN(dequantize_row_avx512));
+}
+
+void dequantize_row(DequantRowFn fn, const PackedWeight& w, int64_t n, float* out) {
+  fn(w.data + n * w.data_stride, w.scales + n * w.scale_stride, w.zeros + n * w.scale_stride, w.cols, w.group,
+     w.bits, out);
+}
+
+// x [M, K] -> xd [M, K] in the row kernel's layout and xs [M, G] its per-group
+// sums (summed in natural order); refuses NaN/inf rows.
+void prepare_activations(MatrixView<const float> x, const PackedWeight& w, float* xd, float* xs, int threads) {
+  const int64_t groups = groups_of(w);
+  const int64_t K = x.cols;
+  parallel_for(x.rows, threads, Schedule::fixed, [&](int64_t m) {
+    const float* src = x.row(m);
+    float* dst = xd + m * K;
+    require_finite_row(src, K, "x", m);
+    for (int64_t k0 = 0, g = 0; k0 < K; k0 += w.group, ++g) {
+      const int64_t k1 = std::min(K, k0 + w.group);
+      float sum = 0.0f;
+      for (int64_t k = k0; k < k1; ++k) sum += src[k];
+      xs[m * groups + g] = sum;
+      const int64_t whole = w.bits == 4 ? blocks_end(k0, k1) : k0;
+      for (int64_t k = k0; k < whole; k += kBlock)
+        for (int j = 0; j < 16; ++j) {
+          dst[k + j] = src[k + 2 * j];
+          dst[k + 16 + j] = src[k + 2 * j + 1];
+        }
+      std::copy(src + whole, src + k1, dst + whole);
+    }
+  });
+}
+
+void check_activations(MatrixView<const float> x, int threads) {
+  parallel_for(x.rows, threads, Schedule::fixed, [&](int64_t m) {
+    const float* src = x.row(m);
+    require_finite_row(src, x.cols, "x", m);
+  });
+}
+
+void add_bias(const float* bias, int64_t M, int64_t N, int64_t n0, int64_t n1, float* y) {
+  if (!bias) return;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = n0; n < n1; ++n) y[m * N + n] += bias[n];
+}
+
+void rows_path(MatrixView<const float> x, const PackedWeight& w, const float* bias, float* y, int threads) {
+  const int64_t M = x.rows, N = w.rows, K = w.cols, groups = groups_of(w);
+  std::vector<float> xd(static_cast<size_t>(M * K)), xs(static_cast<size_t>(M * groups));
+  prepare_activations(x, w, xd.data(), xs.data(), threads);
+  const RowKernel kernel = pick_isa<RowKernel>(group_rows_portable, GENCORE_ISA_FN(group_rows_avx2),
+                                               GENCORE_ISA_FN(group_rows_avx512));
+  const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
+  // Dynamic: on a shared machine a descheduled thread would otherwise hold the whole call back.
+  parallel_for(blocks, threads, Schedule::dynamic, [&](int64_t block) {
+    const int64_t n0 = block * kRowBlock, n1 = std::min(N, n0 + kRowBlock);
+    for (int64_t n = n0; n < n1; ++n) {
+      check_row_params(w, n, groups);
+      const uint8_t* q = w.data + n * w.data_stride;
+      const float* s = w.scales + n * w.scale_stride;
+      const float* z = w.zeros + n * w.scale_stride;
+      for (int64_t m0 = 0; m0 < M; m0 += kMaxKernelRows) {
+        const int nb = static_cast<int>(std::min<int64_t>(kMaxKernelRows, M - m0));
+        kernel(xd.data() + m0 * K, K, xs.data() + m0 * groups, groups, nb, q, s, z, K, w.group, w.bits, y + m0 * N + n, N);
+      }
+    }
+    add_bias(bias, M, N, n0, n1, y);
+  });
+}
+
+void blas_path(MatrixView<const float> x, const PackedWeight& w, const float* bias, float* y, int threads) {
+  const int64_t M = x.rows, N = w.rows, K = w.cols, groups = groups_of(w);
+  check_activations(x, threads);
+  const int64_t tiles = (N + kTileRows - 1) / kTileRows;
+  const DequantRowFn dequant = dequantize_row_fn();
+  struct State {
+    blas::SingleThreadedScope single;
+    std::vector<float> tile;
+  };
+  parallel_for(tiles, threads, Schedule::dynamic,
+               [&] { return State{blas::SingleThreadedScope(), std::vector<float>(size_t(kTileRows * K))}; },
+               [&](State& state, int64_t t) {
+                 const int64_t n0 = t * kTileRows, n1 = std::min(N, n0 + kTileRows);
+                 for (int64_t n = n0; n < n1; ++n) {
+                   check_row_params(w, n, groups);
+                   dequantize_row(dequant, w, n, state.tile.data() + (n - n0) * K);
+                 }
+                 blas::gemm_abt(M, n1 - n0, K, 1.0f, x.data, x.row_stride, state.tile.data(), K, 0.0f, y + n0, N);
+                 add_bias(bias, M, N, n0, n1, y);
+               });
+}
+
+}  // namespace
+
+const char* last_group_matmul_path() { return last_path; }
+
+int64_t group_matmul_blas_min_rows() { return kBlasMinRows; }
+
+void group_matmul(MatrixView<const float> x, const PackedWeight& w, const float* bias, float* y, int threads) {
+  check_group_params(w);
+  GENCORE_CHECK(x.cols == w.cols, "x has ", x.cols, " columns, the weight has K=", w.cols);
+  const int64_t M = x.rows, N = w.rows;
+  if (M == 0 || N == 0) return;
+  if (w.cols == 0) {  // an empty sum
+    std::fill(y, y + M * N, 0.0f);
+    add_bias(bias, M, N, 0, N, y);
+    return;
+  }
+  threads = useful_threads(threads, M * N * w.cols);
+  if (M >= kBlasMinRows && blas::available()) {
+    last_path = "blas";
+    blas_path(x, w, bias, y, threads);
+  } else {
+    last_path = "rows";
+    rows_path(x, w, bias, y, threads);
+  }
+}
+
+void dequantize(const PackedWeight& w, float* out, int64_t ld, int threads) {
+  check_group_params(w);
+  const int64_t groups = groups_of(w);
+  const DequantRowFn dequant = dequantize_row_fn();
+  threads = useful_threads(threads, w.rows * w.cols);
+  parallel_for(w.rows, threads, Schedule::fixed, [&](int64_t n) {
+    check_row_params(w, n, groups);
+    dequantize_row(dequant, w, n, out + n * ld);
+  });
+}
+
+}  // namespace gencore::quant

@@ -1,0 +1,78 @@
+// Group-quantized matmul (group_matmul.cuh): one warp per output row n. The
+// warp's lanes walk the row's K elements 32 apart (x reads coalesced, packed
+// weight bytes read once), dequantize each weight in registers and multiply
+// it into up to kRowsPerPass activation rows; a warp reduction per row gives
+// the outputs. The weight row is re-read (from L1/L2) once per pass of
+// kRowsPerPass activation rows, so up to 64 rows cost at most 8 passes.
+#include "quant/group_matmul.cuh"
+
+#include <string>
+
+#include "common/check.cuh"
+#include "common/launch.cuh"
+
+namespace gencore::gpu {
+namespace {
+
+constexpr int kWarpsPerBlock = 4;
+constexpr int kRowsPerPass = 8;
+
+template <int BITS>
+__global__ void group_matmul_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __restrict__ data,
+                                    int N, int64_t data_stride, const float* __restrict__ scales,
+                                    const float* __restrict__ zeros, int G, int group,
+                                    const float* __restrict__ bias, float* __restrict__ y) {
+  const int lane = threadIdx.x & 31;
+  const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  if (n >= N) return;
+  const uint8_t* q = data + n * data_stride;
+  const float* s = scales + int64_t(n) * G;
+  const float* z = zeros + int64_t(n) * G;
+  for (int m0 = 0; m0 < M; m0 += kRowsPerPass) {
+    const int rows = min(kRowsPerPass, M - m0);
+    float acc[kRowsPerPass];
+#pragma unroll
+    for (int b = 0; b < kRowsPerPass; ++b) acc[b] = 0.0f;
+    for (int k = lane; k < K; k += 32) {
+      const int g = k / group;
+      const int code = BITS == 4 ? (q[k >> 1] >> ((k & 1) * 4)) & 0x0F : q[k];
+      const float w = (float(code) - z[g]) * s[g];
+#pragma unroll
+      for (int b = 0; b < kRowsPerPass; ++b)
+        if (b < rows) acc[b] = fmaf(x[int64_t(m0 + b) * K + k], w, acc[b]);
+    }
+#pragma unroll
+    for (int b = 0; b < kRowsPerPass; ++b) {
+      float v = acc[b];
+      for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+      if (lane == 0 && b < rows) y[int64_t(m0 + b) * N + n] = v + (bias ? bias[n] : 0.0f);
+    }
+  }
+}
+
+}  // namespace
+
+void group_matmul(const float* x, int64_t M, int64_t K, const uint8_t* data, int64_t N, const float* scales,
+                  const float* zeros, int64_t group, int bits, const float* bias, float* y, cudaStream_t stream,
+                  int device) {
+  const char* op = "group_matmul";
+  if (bits != 4 && bits != 8) fail_argument(op, "bits must be 4 or 8, got " + std::to_string(bits));
+  if (M < 0 || N < 0 || K < 0 || group < 1) fail_argument(op, "need M, N, K >= 0 and group >= 1");
+  if (M > kGroupMatmulMaxRows) fail_argument(op, "M = " + std::to_string(M) + " exceeds the kernel's 64 rows");
+  if (K > INT_MAX || N > INT_MAX) fail_argument(op, "K and N must fit in int");
+  if (M == 0 || N == 0) return;
+  if (!y || (K > 0 && (!x || !data || !scales || !zeros))) fail_argument(op, "a data pointer is null");
+  DeviceGuard guard(device);
+  const int64_t G = K == 0 ? 0 : ceil_div(K, group);
+  const int64_t stride = bits == 4 ? (K + 1) / 2 : K;
+  const unsigned blocks = blocks_for(N, kWarpsPerBlock, op);
+  if (bits == 4)
+    group_matmul_kernel<4><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(x, int(M), int(K), data, int(N), stride, scales,
+                                                                       zeros, int(G), int(group), bias, y);
+  else
+    group_matmul_kernel<8><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(x, int(M), int(K), data, int(N), stride, scales,
+                                                                       zeros, int(G), int(group), bias, y);
+  GENCORE_CUDA_CHECK_LAUNCH("group_matmul_kernel");
+}
+
+}  // namespace gencore::gpu

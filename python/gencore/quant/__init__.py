@@ -1,0 +1,24 @@
+"""Group-quantized weights: int4 / int8 with a scale and zero point per group of
+K, fused dequantize-matmul kernels, QuantLinear.
+
+Public names:
+    quantize(weight, bits=4, group_size=128, symmetric=False) -> QuantizedWeight
+    dequantize(qw, dtype=torch.float32) -> [N, K]
+    group_matmul(x, qw, bias=None) -> [..., N]  (y = x @ dequant(W)^T + bias)
+    pack(codes, bits) / unpack(data, bits, in_features): the int4 packing (low nibble first)
+    QuantizedWeight: the plain-tensor container (data, scales, zeros, bits, group_size, shape)
+    QuantLinear.from_linear(linear, bits=4, group_size=128): an nn.Linear with a quantized weight
+    quantize_model(model, bits=4, group_size=128, symmetric=False, skip=None): replaces nn.Linear layers
+    from_gptq / to_gptq (qweight, qzeros, scales, g_idx; act-order; v1 and v2 zeros),
+    from_awq / to_awq (packed along N, nibble order 0 2 4 6 1 3 5 7): see gencore.quant.formats
+    reference: the pure-torch specification (and the format's description)
+"""
+from . import reference
+from .formats import from_awq, from_gptq, to_awq, to_gptq
+from .functions import dequantize, group_matmul, pack, quantize, unpack
+from .modules import QuantLinear, quantize_model
+from .weight import QuantizedWeight
+
+__all__ = ["quantize", "dequantize", "group_matmul", "pack", "unpack", "QuantizedWeight", "QuantLinear", "quantize_model",
+           "from_gptq", "to_gptq", "from_awq", "to_awq",
+           "reference"]

@@ -1,0 +1,208 @@
+"""group_matmul: native kernels against the reference on fresh random inputs,
+every SIMD level, shapes, dtypes, paths, threads; gradients; bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gencore import _native, quant
+from gencore.quant import reference
+
+from tests.conftest import native_cpu_only
+
+# (M, N, K): odd K, partial last groups, N = 1, K below one block, rows on both paths
+SHAPES = [(1, 1, 1), (1, 5, 31), (2, 3, 33), (1, 17, 100), (3, 16, 129), (8, 9, 256), (5, 40, 300),
+          (9, 7, 257), (16, 24, 96), (37, 33, 200)]
+
+
+def kernel_error(y: torch.Tensor, x: torch.Tensor, qw) -> float:
+    """max |y - x W^T| / max (|x| |W|^T), with W the dequantized weight and the product in float64:
+    the relative kernel error, on a scale no cancellation can make small."""
+    w = reference.dequantize(qw.data, qw.scales, qw.zeros, *qw.layout()).double()
+    xd = x.double().reshape(-1, w.shape[1])
+    want = xd @ w.T
+    scale = float((xd.abs() @ w.abs().T).max()) if want.numel() else 1.0
+    return float((y.double().reshape(want.shape) - want).abs().max()) / max(scale, 1e-30) if want.numel() else 0.0
+
+
+@native_cpu_only
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("group_size", [32, 64, 128, -1])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_kernel_matches_the_dequantized_product_at_every_level(rng, simd_level, bits, group_size, symmetric):
+    for m, n, k in SHAPES:
+        w = torch.randn(n, k, generator=rng)
+        qw = quant.quantize(w, bits, group_size, symmetric)
+        x = torch.randn(m, k, generator=rng)
+        y = quant.group_matmul(x, qw)
+        assert y.shape == (m, n) and y.dtype == torch.float32
+        path = _native.core.last_group_matmul_path()
+        assert path == ("blas" if m >= _native.core.group_matmul_blas_min_rows() else "rows")
+        assert kernel_error(y, x, qw) < 1e-5, (m, n, k, path)
+
+
+@native_cpu_only
+def test_rows_path_for_every_batch_size_one_to_fifteen(rng, simd_level):
+    qw = quant.quantize(torch.randn(21, 161, generator=rng), 4, 32)
+    for m in range(1, _native.core.group_matmul_blas_min_rows()):
+        x = torch.randn(m, 161, generator=rng)
+        assert kernel_error(quant.group_matmul(x, qw), x, qw) < 1e-5, m
+
+
+@native_cpu_only
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_thread_counts_give_the_same_result(rng, num_threads, threads):
+    qw = quant.quantize(torch.randn(70, 256, generator=rng), 4, 128)
+    for m in (1, 5, 20):
+        x = torch.randn(m, 256, generator=rng)
+        num_threads(1)
+        one = quant.group_matmul(x, qw)
+        num_threads(threads)
+        assert torch.equal(quant.group_matmul(x, qw), one), m
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_activation_dtypes_leading_shapes_and_bias(rng, dtype):
+    qw = quant.quantize(torch.randn(12, 96, generator=rng), 4, 32)
+    x = torch.randn(2, 3, 96, generator=rng).to(dtype)
+    bias = torch.randn(12, generator=rng).to(dtype)
+    y = quant.group_matmul(x, qw, bias)
+    assert y.shape == (2, 3, 12) and y.dtype == dtype
+    want = reference.group_matmul(x.reshape(6, 96), qw.data, qw.scales, qw.zeros, bias, *qw.layout())
+    tol = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]  # one rounding of the output
+    torch.testing.assert_close(y.reshape(6, 12).float(), want.float(), rtol=tol, atol=tol * float(want.abs().max()))
+    assert quant.group_matmul(torch.randn(96, generator=rng).to(dtype), qw).shape == (12,)
+
+
+def test_batch_zero_and_non_contiguous_x(rng):
+    qw = quant.quantize(torch.randn(10, 64, generator=rng), 8, 32)
+    assert quant.group_matmul(torch.empty(0, 64), qw).shape == (0, 10)
+    assert quant.group_matmul(torch.empty(4, 0, 64), qw).shape == (4, 0, 10)
+    base = torch.randn(64, 6, generator=rng)
+    x = base.T  # [6, 64], column stride 6
+    assert torch.equal(quant.group_matmul(x, qw), quant.group_matmul(x.contiguous(), qw))
+    x = torch.randn(5, 128, generator=rng)[:, ::2]
+    assert torch.equal(quant.group_matmul(x, qw), quant.group_matmul(x.contiguous(), qw))
+
+
+@pytest.mark.filterwarnings("ignore:.*no native CPU kernel for float64")  # the one-time fallback warning
+def test_float64_runs_the_reference_in_float64(rng):
+    qw = quant.quantize(torch.randn(6, 40, generator=rng), 4, 32)
+    x = torch.randn(3, 40, generator=rng, dtype=torch.float64)
+    y = quant.group_matmul(x, qw)
+    assert y.dtype == torch.float64
+    w = quant.dequantize(qw).double()
+    torch.testing.assert_close(y, x @ w.T, rtol=1e-12, atol=1e-12)
+
+
+def test_reference_backend_and_native_agree(rng, monkeypatch):
+    qw = quant.quantize(torch.randn(30, 200, generator=rng), 4, 64)
+    x = torch.randn(4, 200, generator=rng)
+    native = quant.group_matmul(x, qw)
+    monkeypatch.setenv("GENCORE_BACKEND", "reference")
+    assert kernel_error(native, x, qw) < 1e-5
+    torch.testing.assert_close(quant.group_matmul(x, qw), native, rtol=1e-5, atol=1e-5)
+
+
+def test_caller_data_is_never_modified(rng):
+    qw = quant.quantize(torch.randn(8, 70, generator=rng), 4, 32)
+    x, bias = torch.randn(20, 70, generator=rng), torch.randn(8, generator=rng)
+    saved = [t.clone() for t in (x, bias, qw.data, qw.scales, qw.zeros)]
+    for rows in (x[:3], x):
+        quant.group_matmul(rows, qw, bias)
+    for t, before in zip((x, bias, qw.data, qw.scales, qw.zeros), saved):
+        assert torch.equal(t, before)
+
+
+# ---------------------------------------------------------------- gradients
+
+@pytest.mark.filterwarnings("ignore:.*no native CPU kernel for float64")
+def test_gradients_flow_to_x_and_bias_only(rng):
+    qw = quant.quantize(torch.randn(5, 40, generator=rng), 4, 32)
+    x = torch.randn(3, 40, generator=rng, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, generator=rng, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: quant.group_matmul(a, qw, b), (x, bias))  # float64: the reference
+    x32 = x.detach().float().requires_grad_()
+    g = torch.randn(3, 5, generator=rng)
+    quant.group_matmul(x32, qw).backward(g)
+    torch.testing.assert_close(x32.grad, g @ quant.dequantize(qw), rtol=1e-5, atol=1e-5)
+    scales = qw.scales.clone().requires_grad_()
+    qs = quant.QuantizedWeight(qw.data, scales, qw.zeros, *qw.layout()[:2], qw.shape)
+    with pytest.raises(NotImplementedError, match="no gradient with respect to scales"):
+        quant.group_matmul(x32.detach(), qs).sum().backward()
+
+
+def test_torch_compile_through_the_fake_kernel(rng):
+    qw = quant.quantize(torch.randn(9, 64, generator=rng), 4, 32)
+    x = torch.randn(2, 4, 64, generator=rng)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a: quant.group_matmul(a, qw) * 2, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), quant.group_matmul(x, qw) * 2)
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_bad_input_names_the_argument(rng):
+    qw = quant.quantize(torch.randn(6, 64, generator=rng), 4, 32)
+    x = torch.randn(2, 64, generator=rng)
+    with pytest.raises(ValueError, match="in_features"):
+        quant.group_matmul(torch.randn(2, 63), qw)
+    with pytest.raises(TypeError, match="x"):
+        quant.group_matmul(x.to(torch.int64), qw)
+    with pytest.raises(TypeError, match="qw"):
+        quant.group_matmul(x, qw.data)
+    with pytest.raises(ValueError, match="bias"):
+        quant.group_matmul(x, qw, torch.randn(5))
+    with pytest.raises(TypeError, match="bias"):
+        quant.group_matmul(x, qw, torch.randn(6, dtype=torch.float64))
+    for name in ("x", "bias"):
+        bad_x, bad_bias = x.clone(), torch.randn(6)
+        (bad_x if name == "x" else bad_bias)[1] = float("nan")
+        with pytest.raises(ValueError, match=name):
+            quant.group_matmul(bad_x, qw, bad_bias)
+    for name in ("scales", "zeros"):
+        params = {"scales": qw.scales.clone(), "zeros": qw.zeros.clone()}
+        params[name][2, 1] = float("inf")
+        bad = quant.QuantizedWeight(qw.data, params["scales"], params["zeros"], 4, 32, qw.shape)
+        with pytest.raises(ValueError, match=name):
+            quant.group_matmul(x, bad)
+
+
+@native_cpu_only
+def test_half_precision_scales_run_natively(rng):
+    qw = quant.quantize(torch.randn(11, 300, generator=rng), 4, 128).to(scale_dtype=torch.bfloat16)
+    x = torch.randn(3, 300, generator=rng)
+    assert kernel_error(quant.group_matmul(x, qw), x, qw) < 1e-5
+
+
+# ---------------------------------------------------------------- int8 activations (W4A8)
+
+@native_cpu_only
+@pytest.mark.parametrize("group_size", [32, 64, 128, -1])
+def test_int8_activation_kernel_matches_its_reference_at_every_level(rng, simd_level, group_size):
+    for m, n, k in SHAPES:
+        qw = quant.quantize(torch.randn(n, k, generator=rng), 4, group_size)
+        x = torch.randn(m, k, generator=rng) * 3
+        bias = torch.randn(n, generator=rng)
+        y = quant.group_matmul(x, qw, bias, activations="int8")
+        want = reference.group_matmul_int8(x, qw.data, qw.scales, qw.zeros, bias, *qw.layout())
+        scale = float(want.abs().max()) if want.numel() else 1.0
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5 * scale, msg=f"{(m, n, k)}")
+
+
+def test_int8_activations_cost_a_bounded_accuracy_against_the_float_product(rng):
+    qw = quant.quantize(torch.randn(64, 512, generator=rng), 4, 128)
+    x = torch.randn(16, 512, generator=rng)
+    exact = x @ quant.dequantize(qw).T
+    float_error = float((quant.group_matmul(x, qw) - exact).norm() / exact.norm())
+    int8_error = float((quant.group_matmul(x, qw, activations="int8") - exact).norm() / exact.norm())
+    # int8 rounding of Gaussian activations per group of 128: ~0.5% of the output's norm
+    assert float_error < 1e-6 < int8_error < 2e-2
+
+
+def test_int8_activations_refuse_int8_weights_and_unknown_modes(rng):
+    x = torch.randn(2, 64, generator=rng)
+    with pytest.raises(ValueError, match="bits"):
+        quant.group_matmul(x, quant.quantize(torch.randn(4, 64, generator=rng), 8, 32), activations="int8")
+    with pytest.raises(ValueError, match="activations"):
+        quant.group_matmul(x, quant.quantize(torch.randn(4, 64, generator=rng), 4, 32), activations="int4")
