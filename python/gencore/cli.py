@@ -198,12 +198,29 @@ def demo_ode(args) -> str:
                                   f"grid written to {r['png']}")
 
 
+def demo_ot(args) -> str:
+    """Sinkhorn divergences between digit classes and an OT-coupled minibatch; returns what ran."""
+    return _family_demo("gencore.ot.demo", args,
+                        lambda r: f"Sinkhorn divergences between 10 digit classes ({r['diagonal_wins']}/10 nearest "
+                                  f"to their own class), OT coupling of a {r['batch']}-sample minibatch")
+
+
+def demo_quant(args) -> str:
+    """An MLP on the digits quantized to int4 / int8: accuracy, logit change, speed; returns what ran."""
+    return _family_demo("gencore.quant.demo", args,
+                        lambda r: f"digits MLP quantized {len(r) - 1} ways, test accuracy "
+                                  f"{r['float']['accuracy']:.3f} float vs "
+                                  + ", ".join(f"{v['accuracy']:.3f} {k}" for k, v in r.items() if k != "float"))
+
+
 # One entry per family that has a demo: (family, function). Each prints its own
 # section and returns a one-line account of what it ran.
 DEMOS: list[tuple[str, Callable]] = [
     ("ood", demo_ood),
     ("score", demo_score),
     ("ode", demo_ode),
+    ("ot", demo_ot),
+    ("quant", demo_quant),
 ]
 
 
