@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -99,10 +99,12 @@ def _cloud(t, name: str) -> torch.Tensor:
     return t
 
 
-def _weights(w, name: str, n: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[n] weights in ``dtype`` (uniform 1 / n when None), checked: >= 0, finite, some mass."""
+def _weights(w, name: str, n: int, like: torch.Tensor, dtype: torch.dtype, total: Optional[int] = None,
+             need_mass: bool = True) -> torch.Tensor:
+    """[n] weights in ``dtype`` (uniform 1 / total when None, total = n by default), checked:
+    >= 0, finite and, with need_mass, some mass (a shard of a distributed cloud may have none)."""
     if w is None:
-        return torch.full((n,), 1.0 / n, dtype=dtype, device=like.device)
+        return torch.full((n,), 1.0 / (n if total is None else total), dtype=dtype, device=like.device)
     _checks.tensor(w, name, ndim=1)
     if w.shape[0] != n:
         raise ValueError(f"{name} must have one weight per point: shape [{n}], got {tuple(w.shape)}")
@@ -111,7 +113,7 @@ def _weights(w, name: str, n: int, like: torch.Tensor, dtype: torch.dtype) -> to
         _checks.finite(w, name)
         if bool((w < 0).any()):
             raise ValueError(f"{name} must be >= 0, got a minimum of {float(w.min())}")
-        if not bool((w > 0).any()):
+        if need_mass and not bool((w > 0).any()):
             raise ValueError(f"{name} are all zero: the measure has no mass")
     return w.to(dtype)
 
@@ -161,11 +163,20 @@ def epsilon_schedule(p: int, diameter: float, blur: float, scaling: float) -> li
     return [diameter ** p] + [math.exp(v) for v in logs] + [blur ** p]
 
 
-def _diameter(x: torch.Tensor, y: torch.Tensor) -> float:
-    """The diagonal of the bounding box of both clouds (an upper bound on every |x_i - y_j|)."""
-    low = torch.minimum(x.min(0).values, y.min(0).values)
-    high = torch.maximum(x.max(0).values, y.max(0).values)
-    return float((high - low).norm())
+def _bounds(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """[2, d]: -(the lower corner), the upper corner of the bounding box of both clouds (either may
+    be empty: +-inf then), both to be maximised when boxes merge."""
+    both = torch.cat([x, y])
+    if both.shape[0] == 0:
+        return torch.full((2, x.shape[1]), -math.inf, dtype=x.dtype, device=x.device)
+    return torch.stack([-both.min(0).values, both.max(0).values])
+
+
+def _diameter(x: torch.Tensor, y: torch.Tensor, bounds: Optional[torch.Tensor] = None) -> float:
+    """The diagonal of the bounding box of both clouds (an upper bound on every |x_i - y_j|);
+    ``bounds`` (``_bounds``, merged over shards) when given."""
+    b = _bounds(x, y) if bounds is None else bounds
+    return float((b[1] + b[0]).norm())
 
 
 def _softmin(points, other, log_w, eps, barycentre=False):
@@ -173,27 +184,92 @@ def _softmin(points, other, log_w, eps, barycentre=False):
     return SINKHORN_SOFTMIN.trusted(points, other, log_w, eps, barycentre)
 
 
-def _residual(a: torch.Tensor, f: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """Sums over the shards of a cloud: a single process holds the one shard."""
+    return t
+
+
+def _residual(a: torch.Tensor, f: torch.Tensor, target: torch.Tensor, eps: float,
+              total: Callable[[torch.Tensor], torch.Tensor] = _local) -> torch.Tensor:
     """sum_i a_i |1 - exp((f_i - f~_i) / eps)| / sum_i a_i: the balanced row-marginal error of
-    the plan of (f, g) when f~ = softmin(g), the fixed-point residual in mass terms otherwise."""
+    the plan of (f, g) when f~ = softmin(g), the fixed-point residual in mass terms otherwise.
+    ``total`` sums the two sums over every shard of the points."""
     ratio = torch.exp(((f - target) / eps).clamp(max=_MAX_EXPONENT))
-    return (a * (1 - ratio).abs()).sum() / a.sum()
+    sums = total(torch.stack([(a * (1 - ratio).abs()).sum(), a.sum()]))
+    return sums[0] / sums[1]
 
 
 @dataclass
 class _Side:
-    """One potential of the loop: points it lives on, the other side's points and log-weights."""
+    """One potential of the loop: points it lives on, the other side's points and log-weights.
+
+    A sharded cloud (``gencore.ot.distributed``) holds a shard of each: ``softmin`` then
+    streams every rank's shard of ``other`` (same signature as ``_softmin``, fed the local
+    shard) and ``total`` sums over the shards of ``points``."""
     points: torch.Tensor
     other: torch.Tensor
     weights: torch.Tensor       # the weights of `points` (for the error)
     other_log_w: torch.Tensor   # log-weights of `other`
     value: torch.Tensor         # the potential [len(points)]
     partner: Optional["_Side"] = None   # whose potential enters the update (itself for a symmetric problem)
+    softmin: Callable = _softmin
+    total: Callable[[torch.Tensor], torch.Tensor] = _local
 
 
 def _target(s: _Side, eps: float, damping: float) -> torch.Tensor:
     """The (damped) softmin update of side s from its partner's current potential."""
-    return damping * _softmin(s.points, s.other, s.other_log_w + s.partner.value / eps, eps)[0]
+    return damping * s.softmin(s.points, s.other, s.other_log_w + s.partner.value / eps, eps)[0]
+
+
+def _sides(px: torch.Tensor, py: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor, selves: bool = False,
+           over_x: Callable = _softmin, over_y: Callable = _softmin,
+           total: Callable[[torch.Tensor], torch.Tensor] = _local) -> list[_Side]:
+    """The sides of OT(a, b), [f, g], and with ``selves`` those of OT(a, a), OT(b, b) too:
+    [f_ab, g_ab, f_aa, g_bb] (potentials unset). ``over_x`` / ``over_y``: the softmins over
+    the points of x / y (the streamed ones of a sharded cloud)."""
+    empty = torch.zeros(0)
+    log_a, log_b = _log(wa), _log(wb)
+    ab = _Side(px, py, wa, log_b, empty, softmin=over_y, total=total)
+    ba = _Side(py, px, wb, log_a, empty, partner=ab, softmin=over_x, total=total)
+    ab.partner = ba
+    if not selves:
+        return [ab, ba]
+    aa = _Side(px, px, wa, log_a, empty, softmin=over_x, total=total)
+    bb = _Side(py, py, wb, log_b, empty, softmin=over_y, total=total)
+    aa.partner, bb.partner = aa, bb
+    return [ab, ba, aa, bb]
+
+
+def _start(sides: list[_Side], eps: float, rho: Optional[float]) -> None:
+    """The first softmin of every side, from zero potentials."""
+    damping = 1.0 if rho is None else 1.0 / (1.0 + eps / rho)
+    for s in sides:
+        s.value = damping * s.softmin(s.points, s.other, s.other_log_w, eps)[0]
+
+
+def _solve(what: str, sides: list[_Side], eps_list: list[float], rho: Optional[float], tol: float, max_iter: int,
+           dtype, barycentre: bool) -> tuple[int, float, str, float, list]:
+    """``_run`` on the sides of ``_sides`` (potentials set), the warning, the last step
+    (``_extrapolate``): (n_iter, error, status, eps, barycentric projections)."""
+    check_every = _CUDA_CHECK_EVERY if sides[0].points.is_cuda else 1
+    n_iter, error, status, eps = _run([(sides[0], sides[1])], sides[2:], eps_list, rho, tol, max_iter, check_every)
+    if status != "converged":
+        _warn_unconverged(what, status, error, tol, n_iter, dtype, stacklevel=4)
+    return n_iter, error, status, eps, _extrapolate(sides, eps, rho, barycentre)
+
+
+def _pair_value(wa, f, wb, g, rho: Optional[float], eps: float) -> torch.Tensor:
+    """OT_eps(a, b) from the potentials (the sums over the points given)."""
+    return ((wa * f).sum() + (wb * g).sum() if rho is None
+            else _unbalanced_term(wa, f, rho, eps) + _unbalanced_term(wb, g, rho, eps))
+
+
+def _divergence_value(wa, wb, f_ab, g_ab, f_aa, g_bb, rho: Optional[float], eps: float) -> torch.Tensor:
+    """S(a, b) from the four potentials (the sums over the points given)."""
+    if rho is None:
+        return (wa * (f_ab - f_aa)).sum() + (wb * (g_ab - g_bb)).sum()
+    return (_unbalanced_term(wa, f_ab, rho, eps) - _unbalanced_term(wa, f_aa, rho, eps)
+            + _unbalanced_term(wb, g_ab, rho, eps) - _unbalanced_term(wb, g_bb, rho, eps))
 
 
 class _Problem:
@@ -217,7 +293,7 @@ class _Problem:
         for s in self.sides:
             target = _target(s, eps, damping)
             if measure:
-                residuals.append(_residual(s.weights, s.value, target, eps))
+                residuals.append(_residual(s.weights, s.value, target, eps, s.total))
             s.value = s.value + self.omega * (target - s.value)
         return torch.stack(residuals).max() if measure else None
 
@@ -316,20 +392,21 @@ def _extrapolate(sides: list[_Side], eps: float, rho: Optional[float], barycentr
     """A last Jacobi step without averaging (as GeomLoss): the potentials each side's softmin
     gives from the other's, and the barycentric projections when asked."""
     damping = 1.0 if rho is None else 1.0 / (1.0 + eps / rho)
-    outs = [_softmin(s.points, s.other, s.other_log_w + s.partner.value / eps, eps, barycentre) for s in sides]
+    outs = [s.softmin(s.points, s.other, s.other_log_w + s.partner.value / eps, eps, barycentre) for s in sides]
     for s, (f, _) in zip(sides, outs):
         s.value = damping * f
     return [t for _, t in outs]
 
 
-def _warn_unconverged(what: str, status: str, error: float, tol: float, n_iter: int, dtype) -> None:
+def _warn_unconverged(what: str, status: str, error: float, tol: float, n_iter: int, dtype,
+                      stacklevel: int = 3) -> None:
     if status == "plateau":
         msg = (f"{what}: the marginal error stopped decreasing at {error:.3g} > tol={tol:g} after {n_iter} "
                f"iterations ({str(dtype).replace('torch.', '')} rounding floor); result.converged is False")
     else:
         msg = (f"{what}: not converged after max_iter={n_iter} iterations: marginal error {error:.3g} > "
                f"tol={tol:g}; result.converged is False")
-    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel)
 
 
 class _Envelope(torch.autograd.Function):
@@ -402,7 +479,6 @@ def _sinkhorn_arrays(x, y, a, b, blur, p, scaling, tol, max_iter, reach, cost, w
                                                                cost, whitening)
     points_x, points_y = xw.detach(), yw.detach()
     wa_d, wb_d = wa.detach(), wb.detach()
-    log_a, log_b = _log(wa_d), _log(wb_d)
     warm = f0 is not None or g0 is not None
     if warm:
         if f0 is None or g0 is None:
@@ -417,25 +493,16 @@ def _sinkhorn_arrays(x, y, a, b, blur, p, scaling, tol, max_iter, reach, cost, w
         eps_list = [blur ** p]  # a warm start resumes at the target epsilon: no annealing
     else:
         eps_list = epsilon_schedule(p, max(_diameter(points_x, points_y), blur), blur, scaling)
-    side_f = _Side(points_x, points_y, wa_d, log_b, torch.zeros(0))
-    side_g = _Side(points_y, points_x, wb_d, log_a, torch.zeros(0), partner=side_f)
-    side_f.partner = side_g
-    eps0 = eps_list[0]
+    sides = _sides(points_x, points_y, wa_d, wb_d)
     if warm:
-        side_f.value, side_g.value = f0.detach().to(dtype).clone(), g0.detach().to(dtype).clone()
-    else:  # the first softmin, from zero potentials
-        damping = 1.0 if rho is None else 1.0 / (1.0 + eps0 / rho)
-        side_f.value = damping * _softmin(points_x, points_y, log_b, eps0)[0]
-        side_g.value = damping * _softmin(points_y, points_x, log_a, eps0)[0]
-    check_every = _CUDA_CHECK_EVERY if points_x.is_cuda else 1
-    n_iter, error, status, eps = _run([(side_f, side_g)], [], eps_list, rho, tol, max_iter, check_every)
-    if status != "converged":
-        _warn_unconverged("gencore.ot.sinkhorn", status, error, tol, n_iter, dtype)
+        sides[0].value, sides[1].value = f0.detach().to(dtype).clone(), g0.detach().to(dtype).clone()
+    else:
+        _start(sides, eps_list[0], rho)
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xw, yw, a_in, b_in))
-    t_x, t_y = _extrapolate([side_f, side_g], eps, rho, barycentre=need_grad)
-    f, g = side_f.value, side_g.value
-    value = ((wa_d * f).sum() + (wb_d * g).sum() if rho is None
-             else _unbalanced_term(wa_d, f, rho, eps) + _unbalanced_term(wb_d, g, rho, eps))
+    n_iter, error, status, eps, (t_x, t_y) = _solve("gencore.ot.sinkhorn", sides, eps_list, rho, tol, max_iter,
+                                                    dtype, barycentre=need_grad)
+    f, g = sides[0].value, sides[1].value
+    value = _pair_value(wa_d, f, wb_d, g, rho, eps)
     if need_grad:
         grad_x = (wa_d * _mass_factor(f, rho))[:, None] * (points_x - t_x)
         grad_y = (wb_d * _mass_factor(g, rho))[:, None] * (points_y - t_y)
@@ -534,31 +601,14 @@ def sinkhorn_divergence(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tens
                                                                p, reach, cost, whitening)
     px, py = xw.detach(), yw.detach()
     wa_d, wb_d = wa.detach(), wb.detach()
-    log_a, log_b = _log(wa_d), _log(wb_d)
     eps_list = epsilon_schedule(p, max(_diameter(px, py), blur), blur, scaling)
-    ab = _Side(px, py, wa_d, log_b, torch.zeros(0))
-    ba = _Side(py, px, wb_d, log_a, torch.zeros(0), partner=ab)
-    ab.partner = ba
-    aa = _Side(px, px, wa_d, log_a, torch.zeros(0))
-    bb = _Side(py, py, wb_d, log_b, torch.zeros(0))
-    aa.partner, bb.partner = aa, bb
-    sides = [ab, ba, aa, bb]
-    eps0 = eps_list[0]
-    damping = 1.0 if rho is None else 1.0 / (1.0 + eps0 / rho)
-    for s in sides:
-        s.value = damping * _softmin(s.points, s.other, s.other_log_w, eps0)[0]
-    check_every = _CUDA_CHECK_EVERY if px.is_cuda else 1
-    n_iter, error, status, eps = _run([(ab, ba)], [aa, bb], eps_list, rho, tol, max_iter, check_every)
-    if status != "converged":
-        _warn_unconverged("gencore.ot.sinkhorn_divergence", status, error, tol, n_iter, dtype)
+    sides = _sides(px, py, wa_d, wb_d, selves=True)
+    _start(sides, eps_list[0], rho)
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xw, yw, a_in, b_in))
-    t_ab, t_ba, t_aa, t_bb = _extrapolate(sides, eps, rho, barycentre=need_grad)
+    _, _, _, eps, (t_ab, t_ba, t_aa, t_bb) = _solve("gencore.ot.sinkhorn_divergence", sides, eps_list, rho, tol,
+                                                    max_iter, dtype, barycentre=need_grad)
     f_ab, g_ab, f_aa, g_bb = (s.value for s in sides)
-    if rho is None:
-        value = (wa_d * (f_ab - f_aa)).sum() + (wb_d * (g_ab - g_bb)).sum()
-    else:
-        value = (_unbalanced_term(wa_d, f_ab, rho, eps) - _unbalanced_term(wa_d, f_aa, rho, eps)
-                 + _unbalanced_term(wb_d, g_ab, rho, eps) - _unbalanced_term(wb_d, g_bb, rho, eps))
+    value = _divergence_value(wa_d, wb_d, f_ab, g_ab, f_aa, g_bb, rho, eps)
     if not need_grad:
         return value
 
