@@ -88,6 +88,20 @@ def run(rank, init_file, out_dir):
             "unbalanced-mass": _error(lambda: distributed.sinkhorn(x, y, torch.full((x.shape[0],), 1.0 / 40),
                                                                    torch.full((y.shape[0],), 1.0 / 60))),
         }
+        # streaming: every softmin the rank runs sees one visiting shard, never a whole cloud
+        seen = []
+        inner = distributed._softmin
+
+        def recording(points, other, *rest):
+            seen.append(other.shape[0])
+            return inner(points, other, *rest)
+
+        distributed._softmin = recording
+        try:
+            _call("uneven-float32", rank)
+        finally:
+            distributed._softmin = inner
+        results["visiting-sizes"] = sorted(set(seen))
         # the group still works after every error (no rank was left waiting)
         results["after-errors"] = distributed.sinkhorn(x, y, **kwargs).cost
         results["errors"] = errors

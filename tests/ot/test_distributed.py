@@ -109,6 +109,12 @@ def test_bad_input_raises_on_every_rank(rank_results, case, message):
         assert error.startswith("ValueError: gencore.ot.distributed.sinkhorn: ") and message in error, (rank, error)
 
 
+def test_streams_one_visiting_shard_at_a_time(rank_results):
+    # "uneven-float32": x shards of 7 and 61 points, y shards of 45 and 3; never the clouds of 68 and 48
+    for rank in range(WORLD):
+        assert rank_results[rank]["visiting-sizes"] == [3, 7, 45, 61], rank
+
+
 def test_group_usable_after_errors(rank_results):
     xs, ys, _, _, kwargs = case_data("even-float32")
     expected = gencore.ot.sinkhorn(torch.cat(xs), torch.cat(ys), **kwargs).cost

@@ -70,7 +70,8 @@ class _Shards:
                                 else src, group=self.group)
             if points.shape[0] == 0:
                 continue
-            part = _softmin(points, visiting[:, :d].contiguous(), visiting[:, d].contiguous(), eps)[0]
+            # a row-strided view of the points (the glue reads row strides), the log-weights a [m_r] copy
+            part = _softmin(points, visiting[:, :d], visiting[:, d].contiguous(), eps)[0]
             merged = torch.logaddexp(merged, part / -eps)
         return -eps * merged, None
 
@@ -82,7 +83,8 @@ class _Shards:
 
 def _prepare(what, x, y, a, b, blur, p, scaling, tol, max_iter, reach, cost, whitening, group):
     """Checks on every rank alike (a rank's bad input raises on every rank, none is left waiting):
-    (dist, shards of x, shards of y, points x, y, weights a, b, eps schedule, rho, tol, max_iter, dtype)."""
+    (shards of x, shards of y, local points x, y (whitened), weights a, b, eps schedule, rho, tol,
+    max_iter, dtype)."""
     dist = _dist(what)
     error = None
     try:
@@ -102,6 +104,8 @@ def _prepare(what, x, y, a, b, blur, p, scaling, tol, max_iter, reach, cost, whi
         blur = _positive(blur, "blur")
         rho = _check_reach(reach)
         scaling, tol, max_iter = _check_loop(scaling, tol, max_iter)
+        dtype = reference.compute_dtype(x.dtype)
+        px, py = _whiten(x.detach().to(dtype), y.detach().to(dtype), cost, whitening)
         shape = (x.shape[0], y.shape[0], x.shape[1], str(x.dtype), a is not None, b is not None)
     except (TypeError, ValueError) as exc:
         error, shape = f"{type(exc).__name__}: {exc}", None
@@ -121,7 +125,6 @@ def _prepare(what, x, y, a, b, blur, p, scaling, tol, max_iter, reach, cost, whi
         if sum(sizes) == 0:
             raise ValueError(f"{what}: {name} is empty on every rank; a point cloud needs at least one point")
     rho = None if rho is None else rho ** p
-    dtype = reference.compute_dtype(x.dtype)
     wa = _weights(a, "a_local", x.shape[0], x, dtype, total=sum(sizes_x), need_mass=False).detach()
     wb = _weights(b, "b_local", y.shape[0], y, dtype, total=sum(sizes_y), need_mass=False).detach()
     xs, ys = _Shards(dist, group, sizes_x), _Shards(dist, group, sizes_y)
@@ -132,7 +135,6 @@ def _prepare(what, x, y, a, b, blur, p, scaling, tol, max_iter, reach, cost, whi
     if rho is None and abs(masses[0] - masses[1]) > 1e-4 * max(masses):
         raise ValueError(f"{what}: balanced OT needs sum(a) == sum(b) over all ranks, got {masses[0]:.6g} and "
                          f"{masses[1]:.6g} (normalise the weights, or pass reach= for unbalanced OT)")
-    px, py = _whiten(x.detach().to(dtype), y.detach().to(dtype), cost, whitening)
     bounds = _bounds(px, py)
     dist.all_reduce(bounds, op=dist.ReduceOp.MAX, group=group)
     eps_list = epsilon_schedule(p, max(_diameter(px, py, bounds), blur), blur, scaling)
