@@ -184,6 +184,11 @@ def _softmin(points, other, log_w, eps, barycentre=False):
     return SINKHORN_SOFTMIN.trusted(points, other, log_w, eps, barycentre)
 
 
+def _softmin_late(points, other, log_w, eps, barycentre=False):
+    """``_softmin`` looked up when called, not when a side is built (a test may replace it)."""
+    return _softmin(points, other, log_w, eps, barycentre)
+
+
 def _local(t: torch.Tensor) -> torch.Tensor:
     """Sums over the shards of a cloud: a single process holds the one shard."""
     return t
@@ -212,7 +217,7 @@ class _Side:
     other_log_w: torch.Tensor   # log-weights of `other`
     value: torch.Tensor         # the potential [len(points)]
     partner: Optional["_Side"] = None   # whose potential enters the update (itself for a symmetric problem)
-    softmin: Callable = _softmin
+    softmin: Callable = _softmin_late
     total: Callable[[torch.Tensor], torch.Tensor] = _local
 
 
@@ -222,7 +227,7 @@ def _target(s: _Side, eps: float, damping: float) -> torch.Tensor:
 
 
 def _sides(px: torch.Tensor, py: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor, selves: bool = False,
-           over_x: Callable = _softmin, over_y: Callable = _softmin,
+           over_x: Callable = _softmin_late, over_y: Callable = _softmin_late,
            total: Callable[[torch.Tensor], torch.Tensor] = _local) -> list[_Side]:
     """The sides of OT(a, b), [f, g], and with ``selves`` those of OT(a, a), OT(b, b) too:
     [f_ab, g_ab, f_aa, g_bb] (potentials unset). ``over_x`` / ``over_y``: the softmins over
