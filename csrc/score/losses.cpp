@@ -25,11 +25,13 @@ namespace gencore::score {
 namespace {
 
 constexpr int64_t kGrain = int64_t(1) << 14;  // elements per work item at least
-// Elements per thread at least. These passes are bandwidth-bound: on the
-// development VM one core already saturates L3 (~80 GB/s, 256 x 3072 x 3
-// float32 inputs: 1 thread 114 us, 2 threads 132 us) and DRAM (~33 GB/s), so a
-// thread is only woken for ~4 MiB of each input.
-constexpr int64_t kElementsPerThread = int64_t(1) << 20;
+// Elements per thread at least (512 KiB of each float32 input). These passes
+// are bandwidth-bound, and a second core adds bandwidth: 256 x 3072 x 3
+// float32 inputs on a quiet 2-core Zen 4, forward 107 -> 58 us and backward
+// 174 -> 78 us from 1 to 2 threads; 64 x 3072: 26 -> 17 us; below ~128k
+// elements (16 x 3072: 6 us) the wake-up is not worth it. (An earlier
+// threshold of 1M elements came from a VM where one core saturated L3.)
+constexpr int64_t kElementsPerThread = int64_t(1) << 17;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
