@@ -100,6 +100,10 @@ def _convert_back(result: Any, kind: str, module) -> Any:
     return result
 
 
+# Argument types that are never foreign arrays (the common case, checked first).
+_NOT_ARRAYS = frozenset({torch.Tensor, torch.nn.Parameter, int, float, str, bool, type(None)})
+
+
 def _foreign(value: Any) -> bool:
     """An array that is not a torch tensor."""
     return not isinstance(value, torch.Tensor) and (isinstance(value, np.ndarray) or hasattr(value, "__dlpack__"))
@@ -130,7 +134,7 @@ def accepts_arrays(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         for v in args:  # a plain loop: this runs on every call of every public function
-            if _foreign(v):
+            if type(v) not in _NOT_ARRAYS and _foreign(v):  # tensors and plain scalars: one set lookup
                 break
         else:
             if not kwargs or not any(_foreign(v) for v in kwargs.values()):

@@ -66,7 +66,7 @@ def cpu_output(shape, dtype: torch.dtype, kernel_shape=None) -> tuple[torch.Tens
     array = np.empty(kernel_shape if kernel_shape is not None else shape, _NUMPY_DTYPES[dtype])
     if POISON:
         array.fill(np.nan if dtype.is_floating_point else np.iinfo(array.dtype).min)
-    return torch.from_numpy(array.reshape(shape)), array
+    return torch.from_numpy(array if kernel_shape is None else array.reshape(shape)), array
 
 
 def output(shape, dtype: torch.dtype, device) -> torch.Tensor:
