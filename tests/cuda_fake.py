@@ -539,6 +539,29 @@ class FakeCuda:
         mean = (err * err).sum(1) / M if M else np.zeros(B)
         _view(loss_out_ptr, (B,), F32, "loss_out", op)[:] = (weight * mean).astype(F32)
 
+    def dsm_loss_and_grad(self, raw_ptr, x_ptr, target_ptr, B, M, c_skip_ptr, c_out_ptr, weight_ptr, grad_scale,
+                          loss_out_ptr, grad_raw_out_ptr, workspace_ptr, workspace_bytes, stream, device):
+        """dsm_loss, and grad_raw [B, M] = 2 grad_scale weight c_out (c_skip x + c_out raw - target) / M."""
+        op = "dsm_loss_and_grad"
+        self.calls[op] += 1
+        _check_rows(op, B, M)
+        self._workspace(op, workspace_ptr, workspace_bytes, _partials_bytes(B, M))
+        if B == 0:
+            return
+        _require(op, c_skip_ptr, c_out_ptr, weight_ptr, loss_out_ptr,
+                 *((raw_ptr, x_ptr, target_ptr, grad_raw_out_ptr) if M else ()))
+        self._enter(op, device, stream)
+        err = _dsm_error(op, raw_ptr, x_ptr, target_ptr, B, M, c_skip_ptr, c_out_ptr)
+        weight, c_out = (_view(p, (B,), F32, n, op).astype(F64) for p, n in ((weight_ptr, "weight"),
+                                                                             (c_out_ptr, "c_out")))
+        err64 = err.astype(F64)
+        mean = (err64 * err64).sum(1) / M if M else np.zeros(B)
+        _view(loss_out_ptr, (B,), F32, "loss_out", op)[:] = (weight * mean).astype(F32)
+        if M:
+            scale = (2.0 * float(np.float32(grad_scale)) * weight * c_out / M).astype(F32)
+            with np.errstate(all="ignore"):
+                _view(grad_raw_out_ptr, (B, M), F32, "grad_raw_out", op)[:] = scale[:, None] * err
+
     def dsm_loss_backward(self, raw_ptr, x_ptr, target_ptr, B, M, c_skip_ptr, c_out_ptr, weight_ptr, grad_loss_ptr,
                           grad_raw_out_ptr, stream, device):
         """grad_raw [B, M] = 2 grad_loss weight c_out (c_skip x + c_out raw - target) / M."""

@@ -5,8 +5,8 @@ every size: the training-step shape of CIFAR-10 EDM), per-sample EDM
 coefficients (c_skip, c_out, weight) of log-normal noise levels. One timed
 step is the loss (mean over the batch) and ``loss.backward()`` to raw:
 
-* ``gencore``: ``gencore.score.dsm_loss`` (one native pass forward, one
-  backward).
+* ``gencore``: ``gencore.score.dsm_loss`` (one native pass forward that also
+  writes raw's gradient; ``backward()`` hands it over without another pass).
 * ``torch``: the same formula in eager torch,
   ``(weight * ((c_skip x + c_out raw - target) ** 2).mean(1)).mean()``.
 * ``torch-compile``: that function through ``torch.compile`` (inductor,

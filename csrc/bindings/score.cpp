@@ -103,6 +103,21 @@ void dsm_loss(const py::array& raw, const py::array& x, const py::array& target,
   });
 }
 
+// ..., grad_scale -> loss [B], grad_raw [B, M] in one pass
+void dsm_loss_and_grad(const py::array& raw, const py::array& x, const py::array& target, const py::array& c_skip,
+                       const py::array& c_out, const py::array& weight, double grad_scale, py::array& loss,
+                       py::array& grad_raw, int threads) {
+  dispatch_floating(raw, "raw", [&](auto tag) {
+    using T = decltype(tag);
+    const DsmInputs<T> in = dsm_inputs<T>(raw, x, target, c_skip, c_out, weight);
+    T* l = vector_out<T>(loss, "loss", in.raw.rows);
+    T* g = output<T>(grad_raw, "grad_raw", in.raw.rows, in.raw.cols);
+    py::gil_scoped_release release;
+    score::dsm_loss_and_grad<T>(in.raw, in.x, in.target, in.c_skip, in.c_out, in.weight, T(grad_scale), l, g,
+                                threads);
+  });
+}
+
 // ..., grad_loss [B] -> grad_raw [B, M]
 void dsm_loss_backward(const py::array& raw, const py::array& x, const py::array& target, const py::array& c_skip,
                        const py::array& c_out, const py::array& weight, const py::array& grad_loss,
@@ -150,6 +165,11 @@ void bind_score(py::module_& m) {
   m.def("dsm_loss", &dsm_loss, py::arg("raw"), py::arg("x"), py::arg("target"), py::arg("c_skip"), py::arg("c_out"),
         py::arg("weight"), py::arg("loss"), py::arg("num_threads"),
         "loss [B] = weight * mean_j (c_skip x + c_out raw - target)^2 (0 for M = 0).");
+  m.def("dsm_loss_and_grad", &dsm_loss_and_grad, py::arg("raw"), py::arg("x"), py::arg("target"), py::arg("c_skip"),
+        py::arg("c_out"), py::arg("weight"), py::arg("grad_scale"), py::arg("loss"), py::arg("grad_raw"),
+        py::arg("num_threads"),
+        "dsm_loss and, in the same pass, grad_raw [B, M] = d (grad_scale sum_b loss_b) / d raw\n"
+        "(dsm_loss_backward's answer for grad_loss = grad_scale everywhere).");
   m.def("dsm_loss_backward", &dsm_loss_backward, py::arg("raw"), py::arg("x"), py::arg("target"), py::arg("c_skip"),
         py::arg("c_out"), py::arg("weight"), py::arg("grad_loss"), py::arg("grad_raw"), py::arg("num_threads"),
         "grad_raw [B, M] = 2 grad_loss weight c_out (c_skip x + c_out raw - target) / M.");

@@ -48,6 +48,17 @@ double dsm_sq_sum_portable(const T* raw, const T* x, const T* t, int64_t n, T cs
 }
 
 template <typename T>
+double dsm_sq_sum_with_error_portable(const T* raw, const T* x, const T* t, int64_t n, T cs, T co, T k, T* out) {
+  double acc = 0.0;
+  for (int64_t j = 0; j < n; ++j) {
+    const T e = cs * x[j] + co * raw[j] - t[j];
+    out[j] = k * e;
+    acc += double(e) * double(e);
+  }
+  return acc;
+}
+
+template <typename T>
 bool dsm_scaled_error_portable(const T* raw, const T* x, const T* t, int64_t n, T cs, T co, T k, T* out) {
   T poison = 0;  // e * 0 is NaN exactly when e is NaN or inf
   for (int64_t j = 0; j < n; ++j) {
@@ -78,7 +89,7 @@ bool scaled_diff_portable(const T* a, const T* b, int64_t n, T scale, T* out) {
 
 template <typename T>
 LossRowOps<T> loss_row_ops_portable() {
-  return {dsm_sq_sum_portable<T>, dsm_scaled_error_portable<T>, abs_diff_sum_portable<T>, scaled_diff_portable<T>};
+  return {dsm_sq_sum_portable<T>, dsm_sq_sum_with_error_portable<T>, dsm_scaled_error_portable<T>, abs_diff_sum_portable<T>, scaled_diff_portable<T>};
 }
 
 template <typename T>
@@ -168,14 +179,23 @@ void check_rows(std::initializer_list<Named<T>> inputs, int64_t B, int64_t M, co
                   m.cols, "]");
 }
 
-}  // namespace
-
+// The gradient's per-row factor: d loss_b / d raw_bj = factor * (pred_bj - target_bj)
+// for grad_loss_b = g. One expression for the fused forward and the backward, so
+// both write the same bits.
 template <typename T>
-void dsm_loss(MatrixView<const T> raw, MatrixView<const T> x, MatrixView<const T> target, const T* c_skip,
-              const T* c_out, const T* weight, T* loss, int num_threads) {
+T gradient_factor(double g, T weight, T c_out, int64_t M) {
+  return T(2.0 * g * double(weight) * double(c_out) / double(M));
+}
+
+// dsm_loss, and with grad_raw != nullptr dsm_loss_and_grad: the loss pass writes
+// the gradient too (one pass over the inputs instead of two in training).
+template <typename T>
+void dsm_loss_pass(MatrixView<const T> raw, MatrixView<const T> x, MatrixView<const T> target, const T* c_skip,
+                   const T* c_out, const T* weight, T grad_scale, T* loss, T* grad_raw, int num_threads,
+                   const char* op) {
   const int64_t B = raw.rows, M = raw.cols;
   const auto inputs = {Named<T>{"raw", raw}, Named<T>{"x", x}, Named<T>{"target", target}};
-  check_rows<T>(inputs, B, M, "dsm_loss");
+  check_rows<T>(inputs, B, M, op);
   check_coefficients<T>({{"c_skip", c_skip}, {"c_out", c_out}, {"weight", weight}}, B);
   if (M == 0) {
     std::fill(loss, loss + B, T(0));
@@ -186,8 +206,14 @@ void dsm_loss(MatrixView<const T> raw, MatrixView<const T> x, MatrixView<const T
   std::vector<double> partial(plan.segments > 1 ? plan.units : 0);
   MinIndex bad;
   for_each_unit(plan, [&](int64_t b, int64_t j0, int64_t j1, int64_t u) {
-    const double sq = ops.dsm_sq_sum(raw.row(b) + j0, x.row(b) + j0, target.row(b) + j0, j1 - j0, c_skip[b],
-                                     c_out[b]);
+    const T* r = raw.row(b) + j0;
+    const T* xs = x.row(b) + j0;
+    const T* t = target.row(b) + j0;
+    const double sq = grad_raw == nullptr
+                          ? ops.dsm_sq_sum(r, xs, t, j1 - j0, c_skip[b], c_out[b])
+                          : ops.dsm_sq_sum_with_error(r, xs, t, j1 - j0, c_skip[b], c_out[b],
+                                                      gradient_factor<T>(grad_scale, weight[b], c_out[b], M),
+                                                      grad_raw + b * M + j0);
     if (!std::isfinite(sq) && any_non_finite<T>(inputs, b, j0, j1)) bad.offer(b);
     if (plan.segments > 1)
       partial[u] = sq;
@@ -203,6 +229,22 @@ void dsm_loss(MatrixView<const T> raw, MatrixView<const T> x, MatrixView<const T
   }
 }
 
+}  // namespace
+
+template <typename T>
+void dsm_loss(MatrixView<const T> raw, MatrixView<const T> x, MatrixView<const T> target, const T* c_skip,
+              const T* c_out, const T* weight, T* loss, int num_threads) {
+  dsm_loss_pass<T>(raw, x, target, c_skip, c_out, weight, T(0), loss, nullptr, num_threads, "dsm_loss");
+}
+
+template <typename T>
+void dsm_loss_and_grad(MatrixView<const T> raw, MatrixView<const T> x, MatrixView<const T> target, const T* c_skip,
+                       const T* c_out, const T* weight, T grad_scale, T* loss, T* grad_raw, int num_threads) {
+  GENCORE_CHECK(std::isfinite(grad_scale), "grad_scale must be finite, got ", grad_scale);
+  dsm_loss_pass<T>(raw, x, target, c_skip, c_out, weight, grad_scale, loss, grad_raw, num_threads,
+                   "dsm_loss_and_grad");
+}
+
 template <typename T>
 void dsm_loss_backward(MatrixView<const T> raw, MatrixView<const T> x, MatrixView<const T> target, const T* c_skip,
                        const T* c_out, const T* weight, const T* grad_loss, T* grad_raw, int num_threads) {
@@ -214,7 +256,7 @@ void dsm_loss_backward(MatrixView<const T> raw, MatrixView<const T> x, MatrixVie
   const LossRowOps<T> ops = pick_row_ops<T>();
   MinIndex bad;
   for_each_unit(row_plan(B, M, num_threads), [&](int64_t b, int64_t j0, int64_t j1, int64_t) {
-    const T k = T(2.0 * double(grad_loss[b]) * double(weight[b]) * double(c_out[b]) / double(M));
+    const T k = gradient_factor<T>(double(grad_loss[b]), weight[b], c_out[b], M);
     const bool ok = ops.dsm_scaled_error(raw.row(b) + j0, x.row(b) + j0, target.row(b) + j0, j1 - j0, c_skip[b],
                                          c_out[b], k, grad_raw + b * M + j0);
     if (!ok && any_non_finite<T>(inputs, b, j0, j1)) bad.offer(b);
@@ -261,6 +303,8 @@ void dmd_gradient(MatrixView<const T> x0, MatrixView<const T> real, MatrixView<c
 #define GENCORE_SCORE_LOSSES(T)                                                                                   \
   template void dsm_loss<T>(MatrixView<const T>, MatrixView<const T>, MatrixView<const T>, const T*, const T*,    \
                             const T*, T*, int);                                                                   \
+  template void dsm_loss_and_grad<T>(MatrixView<const T>, MatrixView<const T>, MatrixView<const T>, const T*,     \
+                                     const T*, const T*, T, T*, T*, int);                                         \
   template void dsm_loss_backward<T>(MatrixView<const T>, MatrixView<const T>, MatrixView<const T>, const T*,     \
                                      const T*, const T*, const T*, T*, int);                                      \
   template void dmd_gradient<T>(MatrixView<const T>, MatrixView<const T>, MatrixView<const T>, T*, int);

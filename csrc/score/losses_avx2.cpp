@@ -30,14 +30,22 @@ struct Sum4 {
   double total() const { return hsum(_mm256_add_pd(_mm256_add_pd(a0, a1), _mm256_add_pd(a2, a3))); }
 };
 
-double dsm_sq_sum(const float* raw, const float* x, const float* t, int64_t n, float cs, float co) {
-  const __m256 vcs = _mm256_set1_ps(cs), vco = _mm256_set1_ps(co);
+// sum_j e_j^2 for e = cs x + co raw - t; with kWriteError also out_j = k e_j (the
+// loss's gradient written in the same pass as the loss).
+template <bool kWriteError>
+double dsm_sq_sum_impl(const float* raw, const float* x, const float* t, int64_t n, float cs, float co, float k,
+                       float* out) {
+  const __m256 vcs = _mm256_set1_ps(cs), vco = _mm256_set1_ps(co), vk = _mm256_set1_ps(k);
   Sum4 s;
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) {
     const __m256 e0 = dsm_error(_mm256_loadu_ps(raw + j), _mm256_loadu_ps(x + j), _mm256_loadu_ps(t + j), vcs, vco);
     const __m256 e1 = dsm_error(_mm256_loadu_ps(raw + j + 8), _mm256_loadu_ps(x + j + 8),
                                 _mm256_loadu_ps(t + j + 8), vcs, vco);
+    if constexpr (kWriteError) {
+      _mm256_storeu_ps(out + j, _mm256_mul_ps(vk, e0));
+      _mm256_storeu_ps(out + j + 8, _mm256_mul_ps(vk, e1));
+    }
     const __m256d l0 = widen_lo(e0), h0 = widen_hi(e0), l1 = widen_lo(e1), h1 = widen_hi(e1);
     s.a0 = _mm256_fmadd_pd(l0, l0, s.a0);
     s.a1 = _mm256_fmadd_pd(h0, h0, s.a1);
@@ -45,14 +53,24 @@ double dsm_sq_sum(const float* raw, const float* x, const float* t, int64_t n, f
     s.a3 = _mm256_fmadd_pd(h1, h1, s.a3);
   }
   for (; j < n; j += 8) {  // masked lanes load 0 and add 0
-    const __m256i k = lanes(n - j);
-    const __m256 e = dsm_error(_mm256_maskload_ps(raw + j, k), _mm256_maskload_ps(x + j, k),
-                               _mm256_maskload_ps(t + j, k), vcs, vco);
+    const __m256i m = lanes(n - j);
+    const __m256 e = dsm_error(_mm256_maskload_ps(raw + j, m), _mm256_maskload_ps(x + j, m),
+                               _mm256_maskload_ps(t + j, m), vcs, vco);
+    if constexpr (kWriteError) _mm256_maskstore_ps(out + j, m, _mm256_mul_ps(vk, e));
     const __m256d l = widen_lo(e), h = widen_hi(e);
     s.a0 = _mm256_fmadd_pd(l, l, s.a0);
     s.a1 = _mm256_fmadd_pd(h, h, s.a1);
   }
   return s.total();
+}
+
+double dsm_sq_sum(const float* raw, const float* x, const float* t, int64_t n, float cs, float co) {
+  return dsm_sq_sum_impl<false>(raw, x, t, n, cs, co, 0.0f, nullptr);
+}
+
+double dsm_sq_sum_with_error(const float* raw, const float* x, const float* t, int64_t n, float cs, float co,
+                             float k, float* out) {
+  return dsm_sq_sum_impl<true>(raw, x, t, n, cs, co, k, out);
 }
 
 bool dsm_scaled_error(const float* raw, const float* x, const float* t, int64_t n, float cs, float co, float k,
@@ -120,7 +138,7 @@ bool scaled_diff(const float* a, const float* b, int64_t n, float scale, float* 
 
 }  // namespace
 
-LossRowOps<float> loss_row_ops_avx2() { return {dsm_sq_sum, dsm_scaled_error, abs_diff_sum, scaled_diff}; }
+LossRowOps<float> loss_row_ops_avx2() { return {dsm_sq_sum, dsm_sq_sum_with_error, dsm_scaled_error, abs_diff_sum, scaled_diff}; }
 
 }  // namespace gencore::score
 

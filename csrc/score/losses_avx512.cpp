@@ -29,14 +29,22 @@ struct Sum4 {
   double total() const { return _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(a0, a1), _mm512_add_pd(a2, a3))); }
 };
 
-double dsm_sq_sum(const float* raw, const float* x, const float* t, int64_t n, float cs, float co) {
-  const __m512 vcs = _mm512_set1_ps(cs), vco = _mm512_set1_ps(co);
+// sum_j e_j^2 for e = cs x + co raw - t; with kWriteError also out_j = k e_j (the
+// loss's gradient written in the same pass as the loss).
+template <bool kWriteError>
+double dsm_sq_sum_impl(const float* raw, const float* x, const float* t, int64_t n, float cs, float co, float k,
+                       float* out) {
+  const __m512 vcs = _mm512_set1_ps(cs), vco = _mm512_set1_ps(co), vk = _mm512_set1_ps(k);
   Sum4 s;
   int64_t j = 0;
   for (; j + 32 <= n; j += 32) {
     const __m512 e0 = dsm_error(_mm512_loadu_ps(raw + j), _mm512_loadu_ps(x + j), _mm512_loadu_ps(t + j), vcs, vco);
     const __m512 e1 = dsm_error(_mm512_loadu_ps(raw + j + 16), _mm512_loadu_ps(x + j + 16),
                                 _mm512_loadu_ps(t + j + 16), vcs, vco);
+    if constexpr (kWriteError) {
+      _mm512_storeu_ps(out + j, _mm512_mul_ps(vk, e0));
+      _mm512_storeu_ps(out + j + 16, _mm512_mul_ps(vk, e1));
+    }
     const __m512d l0 = widen_lo(e0), h0 = widen_hi(e0), l1 = widen_lo(e1), h1 = widen_hi(e1);
     s.a0 = _mm512_fmadd_pd(l0, l0, s.a0);
     s.a1 = _mm512_fmadd_pd(h0, h0, s.a1);
@@ -44,14 +52,24 @@ double dsm_sq_sum(const float* raw, const float* x, const float* t, int64_t n, f
     s.a3 = _mm512_fmadd_pd(h1, h1, s.a3);
   }
   for (; j < n; j += 16) {  // masked lanes load 0 and add 0
-    const __mmask16 k = n - j >= 16 ? __mmask16(0xffff) : tail_mask(n - j);
-    const __m512 e = dsm_error(_mm512_maskz_loadu_ps(k, raw + j), _mm512_maskz_loadu_ps(k, x + j),
-                               _mm512_maskz_loadu_ps(k, t + j), vcs, vco);
+    const __mmask16 m = n - j >= 16 ? __mmask16(0xffff) : tail_mask(n - j);
+    const __m512 e = dsm_error(_mm512_maskz_loadu_ps(m, raw + j), _mm512_maskz_loadu_ps(m, x + j),
+                               _mm512_maskz_loadu_ps(m, t + j), vcs, vco);
+    if constexpr (kWriteError) _mm512_mask_storeu_ps(out + j, m, _mm512_mul_ps(vk, e));
     const __m512d l = widen_lo(e), h = widen_hi(e);
     s.a0 = _mm512_fmadd_pd(l, l, s.a0);
     s.a1 = _mm512_fmadd_pd(h, h, s.a1);
   }
   return s.total();
+}
+
+double dsm_sq_sum(const float* raw, const float* x, const float* t, int64_t n, float cs, float co) {
+  return dsm_sq_sum_impl<false>(raw, x, t, n, cs, co, 0.0f, nullptr);
+}
+
+double dsm_sq_sum_with_error(const float* raw, const float* x, const float* t, int64_t n, float cs, float co,
+                             float k, float* out) {
+  return dsm_sq_sum_impl<true>(raw, x, t, n, cs, co, k, out);
 }
 
 bool dsm_scaled_error(const float* raw, const float* x, const float* t, int64_t n, float cs, float co, float k,
@@ -117,7 +135,7 @@ bool scaled_diff(const float* a, const float* b, int64_t n, float scale, float* 
 
 }  // namespace
 
-LossRowOps<float> loss_row_ops_avx512() { return {dsm_sq_sum, dsm_scaled_error, abs_diff_sum, scaled_diff}; }
+LossRowOps<float> loss_row_ops_avx512() { return {dsm_sq_sum, dsm_sq_sum_with_error, dsm_scaled_error, abs_diff_sum, scaled_diff}; }
 
 }  // namespace gencore::score
 

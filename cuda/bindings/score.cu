@@ -119,6 +119,25 @@ void bind_losses(py::module_& m) {
       "workspace: >= dsm_loss_workspace_bytes(B, M) bytes, 16-byte aligned. Queued on `stream`;\n"
       "never synchronises.");
   m.def(
+      "dsm_loss_and_grad",
+      [](std::uintptr_t raw, std::uintptr_t x, std::uintptr_t target, int64_t B, int64_t M, std::uintptr_t c_skip,
+         std::uintptr_t c_out, std::uintptr_t weight, float grad_scale, std::uintptr_t loss, std::uintptr_t grad_raw,
+         std::uintptr_t workspace, int64_t workspace_bytes, std::uintptr_t stream, int device) {
+        // raw, x, target [B, M], c_skip, c_out, weight [B] -> loss [B], grad_raw [B, M]
+        py::gil_scoped_release release;
+        gpu::dsm_loss_and_grad(device_ptr<const float>(raw), device_ptr<const float>(x),
+                               device_ptr<const float>(target), B, M, device_ptr<const float>(c_skip),
+                               device_ptr<const float>(c_out), device_ptr<const float>(weight), grad_scale,
+                               device_ptr<float>(loss), device_ptr<float>(grad_raw), device_ptr<void>(workspace),
+                               workspace_bytes, as_stream(stream), device);
+      },
+      py::arg("raw_ptr"), py::arg("x_ptr"), py::arg("target_ptr"), py::arg("B"), py::arg("M"),
+      py::arg("c_skip_ptr"), py::arg("c_out_ptr"), py::arg("weight_ptr"), py::arg("grad_scale"),
+      py::arg("loss_out_ptr"), py::arg("grad_raw_out_ptr"), py::arg("workspace_ptr"), py::arg("workspace_bytes"),
+      py::arg("stream"), py::arg("device"),
+      "dsm_loss and, in the same pass, grad_raw [B, M] = d (grad_scale sum_b loss_b) / d raw, fp32.\n"
+      "workspace: >= dsm_loss_workspace_bytes(B, M) bytes. Queued on `stream`; never synchronises.");
+  m.def(
       "dsm_loss_backward",
       [](std::uintptr_t raw, std::uintptr_t x, std::uintptr_t target, int64_t B, int64_t M, std::uintptr_t c_skip,
          std::uintptr_t c_out, std::uintptr_t weight, std::uintptr_t grad_loss, std::uintptr_t grad_raw,

@@ -2,7 +2,9 @@
 // elements of a row (score/rows.cuh), float4 loads where every row is
 // 16-byte aligned, double accumulation.
 //
-//   dsm_loss        rows of one segment: dsm_loss_kernel writes loss directly;
+//   dsm_loss        (with grad_raw: also writes the gradient of grad_scale *
+//                   sum_b loss_b in the same pass, dsm_loss_and_grad)
+//                   rows of one segment: dsm_loss_kernel writes loss directly;
 //                   longer rows: dsm_loss_kernel writes per-segment partials
 //                   [B, S] into the workspace, dsm_loss_finish_kernel sums
 //                   each row's partials (one warp per row) into loss.
@@ -37,26 +39,36 @@ __device__ __forceinline__ float dsm_finish(double sum, float weight, int64_t M)
   return float(double(weight) * (M > 0 ? sum / double(M) : 0.0));
 }
 
+// d loss_b / d raw_bj = factor * (pred_bj - target_bj) for grad_loss_b = g: one
+// expression for the fused forward and the backward, so both write the same bits.
+__device__ __forceinline__ float gradient_factor(float g, float weight, float c_out, int64_t M) {
+  return float(2.0 * double(g) * double(weight) * double(c_out) / double(M));
+}
+
 template <bool kVec4>
 __global__ void __launch_bounds__(kSegmentThreads)
     dsm_loss_kernel(const float* __restrict__ raw, const float* __restrict__ x, const float* __restrict__ target,
                     int64_t B, int64_t M, int64_t S, const float* __restrict__ c_skip,
                     const float* __restrict__ c_out, const float* __restrict__ weight, float* __restrict__ loss,
-                    double* __restrict__ partials) {
+                    double* __restrict__ partials, float grad_scale, float* __restrict__ grad_raw) {
   Segment s;
   if (!warp_segment(B, M, S, s)) return;
   const int lane = threadIdx.x % 32;
   const float cs = c_skip[s.row], co = c_out[s.row];
+  const float factor = gradient_factor(grad_scale, weight[s.row], co, M);
   const int64_t base = s.row * M;
   double acc = 0.0;
   for_each<kVec4>(s.begin, s.end, lane, 32, [&](int64_t j, auto width) {
     constexpr int W = decltype(width)::value;
     const Floats<W> r = load<W>(raw + base + j), xv = load<W>(x + base + j), t = load<W>(target + base + j);
+    Floats<W> g;
 #pragma unroll
     for (int i = 0; i < W; ++i) {
       const float e = fmaf(cs, xv.v[i], co * r.v[i]) - t.v[i];
       acc = fma(double(e), double(e), acc);
+      g.v[i] = factor * e;
     }
+    if (grad_raw != nullptr) store<W>(grad_raw + base + j, g);
   });
   acc = warp_sum(acc);
   if (lane != 0) return;
@@ -85,7 +97,7 @@ __global__ void __launch_bounds__(kSegmentThreads)
   if (!warp_segment(B, M, S, s)) return;
   const int lane = threadIdx.x % 32;
   const float cs = c_skip[s.row], co = c_out[s.row];
-  const float scale = float(2.0 * double(grad_loss[s.row]) * double(weight[s.row]) * double(co) / double(M));
+  const float scale = gradient_factor(grad_loss[s.row], weight[s.row], co, M);
   const int64_t base = s.row * M;
   for_each<kVec4>(s.begin, s.end, lane, 32, [&](int64_t j, auto width) {
     constexpr int W = decltype(width)::value;
@@ -179,32 +191,51 @@ int64_t dmd_gradient_workspace_bytes(int64_t B, int64_t M) {
   return partials_layout(B, M, offset).bytes();
 }
 
-void dsm_loss(const float* raw, const float* x, const float* target, int64_t B, int64_t M, const float* c_skip,
-              const float* c_out, const float* weight, float* loss, void* workspace, int64_t workspace_bytes,
-              cudaStream_t stream, int device) {
-  check_sizes("dsm_loss", B, M);
+namespace {
+
+void dsm_loss_pass(const char* op, const float* raw, const float* x, const float* target, int64_t B, int64_t M,
+                   const float* c_skip, const float* c_out, const float* weight, float* loss, void* workspace,
+                   int64_t workspace_bytes, float grad_scale, float* grad_raw, cudaStream_t stream, int device) {
+  check_sizes(op, B, M);
   int64_t offset;
   const WorkspaceLayout layout = partials_layout(B, M, offset);
-  const Workspace ws("dsm_loss", workspace, workspace_bytes, layout);
+  const Workspace ws(op, workspace, workspace_bytes, layout);
   if (B == 0) return;
-  check_pointers("dsm_loss", {c_skip, c_out, weight, loss});
-  if (M > 0) check_pointers("dsm_loss", {raw, x, target});
+  check_pointers(op, {c_skip, c_out, weight, loss});
+  if (M > 0) check_pointers(op, {raw, x, target});
   DeviceGuard guard(device);
   const int64_t S = segments_per_row(M);
   double* partials = S > 1 ? ws.at<double>(offset) : nullptr;  // [B, S]
-  const unsigned blocks = segment_blocks(B, S, "dsm_loss");
-  if (vec4_rows(M, {raw, x, target}))
+  const unsigned blocks = segment_blocks(B, S, op);
+  if (vec4_rows(M, {raw, x, target, grad_raw}))
     dsm_loss_kernel<true><<<blocks, kSegmentThreads, 0, stream>>>(raw, x, target, B, M, S, c_skip, c_out, weight,
-                                                                  loss, partials);
+                                                                  loss, partials, grad_scale, grad_raw);
   else
     dsm_loss_kernel<false><<<blocks, kSegmentThreads, 0, stream>>>(raw, x, target, B, M, S, c_skip, c_out, weight,
-                                                                   loss, partials);
+                                                                   loss, partials, grad_scale, grad_raw);
   GENCORE_CUDA_CHECK_LAUNCH("dsm_loss_kernel");
   if (S > 1) {
-    dsm_loss_finish_kernel<<<blocks_for(B, kFinishWarps, "dsm_loss"), kFinishWarps * 32, 0, stream>>>(
-        partials, B, M, S, weight, loss);
+    dsm_loss_finish_kernel<<<blocks_for(B, kFinishWarps, op), kFinishWarps * 32, 0, stream>>>(partials, B, M, S,
+                                                                                             weight, loss);
     GENCORE_CUDA_CHECK_LAUNCH("dsm_loss_finish_kernel");
   }
+}
+
+}  // namespace
+
+void dsm_loss(const float* raw, const float* x, const float* target, int64_t B, int64_t M, const float* c_skip,
+              const float* c_out, const float* weight, float* loss, void* workspace, int64_t workspace_bytes,
+              cudaStream_t stream, int device) {
+  dsm_loss_pass("dsm_loss", raw, x, target, B, M, c_skip, c_out, weight, loss, workspace, workspace_bytes, 0.0f,
+                nullptr, stream, device);
+}
+
+void dsm_loss_and_grad(const float* raw, const float* x, const float* target, int64_t B, int64_t M,
+                       const float* c_skip, const float* c_out, const float* weight, float grad_scale, float* loss,
+                       float* grad_raw, void* workspace, int64_t workspace_bytes, cudaStream_t stream, int device) {
+  if (B > 0 && M > 0 && grad_raw == nullptr) fail_argument("dsm_loss_and_grad", "a data pointer is null");
+  dsm_loss_pass("dsm_loss_and_grad", raw, x, target, B, M, c_skip, c_out, weight, loss, workspace, workspace_bytes,
+                grad_scale, grad_raw, stream, device);
 }
 
 void dsm_loss_backward(const float* raw, const float* x, const float* target, int64_t B, int64_t M,

@@ -34,6 +34,12 @@ void dsm_loss(const float* raw, const float* x, const float* target, int64_t B, 
               const float* c_out, const float* weight, float* loss, void* workspace, int64_t workspace_bytes,
               cudaStream_t stream, int device);
 
+// dsm_loss and, in the same pass, grad_raw [B, M], the gradient of
+// grad_scale * sum_b loss_b (dsm_loss_backward's answer for grad_loss = grad_scale).
+void dsm_loss_and_grad(const float* raw, const float* x, const float* target, int64_t B, int64_t M,
+                       const float* c_skip, const float* c_out, const float* weight, float grad_scale, float* loss,
+                       float* grad_raw, void* workspace, int64_t workspace_bytes, cudaStream_t stream, int device);
+
 // grad_raw [B, M] = 2 grad_loss_b weight_b c_out_b (pred_bj - target_bj) / M,
 // pred = c_skip_b x_bj + c_out_b raw_bj. No workspace.
 void dsm_loss_backward(const float* raw, const float* x, const float* target, int64_t B, int64_t M,

@@ -233,6 +233,12 @@ class Op:
             return _PLAIN
         return _AUTOGRAD if self._function is not None else None
 
+    def eager_autograd(self, args: tuple) -> bool:
+        """Whether a call with ``args`` would run eagerly and record a gradient: nothing
+        traces or transforms it, and a tensor argument requires grad. A public function
+        may then take a faster eager route of its own (see score's dsm_loss)."""
+        return self._fast_path(args) is _AUTOGRAD
+
     def _eager(self, args: tuple) -> bool:
         """Whether the call runs the implementation directly (no autograd needed)."""
         return self._fast_path(args) is _PLAIN

@@ -59,6 +59,68 @@ def test_dsm_gradients(rng):
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_dsm_gradient_written_by_the_forward(rng, reduction, dtype):
+    # An eager mean/sum loss needing only raw's gradient gets it from the forward pass:
+    # the same gradient as the two-pass path and the direct formula, handed to raw.grad
+    # without a copy, for any upstream gradient, twice under retain_graph.
+    from gencore.score.ops import _losses as ops
+    b, shape = 6, (6, 3, 5, 7)
+    raw, x, target = (randn(rng, *shape) for _ in range(3))
+    c = [0.1 + torch.rand(b, generator=rng, dtype=torch.float64) for _ in range(3)]
+    cast = [t.to(dtype) for t in (raw, x, target, *c)]
+    fused = cast[0].clone().requires_grad_()
+    loss = dsm_loss(fused, *cast[1:], reduction=reduction)
+    assert type(loss.grad_fn).__name__.startswith("_GradientFromForward")
+    loss.backward(retain_graph=True)
+    two_pass = cast[0].clone().requires_grad_()
+    per_sample = dsm_loss(two_pass, *cast[1:], reduction="none")
+    (per_sample.mean() if reduction == "mean" else per_sample.sum()).backward()
+    assert fused.grad.dtype == dtype
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(fused.grad.double(), two_pass.grad.double(), rtol=tol, atol=tol * 1e-2)
+    want = direct_dsm(*(t.double() for t in cast)).mean() if reduction == "mean" else None
+    if want is not None:
+        torch.testing.assert_close(loss.double(), want, rtol=tol, atol=0)
+    first = fused.grad.clone()
+    fused.grad = None
+    (loss * 3.0).backward()  # the retained graph, an upstream gradient of 3
+    torch.testing.assert_close(fused.grad, 3.0 * first, rtol=tol, atol=tol * 1e-2)
+
+    handed = []
+    real_op = ops.DSM_LOSS_AND_GRAD.trusted
+    def spy(*args):
+        out = real_op(*args)
+        handed.append(out[1].data_ptr())  # not the tensor: a second reference would make autograd copy it
+        return out
+    fresh = cast[0].clone().requires_grad_()
+    try:
+        ops.DSM_LOSS_AND_GRAD.trusted = spy
+        dsm_loss(fresh, *cast[1:], reduction=reduction).backward()
+    finally:
+        ops.DSM_LOSS_AND_GRAD.trusted = real_op
+    if dtype != torch.bfloat16:  # bfloat16 is computed in float32, then cast: a new tensor
+        assert fresh.grad.data_ptr() == handed[0]
+
+
+def test_dsm_two_pass_path_where_the_forward_cannot_know_the_gradient(rng):
+    # gradients to x or target, per-sample losses, create_graph, tracing: the registered ops
+    raw, x, target = (randn(rng, 4, 9).requires_grad_() for _ in range(3))
+    c = [0.1 + torch.rand(4, generator=rng, dtype=torch.float64) for _ in range(3)]
+    for loss in (dsm_loss(raw, x, target, *c), dsm_loss(raw, x.detach(), target, *c),
+                 dsm_loss(raw, x.detach(), target.detach(), *c, reduction="none").sum()):
+        assert not type(loss.grad_fn).__name__.startswith("_GradientFromForward")
+    (g,) = torch.autograd.grad(dsm_loss(raw, x.detach(), target.detach(), *c), raw, create_graph=True)
+    b = raw.detach().clone().requires_grad_()
+    direct_dsm(b, x.detach(), target.detach(), *c).mean().backward()
+    torch.testing.assert_close(g, b.grad, rtol=1e-12, atol=1e-14)
+    compiled = torch.compile(lambda r: dsm_loss(r, x.detach(), target.detach(), *c), fullgraph=True)
+    a = raw.detach().clone().requires_grad_()
+    compiled(a).backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-14)
+
+
 def test_dsm_bad_input(rng):
     raw = randn(rng, 4, 3)
     ones = torch.ones(4, dtype=torch.float64)
@@ -74,6 +136,10 @@ def test_dsm_bad_input(rng):
         dsm_loss(bad, raw, raw, ones, ones, ones)
     with pytest.raises(NotImplementedError, match="c_out"):
         dsm_loss(raw.requires_grad_(), raw, raw, ones, ones.clone().requires_grad_(), ones).backward()
+    from gencore.score.ops._losses import DSM_LOSS_AND_GRAD
+    for bad_scale in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="grad_scale"):
+            DSM_LOSS_AND_GRAD(raw.detach(), raw.detach(), raw.detach(), ones, ones, ones, bad_scale)
 
 
 @pytest.mark.parametrize("kind", ["x0", "epsilon", "v", "flow"])
@@ -354,6 +420,12 @@ def test_cuda_glue_of_long_rows_over_the_fake(rng, monkeypatch):
     g = torch.randn(b, generator=rng)
     loss = ops.DSM_LOSS.implementation("native-cuda")(raw, x, target, *c)
     grad = ops.DSM_LOSS_BACKWARD.implementation("native-cuda")(raw, x, target, *c, g)
+    fused_loss, fused_grad = ops.DSM_LOSS_AND_GRAD.implementation("native-cuda")(raw, x, target, *c, 0.75)
+    torch.testing.assert_close(fused_loss, loss, rtol=0, atol=0)
+    uniform = torch.full((b,), 0.75)
+    torch.testing.assert_close(fused_grad.double(),
+                               ops._dsm_grads_reference(*(t.double() for t in (raw, x, target, *c, uniform))),
+                               rtol=1e-5, atol=1e-8)
     dmd = ops.DMD_GRADIENT.implementation("native-cuda")(raw, x, target)
     assert grad.shape == shape and dmd.shape == shape
     want = direct_dsm(*(t.double() for t in (raw, x, target, *c)))
@@ -363,16 +435,23 @@ def test_cuda_glue_of_long_rows_over_the_fake(rng, monkeypatch):
     torch.testing.assert_close(dmd.double(), reference.dmd_gradient(raw.double(), x.double(), target.double()),
                                rtol=1e-5, atol=1e-6)
     partials = 8 * b * 2
-    assert 4100 > SCORE_SEGMENT and fake.workspaces == [("dsm_loss", partials), ("dmd_gradient", partials)]
+    assert 4100 > SCORE_SEGMENT and fake.workspaces == [("dsm_loss", partials), ("dsm_loss_and_grad", partials),
+                                                        ("dmd_gradient", partials)]
     assert fake.calls["dsm_loss"] == fake.calls["dsm_loss_backward"] == fake.calls["dmd_gradient"] == 1
+    assert fake.calls["dsm_loss_and_grad"] == 1
 
 
 # ---------------------------------------------------------------- native kernel paths
 
 def dsm_ops(raw, x, target, c, grad_loss):
-    """(loss [B], grad_raw [B, ...]) through the two ops (native CPU by default)."""
-    from gencore.score.ops._losses import DSM_LOSS, DSM_LOSS_BACKWARD
-    return DSM_LOSS(raw, x, target, *c), DSM_LOSS_BACKWARD(raw, x, target, *c, grad_loss)
+    """(loss [B], grad_raw [B, ...]) through the two ops (native CPU by default); checks on
+    the way that the fused forward (DSM_LOSS_AND_GRAD) writes the same bits as both."""
+    from gencore.score.ops._losses import DSM_LOSS, DSM_LOSS_AND_GRAD, DSM_LOSS_BACKWARD
+    loss, grad = DSM_LOSS(raw, x, target, *c), DSM_LOSS_BACKWARD(raw, x, target, *c, grad_loss)
+    fused_loss, fused_grad = DSM_LOSS_AND_GRAD(raw, x, target, *c, 0.75)
+    assert torch.equal(fused_loss, loss)
+    assert torch.equal(fused_grad, DSM_LOSS_BACKWARD(raw, x, target, *c, torch.full_like(grad_loss, 0.75)))
+    return loss, grad
 
 
 def direct_dsm_grad(raw, x, target, c_skip, c_out, weight, grad_loss):

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import torch
 
 from .. import _checks
-from .ops._losses import DMD_GRADIENT, DSM_LOSS
+from .ops._losses import DMD_GRADIENT, reduced_dsm_loss
 
 __all__ = ["edm_precond", "vp_precond", "ve_precond", "EDMPrecond", "VPPrecond", "VEPrecond", "dsm_loss",
            "dsm_target", "edm_loss", "vp_loss", "ve_loss", "sliced_score_matching_loss", "dmd_gradient", "dmd_loss"]
@@ -158,7 +158,10 @@ def dsm_loss(raw: torch.Tensor, x: torch.Tensor, target: torch.Tensor, c_skip: O
         reduction: "mean" over the batch (default), "sum" or "none" ([B]).
 
     One pass over the batch forward, one backward (native CPU / CUDA kernels);
-    gradients flow to raw, x and target. float32 is the fast path; float64 runs
+    gradients flow to raw, x and target. An eager "mean" / "sum" call that needs
+    only raw's gradient writes that gradient in the forward pass
+    (gencore::score_dsm_loss_and_grad), so ``backward()`` costs no second pass
+    (it keeps one raw-sized tensor until then). float32 is the fast path; float64 runs
     natively on the CPU; fp16 / bf16 are computed in float32. NaN/inf raise
     ValueError on the CPU.
     """
@@ -170,8 +173,9 @@ def dsm_loss(raw: torch.Tensor, x: torch.Tensor, target: torch.Tensor, c_skip: O
         if c is None:
             return torch.full((b,), default, dtype=dtype, device=raw.device)
         return c if c.dtype == dtype else c.to(dtype)
-    return _reduce(DSM_LOSS(raw, x, target, per_sample(c_skip, 0.0), per_sample(c_out, 1.0),
-                            per_sample(weight, 1.0)), reduction)
+    _checks.choice(reduction, "reduction", _REDUCTIONS)
+    return reduced_dsm_loss(raw, x, target, per_sample(c_skip, 0.0), per_sample(c_out, 1.0), per_sample(weight, 1.0),
+                            reduction)
 
 
 def dsm_target(parameterization: str, y: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor,

@@ -5,6 +5,13 @@ c_out [B], weight [B]) -> loss [B]:
     loss_b = weight_b * mean_j (c_skip_b x_bj + c_out_b raw_bj - target_bj)^2
 in one pass over the batch; its backward is one more pass (a native kernel too).
 
+gencore::score_dsm_loss_and_grad(..., float grad_scale) -> (loss [B], grad_raw [B, ...]):
+the same pass also writes d (grad_scale sum_b loss_b) / d raw. Training with a
+mean or sum loss knows its grad_loss (1/B or 1, times the upstream gradient,
+which is 1 for loss.backward()), so ``losses.dsm_loss`` runs this op forward
+and its backward has no pass left to make: one read of the three inputs per step
+instead of two.
+
 gencore::score_dmd_gradient(x0 [B, ...], denoised_real [B, ...],
 denoised_fake [B, ...]) -> grad [B, ...], the DMD generator gradient.
 """
@@ -95,6 +102,46 @@ def _dsm_grads_cuda(raw, x, target, c_skip, c_out, weight, grad_loss):
     return grad_raw.reshape(raw.shape)
 
 
+def _check_dsm_and_grad(raw, x, target, c_skip, c_out, weight, grad_scale):
+    _check_dsm(raw, x, target, c_skip, c_out, weight)
+    return raw, x, target, c_skip, c_out, weight, _checks.real(grad_scale, "grad_scale")
+
+
+def _dsm_and_grad_fake(raw, *rest):
+    return _dsm_fake(raw), raw.new_empty(raw.shape, dtype=reference.compute_dtype(raw.dtype))
+
+
+def _dsm_and_grad_reference(raw, x, target, c_skip, c_out, weight, grad_scale):
+    grad_loss = torch.full((raw.shape[0],), grad_scale, dtype=reference.compute_dtype(raw.dtype), device=raw.device)
+    return (reference.dsm_loss(raw, x, target, c_skip, c_out, weight),
+            _dsm_grads_reference(raw, x, target, c_skip, c_out, weight, grad_loss))
+
+
+def _dsm_and_grad_cpu(raw, x, target, c_skip, c_out, weight, grad_scale):
+    dtype = reference.compute_dtype(raw.dtype)
+    b = raw.shape[0]
+    loss, loss_array = _native_call.cpu_output((b,), dtype)
+    grad_raw, grad_raw_array = _native_call.cpu_output(raw.shape, dtype, (b, raw[0].numel()))
+    _native.core.dsm_loss_and_grad(*(_native_call.cpu_array(_rows(t, b), dtype) for t in (raw, x, target)),
+                                   *(_native_call.cpu_array(t, dtype) for t in (c_skip, c_out, weight)),
+                                   grad_scale, loss_array, grad_raw_array, _native_call.threads())
+    return loss, grad_raw
+
+
+def _dsm_and_grad_cuda(raw, x, target, c_skip, c_out, weight, grad_scale):
+    b = raw.shape[0]
+    r, xs, tg = (_native_call.cuda_input(_rows(t, b)) for t in (raw, x, target))
+    cs, co, w = (_native_call.cuda_input(t) for t in (c_skip, c_out, weight))
+    loss = _native_call.output((b,), torch.float32, r.device)
+    grad_raw = _native_call.output(r.shape, torch.float32, r.device)
+    workspace = _native_call.cuda_workspace(_native.cuda.dsm_loss_workspace_bytes(b, r.shape[1]), r.device)
+    _native.cuda.dsm_loss_and_grad(r.data_ptr(), xs.data_ptr(), tg.data_ptr(), b, r.shape[1], cs.data_ptr(),
+                                   co.data_ptr(), w.data_ptr(), grad_scale, loss.data_ptr(), grad_raw.data_ptr(),
+                                   workspace.data_ptr(), workspace.numel(), _native_call.cuda_stream(r.device),
+                                   _native_call.device_index(r.device))
+    return loss, grad_raw.reshape(raw.shape)
+
+
 def _dsm_residual(raw, x, target, c_skip, c_out, weight, grad_loss):
     """2 grad_loss_b weight_b (pred - target) / M: d loss / d pred, [B, ...]."""
     dtype = reference.compute_dtype(raw.dtype)
@@ -163,6 +210,17 @@ DSM_LOSS = Op(
 )
 
 
+DSM_LOSS_AND_GRAD = Op(
+    "score.dsm_loss_and_grad",
+    "(Tensor raw, Tensor x, Tensor target, Tensor c_skip, Tensor c_out, Tensor weight, float grad_scale) "
+    "-> (Tensor, Tensor)",
+    check=_check_dsm_and_grad, fake=_dsm_and_grad_fake, reference=_dsm_and_grad_reference, cpu=_dsm_and_grad_cpu,
+    cuda=_dsm_and_grad_cuda,
+    samples=lambda gen: [(*args, float(torch.rand((), generator=gen)) + 0.5) for args in _dsm_samples(gen)],
+    **_DSM_KIT,
+)
+
+
 def _check_dsm_backward(raw, x, target, c_skip, c_out, weight, grad_loss):
     _check_dsm(raw, x, target, c_skip, c_out, weight)
     _checks.tensor(grad_loss, "grad_loss", ndim=1)
@@ -179,6 +237,48 @@ DSM_LOSS_BACKWARD = Op(
     samples=lambda gen: [(*args, torch.randn(args[0].shape[0], generator=gen, dtype=args[0].dtype))
                          for args in _dsm_samples(gen)], **_DSM_KIT,
 )
+
+
+class _GradientFromForward(torch.autograd.Function):
+    """A reduced DSM loss whose gradient comes out of the forward pass
+    (DSM_LOSS_AND_GRAD): the backward hands it over without touching the inputs
+    again, and without a copy (the only reference goes to autograd, which keeps
+    it as raw.grad). It holds one raw-sized tensor from forward to backward."""
+
+    @staticmethod
+    def forward(ctx, raw, x, target, c_skip, c_out, weight, reduction):
+        grad_scale = 1.0 / raw.shape[0] if reduction == "mean" else 1.0
+        per_sample, grad_raw = DSM_LOSS_AND_GRAD.trusted(raw, x, target, c_skip, c_out, weight, grad_scale)
+        ctx.grad_raw, ctx.grad_scale = grad_raw, grad_scale
+        ctx.save_for_backward(raw, x, target, c_skip, c_out, weight)
+        return per_sample.mean() if reduction == "mean" else per_sample.sum()
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        raw, x, target, c_skip, c_out, weight = ctx.saved_tensors
+        grad_raw, ctx.grad_raw = ctx.grad_raw, None
+        if grad_raw is None or torch.is_grad_enabled():
+            # A second backward (retain_graph) or create_graph: the backward kernel from the inputs.
+            grad_loss = (grad_total * ctx.grad_scale).to(reference.compute_dtype(raw.dtype)).expand(raw.shape[0])
+            grad_raw = DSM_LOSS_BACKWARD.trusted(raw, x, target, c_skip, c_out, weight, grad_loss.contiguous())
+        elif not (grad_total.is_cpu and float(grad_total) == 1.0):  # loss.backward() passes 1: nothing to do
+            grad_raw = grad_raw * grad_total
+        return grad_raw.to(raw.dtype), None, None, None, None, None, None
+
+
+def reduced_dsm_loss(raw, x, target, c_skip, c_out, weight, reduction: str) -> torch.Tensor:
+    """DSM_LOSS reduced over the batch ("mean" / "sum" / "none"). Eager training
+    calls that need only raw's gradient take _GradientFromForward; every other
+    call (tracing, gradients to x, target or a coefficient, no gradient) the
+    registered ops."""
+    args = DSM_LOSS._check(raw, x, target, c_skip, c_out, weight)
+    only_raw = raw.requires_grad and not any(t.requires_grad for t in args[1:])
+    if reduction != "none" and only_raw and DSM_LOSS.eager_autograd(args):
+        return _GradientFromForward.apply(*args, reduction)
+    per_sample = DSM_LOSS.trusted(*args)
+    if reduction == "none":
+        return per_sample
+    return per_sample.sum() if reduction == "sum" else per_sample.mean()
 
 
 # ====================================================================== DMD gradient
