@@ -2,7 +2,7 @@
 CUDA Python glue of every op with CPU tensors.
 
 ``FakeCuda`` has exactly the API of the real module (``cuda/module.cu``,
-``cuda/bindings/ood.cu``, ``cuda/bindings/score.cu``, ``cuda/bindings/ode.cu``) and its contract as
+``cuda/bindings/*.cu``) and its contract as
 documented in ``cuda/ood/*.cuh``, ``cuda/score/*.cuh`` and ``cuda/ode/*.cuh``:
 the same outputs (keys formed in float32 the way the kernels form them, sums
 in float64), the same tie rules (lower index first; NaN keys rank last in kNN
@@ -515,6 +515,43 @@ class FakeCuda:
             zx[:] = -p[:, :, None] * w.astype(F32)
         rescale[:] = r
         running_max[:] = new_max
+
+    # ------------------------------------------------------------ ot: sliced Wasserstein's 1-D step
+
+    def sliced_1d(self, xs_ptr, ys_ptr, cx_ptr, cy_ptr, P, n, m, p, out_ptr, grad_xs_out_ptr, grad_ys_out_ptr,
+                  stream, device):
+        """cuda/ot/sliced.cuh: out [P] = sum_ij overlap_ij |xs_i - ys_j|^p over the quantile
+        intervals of the cumulative weights cx, cy (the last of each reaching max(cx[-1],
+        cy[-1])); grad_xs / grad_ys (both or neither) its gradient in the sorted order."""
+        op = "sliced_1d"
+        self.calls[op] += 1
+        if P < 0 or n < 0 or m < 0:
+            _fail(op, f"need P, n, m >= 0, got P={P}, n={n}, m={m}")
+        if not (p > 0.0 and math.isfinite(p)):
+            _fail(op, f"p must be finite and > 0, got {p}")
+        if bool(grad_xs_out_ptr) != bool(grad_ys_out_ptr):
+            _fail(op, "grad_xs and grad_ys: both or neither")
+        if P == 0:
+            return
+        if n == 0 or m == 0:
+            _fail(op, "x and y need at least one point each")
+        _require(op, xs_ptr, ys_ptr, cx_ptr, cy_ptr, out_ptr)
+        self._enter(op, device, stream)
+        xs, ys = _view(xs_ptr, (P, n), F32, "xs", op).astype(F64), _view(ys_ptr, (P, m), F32, "ys", op).astype(F64)
+        cx, cy = _view(cx_ptr, (P, n), F64, "cx", op), _view(cy_ptr, (P, m), F64, "cy", op)
+        top = np.maximum(cx[:, -1], cy[:, -1])[:, None]
+        upper_x, upper_y = np.concatenate([cx[:, :-1], top], 1), np.concatenate([cy[:, :-1], top], 1)
+        lower_x, lower_y = np.concatenate([np.zeros((P, 1)), cx[:, :-1]], 1), np.concatenate([np.zeros((P, 1)),
+                                                                                              cy[:, :-1]], 1)
+        overlap = np.maximum(np.minimum(upper_x[:, :, None], upper_y[:, None, :])
+                             - np.maximum(lower_x[:, :, None], lower_y[:, None, :]), 0.0)   # [P, n, m]
+        d = xs[:, :, None] - ys[:, None, :]
+        _view(out_ptr, (P,), F32, "out", op)[:] = (overlap * np.abs(d) ** p).sum((1, 2)).astype(F32)
+        if grad_xs_out_ptr:
+            with np.errstate(all="ignore"):
+                slope = np.where(d == 0.0, 0.0, p * np.abs(d) ** (p - 1.0) * np.sign(d))
+            _view(grad_xs_out_ptr, (P, n), F32, "grad_xs_out", op)[:] = (overlap * slope).sum(2).astype(F32)
+            _view(grad_ys_out_ptr, (P, m), F32, "grad_ys_out", op)[:] = (-(overlap * slope)).sum(1).astype(F32)
 
     # ------------------------------------------------------------ score: DSM loss, DMD gradient
 

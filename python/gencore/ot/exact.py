@@ -223,8 +223,9 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tenso
     Returns a scalar in x's dtype (float32 for fp16/bf16). Cost: the GEMMs
     [P, D] x [D, n + m]; then, parallel over projections, a stable radix sort of
     each projected row and the merge of the two cumulative weight sequences,
-    O(P (n + m)) (native CPU kernel; on CUDA the reference runs: torch.sort and
-    searchsorted, with a one-time warning). Memory O(P (n + m)).
+    O(P (n + m)) (native CPU kernel; on CUDA torch's segmented sort, then
+    gencore's integration kernel, a block per projection, deterministic).
+    Memory O(P (n + m)).
 
     Gradients flow to x and y (through the sort's matching: almost everywhere the
     exact gradient), not to a, b or the projections. NaN/inf in x or y: ValueError

@@ -1,5 +1,7 @@
 """ot sliced-Wasserstein 1-D op (sort each projection, integrate the quantile
-distance) and its gradient op, through the op kit."""
+distance) and its gradient op, through the op kit. CPU: one native kernel (radix
+sort + merge); CUDA: torch's segmented sort, then gencore's integration kernel
+(cuda/ot/sliced.cu)."""
 from __future__ import annotations
 
 import torch
@@ -48,6 +50,31 @@ def _call(x, y, wx, wy, p, with_grads):
                            _native_call.cpu_array(wx, torch.float64), _native_call.cpu_array(wy, torch.float64), p,
                            out_array, grads[0][1], grads[1][1], _native_call.threads())
     return out, grads[0][0], grads[1][0]
+
+
+def _cuda_call(x, y, wx, wy, p, with_grads):
+    """torch's segmented sort and cumulative sums on the device, then gencore's kernel on
+    the sorted rows; gradients go back to the rows' own order through the sort's permutation."""
+    xs, ox = x.float().sort(dim=1, stable=True)
+    ys, oy = y.float().sort(dim=1, stable=True)
+    cx, cy = wx.double()[ox].cumsum(1), wy.double()[oy].cumsum(1)
+    P, n, m = x.shape[0], x.shape[1], y.shape[1]
+    out = _native_call.output((P,), torch.float32, x.device)
+    grad_xs, grad_ys = (torch.empty_like(t) if with_grads else None for t in (xs, ys))
+    _native.cuda.sliced_1d(xs.data_ptr(), ys.data_ptr(), cx.data_ptr(), cy.data_ptr(), P, n, m, p, out.data_ptr(),
+                           0 if grad_xs is None else grad_xs.data_ptr(), 0 if grad_ys is None else grad_ys.data_ptr(),
+                           _native_call.cuda_stream(x.device), _native_call.device_index(x.device))
+    if not with_grads:
+        return out, None, None
+    return out, torch.empty_like(grad_xs).scatter_(1, ox, grad_xs), torch.empty_like(grad_ys).scatter_(1, oy, grad_ys)
+
+
+def _cuda(x, y, wx, wy, p):
+    return _cuda_call(x, y, wx, wy, p, False)[0]
+
+
+def _grad_cuda(x, y, wx, wy, p):
+    return _cuda_call(x, y, wx, wy, p, True)[1:]
 
 
 def _cpu(x, y, wx, wy, p):
@@ -106,13 +133,13 @@ def _samples(gen):
 
 SLICED_1D = Op(
     "ot.sliced_1d", "(Tensor x, Tensor y, Tensor wx, Tensor wy, float p) -> Tensor",
-    check=_check, fake=_fake, reference=_reference, cpu=_cpu, cuda=None,
+    check=_check, fake=_fake, reference=_reference, cpu=_cpu, cuda=_cuda,
     finite=("x", "y", "wx", "wy"), cpu_kernel_checks=("x", "y"), empty=lambda x, y, wx, wy, p: x.shape[0] == 0,
     backward=_backward, setup_context=_setup_context, samples=_samples,
 )
 
 SLICED_1D_GRAD = Op(
     "ot.sliced_1d_grad", "(Tensor x, Tensor y, Tensor wx, Tensor wy, float p) -> (Tensor, Tensor)",
-    check=_check, fake=_grad_fake, reference=_grad_reference, cpu=_grad_cpu, cuda=None,
+    check=_check, fake=_grad_fake, reference=_grad_reference, cpu=_grad_cpu, cuda=_grad_cuda,
     finite=("x", "y", "wx", "wy"), cpu_kernel_checks=("x", "y"), empty=lambda x, y, wx, wy, p: x.shape[0] == 0, samples=_samples,
 )
