@@ -22,12 +22,27 @@ AWQ (llm-awq / AutoAWQ GEMM checkpoints), 4 bits:
     qzeros  int32 [G, N / 8]: the zero points, packed the same way (no offset);
     scales  float16 [G, N];  W[n, k] = (code(k, n) - zero(k // group_size, n)) * scales[k // group_size, n].
 
+torchao / tinygemm affine int4 (torchao's ``groupwise_affine_quantize_tensor``,
+``Int4WeightOnlyConfig``'s "tinygemm" qparams; what torch's
+``_convert_weight_to_int4pack_for_cpu`` + ``_weight_int4pack_mm_for_cpu`` and
+the CUDA ``_weight_int4pack_mm`` take), 4 bits, full groups of 32/64/128/256:
+    int_data         int32 [N, K]: the codes, one per element (torch's packing
+                     ops pack them into their own kernel layouts);
+    scales_and_zeros [G, N, 2] (bfloat16 usually): [..., 0] the scale,
+                     [..., 1] a zero point in the *float* domain;
+    W[n, k] = (code - 8) * scale + zero  (the mid-code 8 sits at ``zero``).
+    In gencore's form that is (code - z) * scale with z = 8 - zero / scale: a
+    fractional z in general (the float path of every kernel takes it; the int8-
+    activation path refuses it), equal to the checkpoint's weight up to float32
+    rounding of zero / scale. Exported zeros are (8 - z) * scale.
+
 Every importer checks that the tensors agree with each other (ValueError /
 TypeError naming the argument), never modifies them, and gives a
 QuantizedWeight whose dequantized weight is exactly the checkpoint's (scales
 converted to float32 exactly). Exporters refuse what the format cannot hold
 (a K or N that does not fill whole int32 words, a zero point of 0 in GPTQ v1,
-non-integer zeros).
+non-integer zeros, a partial group for tinygemm). tinygemm's float zero points
+are the one import that is exact only to float32 rounding (see above).
 """
 from __future__ import annotations
 
@@ -227,3 +242,67 @@ def to_awq(qw: QuantizedWeight, scale_dtype: torch.dtype = torch.float16) -> dic
         grouped = values.reshape(values.shape[0], -1, 8)[:, :, nibble_order]
         return _pack_words(grouped.reshape(values.shape[0], -1), 4, dim=1)
     return {"qweight": pack(codes.T), "qzeros": pack(zeros), "scales": scales.to(scale_dtype).contiguous()}
+
+
+# ---------------------------------------------------------------- torchao / tinygemm affine int4
+
+TINYGEMM_MID_CODE = 8
+TINYGEMM_GROUP_SIZES = (32, 64, 128, 256)
+
+
+def _tinygemm_group(group_size: int, k: int) -> int:
+    group = _checks.integer(group_size, "group_size")
+    if group not in TINYGEMM_GROUP_SIZES:
+        raise ValueError(f"group_size must be one of {TINYGEMM_GROUP_SIZES} for tinygemm, got {group}")
+    if k % group:
+        raise ValueError(f"in_features={k} is not a multiple of group_size={group}: tinygemm has no partial groups")
+    return group
+
+
+def from_tinygemm(int_data: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int = 128) -> QuantizedWeight:
+    """torchao's tinygemm affine int4 (``int_data`` [N, K] int32 codes, ``scales_and_zeros``
+    [G, N, 2]; see the module docstring) -> QuantizedWeight with float32 scales and zeros
+    z = 8 - zero / scale (fractional in general). Groups of 256 come in as pairs of
+    groups of 128 sharing a scale and zero (the same weight; gencore's kernels take <= 128)."""
+    _checks.tensor(int_data, "int_data", ndim=2, dtypes=(torch.int32,))
+    n, k = int_data.shape
+    group = _tinygemm_group(group_size, k)
+    g = k // group
+    _checks.tensor(scales_and_zeros, "scales_and_zeros", ndim=3, dtypes=reference.SCALE_DTYPES)
+    if tuple(scales_and_zeros.shape) != (g, n, 2):
+        raise ValueError(f"scales_and_zeros must have shape [{g}, {n}, 2] for int_data {tuple(int_data.shape)} "
+                         f"and group_size={group}, got {tuple(scales_and_zeros.shape)}")
+    _checks.same_device(int_data=int_data, scales_and_zeros=scales_and_zeros)
+    if int_data.numel() and bool(((int_data < 0) | (int_data > 15)).any()):
+        raise ValueError("int_data must hold 4-bit codes in [0, 15]")
+    _checks.finite(scales_and_zeros, "scales_and_zeros")
+    scales_gn, zero_gn = scales_and_zeros[..., 0].to(torch.float32), scales_and_zeros[..., 1].to(torch.float32)
+    if bool((scales_gn == 0).any()):
+        raise ValueError("scales_and_zeros holds a zero scale: its float zero point has no code")
+    zeros_gn = TINYGEMM_MID_CODE - zero_gn / scales_gn
+    if group not in reference.GROUP_SIZES and group < k:
+        # gencore's kernels take groups of up to 128: a group of 256 is two of 128 with its scale and zero
+        split = group // 128
+        scales_gn, zeros_gn = (t.repeat_interleave(split, 0) for t in (scales_gn, zeros_gn))
+        group = 128
+    return _ours(int_data, scales_gn, zeros_gn, 4, group, None)
+
+
+def to_tinygemm(qw: QuantizedWeight, scale_dtype: torch.dtype = torch.bfloat16) -> dict:
+    """QuantizedWeight (4 bits, whole groups of 32-256, no input permutation) ->
+    {"int_data", "scales_and_zeros", "group_size"} in torchao's tinygemm layout:
+    ``torch.ops.aten._convert_weight_to_int4pack_for_cpu(int_data, 1)`` then
+    ``torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scales_and_zeros)``
+    computes x @ W^T (with x in ``scale_dtype``)."""
+    if not isinstance(qw, QuantizedWeight):
+        raise TypeError(f"qw must be a gencore.quant.QuantizedWeight, got {type(qw).__name__}")
+    if qw.bits != 4:
+        raise ValueError(f"tinygemm holds 4-bit codes, qw has bits={qw.bits}")
+    if qw.perm is not None:
+        raise ValueError("tinygemm has no input-channel permutation; qw has one (act-order)")
+    group = _tinygemm_group(qw.group_size, qw.in_features)
+    codes = reference.unpack(qw.data, 4, qw.in_features).to(torch.int32)
+    scales = qw.scales.to(torch.float32)
+    zero = (TINYGEMM_MID_CODE - qw.zeros.to(torch.float32)) * scales
+    scales_and_zeros = torch.stack([scales.T, zero.T], dim=-1).to(scale_dtype).contiguous()
+    return {"int_data": codes, "scales_and_zeros": scales_and_zeros, "group_size": group}
