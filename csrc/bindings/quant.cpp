@@ -65,8 +65,8 @@ void dequantize(const py::array& data, const py::array& scales, const py::array&
 }
 
 // weight [N, K] float32 -> data [N, bytes] uint8, scales / zeros [N, G] float32
-void quantize(const py::array& weight, int bits, int64_t group, bool symmetric, py::array& data, py::array& scales,
-              py::array& zeros, int threads) {
+void quantize(const py::array& weight, int bits, int64_t group, bool symmetric, int clip_steps, py::array& data,
+              py::array& scales, py::array& zeros, int threads) {
   GENCORE_CHECK(bits == 4 || bits == 8, "bits must be 4 or 8, got ", bits);
   GENCORE_CHECK(group >= 1, "group_size must be >= 1, got ", group);
   const auto w = matrix_in<float>(weight, "weight");
@@ -76,7 +76,7 @@ void quantize(const py::array& weight, int bits, int64_t group, bool symmetric, 
   float* s = output<float>(scales, "scales", w.rows, groups);
   float* z = output<float>(zeros, "zeros", w.rows, groups);
   py::gil_scoped_release release;
-  quant::quantize(w, bits, group, symmetric, q, bytes, s, z, threads);
+  quant::quantize(w, bits, group, symmetric, clip_steps, q, bytes, s, z, threads);
 }
 
 }  // namespace
@@ -91,8 +91,9 @@ void bind_quant(py::module_& m) {
         py::arg("group_size"), py::arg("in_features"), py::arg("out"), py::arg("threads"),
         "out [N, K] = dequant(W), float32");
   m.def("quant_quantize", &quantize, py::arg("weight"), py::arg("bits"), py::arg("group_size"),
-        py::arg("symmetric"), py::arg("data"), py::arg("scales"), py::arg("zeros"), py::arg("threads"),
-        "Group quantization into the canonical packed layout (csrc/quant/quantize.h)");
+        py::arg("symmetric"), py::arg("clip_steps"), py::arg("data"), py::arg("scales"), py::arg("zeros"), py::arg("threads"),
+        "Group quantization into the canonical packed layout (csrc/quant/quantize.h); clip_steps > 1:\n"
+        "MSE-optimal clipping over that many shrunken ranges.");
   m.def("last_group_matmul_path", [] { return std::string(quant::last_group_matmul_path()); },
         "The path the calling thread's last group_matmul took: 'rows' or 'blas'.");
   m.def("group_matmul_blas_min_rows", &quant::group_matmul_blas_min_rows);

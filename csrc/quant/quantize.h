@@ -9,8 +9,16 @@
 
 namespace gencore::quant {
 
-// Refuses (std::invalid_argument) NaN/inf weights, naming the row.
-void quantize(MatrixView<const float> weight, int bits, int64_t group, bool symmetric, uint8_t* data,
-              int64_t data_stride, float* scales, float* zeros, int threads);
+// clip_steps <= 1: round to nearest on the group's full range. clip_steps > 1:
+// MSE-optimal clipping: the ranges shrunken by clip_ratio(i, clip_steps),
+// i = 0 .. clip_steps - 1 (1 down to just above 0.5), are each tried and the one
+// with the least squared weight error (summed in double, in k order; ties keep
+// the wider range) is kept. Refuses (std::invalid_argument) NaN/inf weights,
+// naming the row.
+void quantize(MatrixView<const float> weight, int bits, int64_t group, bool symmetric, int clip_steps,
+              uint8_t* data, int64_t data_stride, float* scales, float* zeros, int threads);
+
+// The i-th range scale of the clipping search: float(1 - 0.5 i / steps).
+float clip_ratio(int step, int steps);
 
 }  // namespace gencore::quant

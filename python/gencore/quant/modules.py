@@ -48,14 +48,15 @@ class QuantLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, bits: int = 4, group_size: int = 128,
-                    symmetric: bool = False) -> "QuantLinear":
-        """Quantizes ``linear.weight`` (round to nearest per group); copies the bias."""
+                    symmetric: bool = False, clip: Optional[str] = None) -> "QuantLinear":
+        """Quantizes ``linear.weight`` (round to nearest per group; clip="mse": MSE-optimal
+        clipping, see ``gencore.quant.quantize``); copies the bias."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
         weight = linear.weight.detach()
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, bits, group_size,
                      device=weight.device, dtype=weight.dtype)
-        module.set_weight(quantize(weight, bits, group_size, symmetric))
+        module.set_weight(quantize(weight, bits, group_size, symmetric, clip=clip))
         if linear.bias is not None:
             module.bias.data.copy_(linear.bias.detach())
         return module
@@ -103,16 +104,18 @@ Skip = Union[None, Iterable[str], Callable[[str, nn.Linear], bool]]
 
 
 def quantize_model(model: nn.Module, bits: int = 4, group_size: int = 128, symmetric: bool = False,
-                   skip: Skip = None) -> nn.Module:
+                   skip: Skip = None, clip: Optional[str] = None) -> nn.Module:
     """Replaces every ``nn.Linear`` of ``model`` (in place) by a ``QuantLinear``; returns ``model``.
 
     Args:
+        bits, group_size, symmetric, clip: as ``gencore.quant.quantize`` (clip="mse":
+            MSE-optimal clipping per group).
         skip: layers to keep in float: qualified names (``"head"``, ``"blocks.0.proj"``;
             a name also skips everything below it) or a predicate ``(name, linear) -> bool``.
     An ``nn.Linear`` passed as ``model`` itself is returned quantized (it cannot replace itself).
     """
     if isinstance(model, nn.Linear):
-        return QuantLinear.from_linear(model, bits, group_size, symmetric)
+        return QuantLinear.from_linear(model, bits, group_size, symmetric, clip)
     if callable(skip):
         skipped = skip
     else:
@@ -124,5 +127,5 @@ def quantize_model(model: nn.Module, bits: int = 4, group_size: int = 128, symme
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, QuantLinear.from_linear(linear, bits, group_size, symmetric))
+        setattr(parent, child, QuantLinear.from_linear(linear, bits, group_size, symmetric, clip))
     return model

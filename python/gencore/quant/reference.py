@@ -23,6 +23,10 @@ Quantization (round to nearest, ``torch.round``: ties to even), per group:
 * symmetric: scale = max |w| / (2**(bits-1) - 1), zero = 2**(bits-1) (8 or 128);
 * a group of zeros gets scale 1 (so dequant gives exact zeros);
 * q = clamp(round(w / scale) + zero, 0, 2**bits - 1).
+* optional MSE-optimal clipping (``clip="mse"``): the range (lo, hi), or max |w|,
+  is scaled by r_i = float32(1 - 0.5 i / steps), i = 0 .. steps - 1, and each
+  group keeps the scale / zero with the least sum of (w - dequant)^2 (ties: the
+  wider range), clipped codes saturating at 0 and 2**bits - 1.
 
 All arithmetic is float32 (float64 weights are rounded to float32 first), so
 the native quantize kernel reproduces it bit for bit.
@@ -82,31 +86,64 @@ def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
     return w.reshape(n, g, group_size)
 
 
-def quantize(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool):
-    """weight [N, K] -> (data uint8 [N, packed_columns(K, bits)], scales [N, G] float32,
-    zeros [N, G] float32). ``group_size`` is positive here (K for per-channel)."""
-    w = weight.detach().to(torch.float32)
-    n, k = w.shape
+def clip_ratio(step: int, steps: int) -> float:
+    """The step-th range scale of the clipping search, float32(1 - 0.5 step / steps)."""
+    return float(torch.tensor(1.0 - 0.5 * step / steps, dtype=torch.float32))
+
+
+def _group_params(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool):
+    """scales, zeros [N, G] of groups with range [lo, hi] (symmetric: hi = max |w|)."""
     top = float(2 ** bits - 1)
-    if k == 0:
-        empty = w.new_zeros(n, 0)
-        return torch.zeros(n, 0, dtype=torch.uint8, device=w.device), empty, empty.clone()
-    grouped = _grouped(w, group_size)
     # Tensor / tensor divisions throughout: a Python-scalar divisor may become a
     # multiplication by its reciprocal, which would round differently from the native kernel.
     if symmetric:
         half = 2 ** (bits - 1)
-        scales = grouped.abs().amax(dim=2) / torch.full((), float(half - 1), device=w.device)
+        scales = hi / torch.full((), float(half - 1), device=hi.device)
         scales = torch.where(scales == 0, torch.ones_like(scales), scales)
-        zeros = torch.full_like(scales, float(half))
+        return scales, torch.full_like(scales, float(half))
+    scales = (hi - lo) / torch.full((), top, device=hi.device)
+    scales = torch.where(scales == 0, torch.ones_like(scales), scales)
+    return scales, torch.round(-lo / scales).clamp(0.0, top)
+
+
+def _codes(grouped: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int) -> torch.Tensor:
+    """grouped [N, G, S] -> codes [N, G, S] (float) under per-group scales / zeros [N, G]."""
+    top = float(2 ** bits - 1)
+    return (torch.round(grouped / scales[..., None]) + zeros[..., None]).clamp(0.0, top)
+
+
+def group_squared_error(grouped: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int) -> torch.Tensor:
+    """[N, G] sum over each group of (w - dequant(quant(w)))^2, in float64 (padding adds 0)."""
+    dequantized = (_codes(grouped, scales, zeros, bits) - zeros[..., None]) * scales[..., None]
+    return ((grouped.double() - dequantized.double()) ** 2).sum(2)
+
+
+def quantize(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool, clip_steps: int = 0):
+    """weight [N, K] -> (data uint8 [N, packed_columns(K, bits)], scales [N, G] float32,
+    zeros [N, G] float32). ``group_size`` is positive here (K for per-channel).
+    clip_steps > 1: MSE-optimal clipping, the ranges scaled by clip_ratio(i, clip_steps)
+    tried in turn, each group keeping the one with the least squared error (ties: the wider)."""
+    w = weight.detach().to(torch.float32)
+    n, k = w.shape
+    if k == 0:
+        empty = w.new_zeros(n, 0)
+        return torch.zeros(n, 0, dtype=torch.uint8, device=w.device), empty, empty.clone()
+    grouped = _grouped(w, group_size)  # padding with zeros: 0 quantizes exactly, errors add nothing
+    if symmetric:
+        lo, hi = torch.zeros_like(grouped[..., 0]), grouped.abs().amax(dim=2)
     else:
-        lo = grouped.amin(dim=2).clamp(max=0.0)
-        hi = grouped.amax(dim=2).clamp(min=0.0)
-        scales = (hi - lo) / torch.full((), top, device=w.device)
-        scales = torch.where(scales == 0, torch.ones_like(scales), scales)
-        zeros = torch.round(-lo / scales).clamp(0.0, top)
-    codes = torch.round(w / _per_column(scales, group_size, k)) + _per_column(zeros, group_size, k)
-    codes = codes.clamp(0.0, top).to(torch.uint8)
+        lo, hi = grouped.amin(dim=2).clamp(max=0.0), grouped.amax(dim=2).clamp(min=0.0)
+    scales, zeros = _group_params(lo, hi, bits, symmetric)
+    if clip_steps > 1:
+        best = group_squared_error(grouped, scales, zeros, bits)
+        for step in range(1, clip_steps):
+            ratio = torch.tensor(clip_ratio(step, clip_steps), dtype=torch.float32, device=w.device)
+            s, z = _group_params(ratio * lo, ratio * hi, bits, symmetric)
+            error = group_squared_error(grouped, s, z, bits)
+            better = error < best
+            scales, zeros, best = (torch.where(better, s, scales), torch.where(better, z, zeros),
+                                   torch.where(better, error, best))
+    codes = _codes(grouped, scales, zeros, bits).reshape(n, grouped.shape[1] * group_size)[:, :k].to(torch.uint8)
     return pack(codes, bits), scales.contiguous(), zeros.contiguous()
 
 
