@@ -767,6 +767,90 @@ class FakeCuda:
             y = y + _view(bias_ptr, (N,), F32, "bias", op).astype(F64)
         _view(out_ptr, (M, N), F32, "out", op)[:] = y.astype(F32)
 
+    def quant_quantize(self, weight_ptr, N, K, bits, group_size, symmetric, clip_steps, data_out_ptr,
+                       scales_out_ptr, zeros_out_ptr, stream, device):
+        """cuda/quant/quantize.cuh: per (row, group) the range, the clipping search (float32
+        parameters, squared errors in float64), the codes packed low nibble first."""
+        op = "quant_quantize"
+        self.calls[op] += 1
+        _check_quant_layout(op, N, K, bits, group_size)
+        if clip_steps < 0:
+            _fail(op, f"clip_steps must be >= 0, got {clip_steps}")
+        if N == 0 or K == 0:
+            return
+        _require(op, weight_ptr, data_out_ptr, scales_out_ptr, zeros_out_ptr)
+        self._enter(op, device, stream)
+        G = -(-K // group_size)
+        w = _view(weight_ptr, (N, K), F32, "weight", op)
+        grouped = np.zeros((N, G * group_size), F32)
+        grouped[:, :K] = w
+        grouped = grouped.reshape(N, G, group_size)  # zero padding: quantizes exactly, adds no error
+        top, half = F32(2 ** bits - 1), F32(2 ** (bits - 1))
+        if symmetric:
+            lo, hi = np.zeros((N, G), F32), np.abs(grouped).max(2)
+        else:
+            lo, hi = np.minimum(grouped.min(2), F32(0)), np.maximum(grouped.max(2), F32(0))
+
+        def params(lo, hi):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scale = (hi / (half - F32(1))) if symmetric else ((hi - lo) / top)
+                scale = np.where(scale == 0, F32(1), scale).astype(F32)
+                zero = np.full_like(scale, half) if symmetric else np.clip(np.rint(-lo / scale), 0, top).astype(F32)
+            return scale, zero
+
+        def codes(scale, zero):
+            return np.clip(np.rint(grouped / scale[..., None]) + zero[..., None], 0, top).astype(F32)
+
+        def error(scale, zero):
+            dq = ((codes(scale, zero) - zero[..., None]) * scale[..., None]).astype(F32)
+            return ((grouped.astype(F64) - dq.astype(F64)) ** 2).sum(2)
+
+        scale, zero = params(lo, hi)
+        if clip_steps > 1:
+            best = error(scale, zero)
+            for step in range(1, clip_steps):
+                ratio = F32(1.0 - 0.5 * step / clip_steps)
+                s, z = params(ratio * lo, ratio * hi)
+                e = error(s, z)
+                better = e < best
+                scale, zero, best = np.where(better, s, scale), np.where(better, z, zero), np.where(better, e, best)
+        q = codes(scale, zero).reshape(N, -1)[:, :K].astype(np.uint8)
+        _view(scales_out_ptr, (N, G), F32, "scales_out", op)[:] = scale
+        _view(zeros_out_ptr, (N, G), F32, "zeros_out", op)[:] = zero
+        if bits == 8:
+            _view(data_out_ptr, (N, K), np.uint8, "data_out", op)[:] = q
+            return
+        padded = np.zeros((N, 2 * ((K + 1) // 2)), np.uint8)
+        padded[:, :K] = q
+        _view(data_out_ptr, (N, (K + 1) // 2), np.uint8, "data_out", op)[:] = padded[:, 0::2] | (padded[:, 1::2] << 4)
+
+    def quant_dequantize(self, data_ptr, scales_ptr, zeros_ptr, N, K, bits, group_size, out_ptr, stream, device):
+        """out [N, K] float32 = (q - zero) * scale (cuda/quant/quantize.cuh)."""
+        op = "quant_dequantize"
+        self.calls[op] += 1
+        _check_quant_layout(op, N, K, bits, group_size)
+        if N == 0 or K == 0:
+            return
+        _require(op, data_ptr, scales_ptr, zeros_ptr, out_ptr)
+        self._enter(op, device, stream)
+        G = -(-K // group_size)
+        data = _view(data_ptr, (N, (K + 1) // 2 if bits == 4 else K), np.uint8, "data", op)
+        codes = np.stack([data & 0x0F, data >> 4], axis=2).reshape(N, -1)[:, :K] if bits == 4 else data
+        per_column = np.arange(K) // group_size
+        s = _view(scales_ptr, (N, G), F32, "scales", op)[:, per_column]
+        z = _view(zeros_ptr, (N, G), F32, "zeros", op)[:, per_column]
+        _view(out_ptr, (N, K), F32, "out", op)[:] = ((codes.astype(F32) - z) * s).astype(F32)
+
+
+def _check_quant_layout(op: str, N: int, K: int, bits: int, group: int) -> None:
+    """cuda/quant/quantize.cu check_layout."""
+    if N < 0 or K < 0:
+        _fail(op, f"need N >= 0 and K >= 0, got N={N}, K={K}")
+    if bits not in (4, 8):
+        _fail(op, f"bits must be 4 or 8, got {bits}")
+    if not (group in (32, 64, 128) or group >= K) or group < 1:
+        _fail(op, f"group_size must be 32, 64, 128 or >= K, got {group}")
+
 
 def _require(op: str, *ptrs) -> None:
     """The kernels' null check, before any work."""

@@ -7,6 +7,7 @@
 
 #include "common/handles.cuh"
 #include "quant/group_matmul.cuh"
+#include "quant/quantize.cuh"
 
 namespace py = pybind11;
 
@@ -32,6 +33,32 @@ void bind_quant(py::module_& m) {
       "y [M, N] float32 = x [M, K] float32 . dequant(W)^T (+ bias [N] when bias_ptr != 0), W group-\n"
       "quantized (int4 two codes a byte, low nibble first, or int8; scales / zeros [N, ceil(K / group)]\n"
       "float32). M <= group_matmul_max_rows(). Queued on `stream`; never synchronises; no workspace.");
+  m.def(
+      "quant_quantize",
+      [](std::uintptr_t weight, int64_t N, int64_t K, int bits, int64_t group, bool symmetric, int clip_steps,
+         std::uintptr_t data, std::uintptr_t scales, std::uintptr_t zeros, std::uintptr_t stream, int device) {
+        py::gil_scoped_release release;
+        gpu::quant_quantize(device_ptr<const float>(weight), N, K, bits, group, symmetric, clip_steps,
+                            device_ptr<uint8_t>(data), device_ptr<float>(scales), device_ptr<float>(zeros),
+                            as_stream(stream), device);
+      },
+      py::arg("weight_ptr"), py::arg("N"), py::arg("K"), py::arg("bits"), py::arg("group_size"), py::arg("symmetric"),
+      py::arg("clip_steps"), py::arg("data_out_ptr"), py::arg("scales_out_ptr"), py::arg("zeros_out_ptr"),
+      py::arg("stream"), py::arg("device"),
+      "weight [N, K] float32 -> data [N, ceil(K/2) | K] uint8, scales / zeros [N, G] float32, bit for bit the\n"
+      "CPU kernel's (clip_steps > 1: MSE-optimal clipping). Queued on `stream`; never synchronises.");
+  m.def(
+      "quant_dequantize",
+      [](std::uintptr_t data, std::uintptr_t scales, std::uintptr_t zeros, int64_t N, int64_t K, int bits,
+         int64_t group, std::uintptr_t out, std::uintptr_t stream, int device) {
+        py::gil_scoped_release release;
+        gpu::quant_dequantize(device_ptr<const uint8_t>(data), device_ptr<const float>(scales),
+                              device_ptr<const float>(zeros), N, K, bits, group, device_ptr<float>(out),
+                              as_stream(stream), device);
+      },
+      py::arg("data_ptr"), py::arg("scales_ptr"), py::arg("zeros_ptr"), py::arg("N"), py::arg("K"), py::arg("bits"),
+      py::arg("group_size"), py::arg("out_ptr"), py::arg("stream"), py::arg("device"),
+      "out [N, K] float32 = (q - zero) * scale. Queued on `stream`; never synchronises.");
 }
 
 }  // namespace gencore::gpu::bindings

@@ -1,5 +1,7 @@
-"""group_matmul on a GPU (skipped without one): the CUDA kernel against the
-reference, on the caller's stream, and the fallback above its row limit."""
+"""The quant CUDA kernels: group_matmul on a GPU (skipped without one) against the
+reference, on the caller's stream, and the fallback above its row limit;
+quantize / dequantize bit for bit with the CPU on a GPU, and their glue over
+tests/cuda_fake.py everywhere."""
 from __future__ import annotations
 
 import pytest
@@ -39,3 +41,47 @@ def test_more_rows_than_the_kernel_takes_fall_back_with_a_warning(rng):
     with pytest.warns(RuntimeWarning, match="rows"):
         y = quant.group_matmul(x, qw)
     torch.testing.assert_close(y, x @ quant.dequantize(qw).T, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- quantize / dequantize
+
+QUANTIZE_CASES = [((5, 70), 4, 32, False, None), ((3, 33), 4, -1, True, None), ((4, 130), 8, 128, True, None),
+                  ((6, 257), 4, 128, False, None), ((7, 96), 4, 32, False, "mse"), ((2, 64), 8, 64, True, "mse")]
+
+
+@cuda_only
+@pytest.mark.parametrize("shape,bits,group_size,symmetric,clip", QUANTIZE_CASES, ids=str)
+def test_cuda_quantize_and_dequantize_are_bit_exact_with_the_cpu(rng, shape, bits, group_size, symmetric, clip):
+    w = torch.randn(*shape, generator=rng) * (1 + 3 * torch.rand(*shape, generator=rng) ** 8)
+    cpu = quant.quantize(w, bits, group_size, symmetric, clip=clip)
+    gpu = quant.quantize(w.cuda(), bits, group_size, symmetric, clip=clip)
+    assert torch.equal(gpu.data.cpu(), cpu.data) and torch.equal(gpu.scales.cpu(), cpu.scales)
+    assert torch.equal(gpu.zeros.cpu(), cpu.zeros)
+    assert torch.equal(quant.dequantize(gpu).cpu(), quant.dequantize(cpu))
+
+
+@pytest.mark.parametrize("shape,bits,group_size,symmetric,clip", QUANTIZE_CASES, ids=str)
+def test_cuda_quantize_glue_over_the_fake(rng, monkeypatch, shape, bits, group_size, symmetric, clip):
+    # The CUDA glue of quantize / dequantize over tests/cuda_fake.py (host memory): round to
+    # nearest bit for bit with the reference; the clipping search to the reference's errors.
+    from gencore import _native_call
+    from gencore.quant.ops import _matmul, _quantize
+
+    from tests.cuda_fake import FakeCuda
+
+    fake = FakeCuda()
+    monkeypatch.setattr(_native, "cuda", fake)
+    monkeypatch.setattr(_native_call, "cuda_stream", lambda device: 0)
+    w = torch.randn(*shape, generator=rng) * (1 + 3 * torch.rand(*shape, generator=rng) ** 8)
+    group = shape[1] if group_size == -1 else group_size
+    steps = 20 if clip == "mse" else 0
+    data, scales, zeros = _quantize.QUANTIZE.implementation("native-cuda")(w, bits, group, symmetric, steps)
+    want = reference.quantize(w, bits, group, symmetric, clip_steps=steps)
+    if clip is None:
+        assert torch.equal(data, want[0]) and torch.equal(scales, want[1]) and torch.equal(zeros, want[2])
+    dequantized = _matmul.DEQUANTIZE.implementation("native-cuda")(data, scales, zeros, bits, group, shape[1])
+    assert torch.equal(dequantized, reference.dequantize(data, scales, zeros, bits, group, shape[1]))
+    error = (dequantized - w).double().pow(2).sum()
+    best = (reference.dequantize(*want, bits, group, shape[1]) - w).double().pow(2).sum()
+    torch.testing.assert_close(error, best, rtol=1e-9, atol=0)
+    assert fake.calls["quant_quantize"] == 1 and fake.calls["quant_dequantize"] == 1

@@ -31,6 +31,16 @@ def _cpu_dequantize(data, scales, zeros, bits, group_size, in_features):
     return out
 
 
+def _cuda_dequantize(data, scales, zeros, bits, group_size, in_features):
+    codes = data.detach().contiguous()
+    s, z = _native_call.cuda_input(scales), _native_call.cuda_input(zeros)
+    out = _native_call.output((data.shape[0], in_features), torch.float32, codes.device)
+    _native.cuda.quant_dequantize(codes.data_ptr(), s.data_ptr(), z.data_ptr(), data.shape[0], in_features, bits,
+                                  group_size, out.data_ptr(), _native_call.cuda_stream(codes.device),
+                                  _native_call.device_index(codes.device))
+    return out
+
+
 def _samples_dequantize(gen):
     out = []
     for n, k, bits, group, symmetric in ((5, 70, 4, 32, False), (3, 33, 4, 33, True), (0, 64, 8, 64, False),
@@ -44,7 +54,7 @@ DEQUANTIZE = Op(
     "quant.dequantize",
     "(Tensor data, Tensor scales, Tensor zeros, int bits, int group_size, int in_features) -> Tensor",
     check=_check_dequantize, fake=_fake_dequantize, reference=reference.dequantize, cpu=_cpu_dequantize,
-    cpu_dtypes=_FLOAT16_32, anchor=1, finite=("scales", "zeros"), cpu_kernel_checks=("scales", "zeros"),
+    cuda=_cuda_dequantize, cpu_dtypes=_FLOAT16_32, anchor=1, finite=("scales", "zeros"), cpu_kernel_checks=("scales", "zeros"),
     empty=lambda data, scales, zeros, bits, group_size, in_features: data.shape[0] * in_features == 0,
     samples=_samples_dequantize,
 )

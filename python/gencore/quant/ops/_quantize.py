@@ -1,4 +1,5 @@
-"""quant quantize op: float weight -> packed codes, scales, zeros (one gencore._op.Op)."""
+"""quant quantize op: float weight -> packed codes, scales, zeros (one gencore._op.Op).
+Native CPU and CUDA kernels, bit for bit the reference (float32 arithmetic)."""
 from __future__ import annotations
 
 import torch
@@ -40,6 +41,15 @@ def _cpu(weight, bits, group_size, symmetric, clip_steps):
     return data, scales, zeros
 
 
+def _cuda(weight, bits, group_size, symmetric, clip_steps):
+    w = _native_call.cuda_input(weight)
+    data, scales, zeros = _fake(w, bits, group_size, symmetric, clip_steps)
+    _native.cuda.quant_quantize(w.data_ptr(), w.shape[0], w.shape[1], bits, group_size, symmetric, clip_steps,
+                                data.data_ptr(), scales.data_ptr(), zeros.data_ptr(),
+                                _native_call.cuda_stream(w.device), _native_call.device_index(w.device))
+    return data, scales, zeros
+
+
 def _samples(gen):
     def randn(*shape, dtype=torch.float32):
         return torch.randn(*shape, generator=gen, dtype=dtype)
@@ -58,7 +68,8 @@ def _samples(gen):
 QUANTIZE = Op(
     "quant.quantize",
     "(Tensor weight, int bits, int group_size, bool symmetric, int clip_steps) -> (Tensor, Tensor, Tensor)",
-    check=_check, fake=_fake, reference=reference.quantize, cpu=_cpu,
+    check=_check, fake=_fake, reference=reference.quantize, cpu=_cpu, cuda=_cuda,
+    cuda_dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),  # weights are quantized in float32
     finite=("weight",), cpu_kernel_checks=("weight",),
     empty=lambda weight, *rest: weight.shape[0] == 0 or weight.shape[1] == 0,
     samples=_samples,
