@@ -13,9 +13,11 @@ Public names:
     from_awq / to_awq (packed along N, nibble order 0 2 4 6 1 3 5 7),
     from_tinygemm / to_tinygemm (torchao's affine int4: int32 codes, [G, N, 2] scales and float zeros):
     see gencore.quant.formats
+    outlier_permutation(activations): the DGQ-style channel order for int8 activations (quantize(..., perm=))
     reference: the pure-torch specification (and the format's description)
 """
 from . import reference
+from .calibrate import outlier_permutation
 from .formats import from_awq, from_gptq, from_tinygemm, to_awq, to_gptq, to_tinygemm
 from .functions import dequantize, group_matmul, pack, quantize, unpack
 from .modules import QuantLinear, quantize_model
@@ -23,4 +25,4 @@ from .weight import QuantizedWeight
 
 __all__ = ["quantize", "dequantize", "group_matmul", "pack", "unpack", "QuantizedWeight", "QuantLinear", "quantize_model",
            "from_gptq", "to_gptq", "from_awq", "to_awq", "from_tinygemm", "to_tinygemm",
-           "reference"]
+           "outlier_permutation", "reference"]

@@ -15,7 +15,7 @@ CLIPS = (None, "mse")
 
 
 def quantize(weight: torch.Tensor, bits: int = 4, group_size: int = 128, symmetric: bool = False,
-             clip: Optional[str] = None, clip_steps: int = 20) -> QuantizedWeight:
+             clip: Optional[str] = None, clip_steps: int = 20, perm: Optional[torch.Tensor] = None) -> QuantizedWeight:
     """Group-wise round-to-nearest quantization of a weight.
 
     Args:
@@ -36,6 +36,11 @@ def quantize(weight: torch.Tensor, bits: int = 4, group_size: int = 128, symmetr
             (asymmetric) to 25% (symmetric) less squared error on Gaussian or
             Student-t weights). Costs clip_steps quantization passes.
         clip_steps: the size of that search grid (2 .. 1000; default 20).
+        perm: None, or an int64 permutation [K] of the input channels (e.g.
+            ``outlier_permutation`` of calibration activations): the groups are
+            formed over W[:, perm], and the result records it (``qw.perm``), so
+            ``group_matmul`` gathers x[..., perm] first and ``dequantize``
+            returns the columns in their original order.
 
     Returns:
         QuantizedWeight (packed uint8 codes, float32 scales and zeros [N, G]);
@@ -50,8 +55,15 @@ def quantize(weight: torch.Tensor, bits: int = 4, group_size: int = 128, symmetr
         steps = _checks.integer(clip_steps, "clip_steps", low=2, high=1000)
     else:
         steps = 0
+    if perm is not None:
+        _checks.tensor(perm, "perm", ndim=1, dtypes=(torch.int64,))
+        _checks.same_device(weight=weight, perm=perm)
+        k = weight.shape[1]
+        if perm.shape[0] != k or not torch.equal(torch.sort(perm).values, torch.arange(k, device=perm.device)):
+            raise ValueError(f"perm must be a permutation of range(in_features={k}), got shape {tuple(perm.shape)}")
+        weight = weight.index_select(1, perm)
     data, scales, zeros = QUANTIZE(weight, bits, group, symmetric, steps)
-    return QuantizedWeight(data, scales, zeros, bits, group, tuple(weight.shape))
+    return QuantizedWeight(data, scales, zeros, bits, group, tuple(weight.shape), perm)
 
 
 def _weight(qw) -> QuantizedWeight:

@@ -48,15 +48,17 @@ class QuantLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, bits: int = 4, group_size: int = 128,
-                    symmetric: bool = False, clip: Optional[str] = None) -> "QuantLinear":
+                    symmetric: bool = False, clip: Optional[str] = None,
+                    perm: Optional[torch.Tensor] = None) -> "QuantLinear":
         """Quantizes ``linear.weight`` (round to nearest per group; clip="mse": MSE-optimal
-        clipping, see ``gencore.quant.quantize``); copies the bias."""
+        clipping; perm: an input-channel permutation such as ``outlier_permutation``'s, see
+        ``gencore.quant.quantize``); copies the bias."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
         weight = linear.weight.detach()
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, bits, group_size,
-                     device=weight.device, dtype=weight.dtype)
-        module.set_weight(quantize(weight, bits, group_size, symmetric, clip=clip))
+                     device=weight.device, dtype=weight.dtype, act_order=perm is not None)
+        module.set_weight(quantize(weight, bits, group_size, symmetric, clip=clip, perm=perm))
         if linear.bias is not None:
             module.bias.data.copy_(linear.bias.detach())
         return module
