@@ -49,50 +49,110 @@ def sq_cost(x, y):
 SHAPES = [(1, 1, 1), (7, 40, 3), (300, 5, 2), (33, 257, 17), (3, 3000, 6), (260, 1025, 64)]
 
 
+def softmin_tolerances(p, dtype, d, eps):
+    """(atol of f, atol of df/dx) of the float32 / float64 kernels against the dense oracle."""
+    if dtype == torch.float64:
+        return 1e-10, 1e-9
+    if p == 2:   # logits carry ~ 1e-7 (|x'|^2 + |y'|^2) / eps of error, f that times eps
+        return 2e-6 * d, 2e-4 * d
+    # p = 1: r = sqrt of the expansion's r^2 (error ~ 1e-7 d): |dr| <= 1e-7 d / (2 r), so a near
+    # neighbour moves f by up to ~ sqrt(1e-7 d) and its unit vector (x - y) / r by |dr| / r.
+    return 2e-5 * math.sqrt(d), 2e-3 * math.sqrt(d)
+
+
+@pytest.mark.parametrize("p", [1, 2])
 @pytest.mark.parametrize("n,m,d", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_softmin_op_matches_the_dense_oracle(rng, simd_level, n, m, d, dtype):
+def test_softmin_op_matches_the_dense_oracle(rng, simd_level, n, m, d, dtype, p):
     x, y = rand(rng, n, d, dtype=dtype), rand(rng, m, d, dtype=dtype)
     h = torch.randn(m, generator=rng, dtype=torch.float64).to(dtype)
     h[: m // 3] = -math.inf   # points without mass
     if m // 3 == m:
         h[0] = 0.0
     eps = 0.05
-    want_f, want_t = reference.sinkhorn_softmin_dense(x, y, h, eps)
-    # float32: logits carry ~ 1e-7 (|x'|^2 + |y'|^2) / eps of error, f that times eps.
-    atol = 1e-10 if dtype == torch.float64 else 2e-6 * d
-    for barycentre in (False, True):
-        f, t = SINKHORN_SOFTMIN(x, y, h, eps, barycentre)
+    want_f, want_grad = reference.sinkhorn_softmin_dense(x, y, h, eps, p)
+    atol_f, atol_grad = softmin_tolerances(p, dtype, d, eps)
+    for gradient in (False, True):
+        f, grad = SINKHORN_SOFTMIN(x, y, h, eps, p, gradient)
         assert f.dtype == dtype and f.shape == (n,)
-        torch.testing.assert_close(f.double(), want_f, rtol=0, atol=atol)
-        if barycentre:
-            torch.testing.assert_close(t.double(), want_t, rtol=0, atol=atol / eps * 10)
+        torch.testing.assert_close(f.double(), want_f, rtol=0, atol=atol_f)
+        if gradient:
+            torch.testing.assert_close(grad.double(), want_grad, rtol=0, atol=atol_grad)
         else:
-            assert t.shape == (n, 0)
+            assert grad.shape == (n, 0)
 
 
-def test_softmin_op_takes_non_contiguous_inputs_and_leaves_them_alone(rng):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_euclidean_softmin_gives_a_zero_subgradient_from_coincident_points(rng, simd_level, dtype):
+    # x_0 is y_3 and x_1 is y_5; x_2 sits on the only point of y with mass. The reference's
+    # direct distances are exactly 0 there, the kernel's expansion 0 or a rounding residue.
+    y = rand(rng, 40, 3, dtype=dtype)
+    x = torch.cat([y[3:4], y[5:6], y[7:8], rand(rng, 4, 3, dtype=dtype)])
+    h = torch.randn(40, generator=rng, dtype=torch.float64).to(dtype)
+    f, grad = SINKHORN_SOFTMIN(x, y, h, 0.05, 1, True)
+    want_f, want_grad = reference.sinkhorn_softmin_dense(x, y, h, 0.05, 1)
+    # A coincident pair's residue r ~ sqrt(5 ulp (|x'|^2 + |y'|^2)) (float32 1e-3, float64 3e-8) is its
+    # error in f; its unit vector, 0 / r exactly, picks up ulp |x'| / r (times its softmax weight).
+    atol_f, atol_grad = (1e-3, softmin_tolerances(1, dtype, 3, 0.05)[1]) if dtype == torch.float32 else (1e-7, 1e-7)
+    torch.testing.assert_close(f.double(), want_f, rtol=0, atol=atol_f)
+    torch.testing.assert_close(grad.double(), want_grad, rtol=0, atol=atol_grad)
+    only = torch.full((40,), -math.inf, dtype=dtype)
+    only[7] = 0.0
+    f, grad = SINKHORN_SOFTMIN(x[2:3], y, only, 0.05, 1, True)
+    assert torch.isfinite(f).all() and abs(float(f)) <= atol_f
+    torch.testing.assert_close(grad, torch.zeros_like(grad), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_softmin_op_takes_non_contiguous_inputs_and_leaves_them_alone(rng, p):
     base_x, base_y = rand(rng, 40, 6), rand(rng, 70, 6)
     x, y = base_x[:, ::2], base_y[::2, ::2].T.contiguous().T   # strided and column-major views
     h = torch.randn(70, generator=rng, dtype=torch.float64)[::2]
     copies = [t.clone() for t in (x, y, h)]
-    f, t = SINKHORN_SOFTMIN(x, y, h, 0.1, True)
-    want_f, want_t = reference.sinkhorn_softmin_dense(x, y, h, 0.1)
+    f, grad = SINKHORN_SOFTMIN(x, y, h, 0.1, p, True)
+    want_f, want_grad = reference.sinkhorn_softmin_dense(x, y, h, 0.1, p)
     torch.testing.assert_close(f, want_f, rtol=0, atol=1e-10)
-    torch.testing.assert_close(t, want_t, rtol=0, atol=1e-9)
+    torch.testing.assert_close(grad, want_grad, rtol=0, atol=1e-9)
     for before, after in zip(copies, (x, y, h)):
         assert torch.equal(before, after)
 
 
-def test_log_z_only_mode_gives_the_same_potential_on_every_kernel_plan(rng, num_threads):
+@pytest.mark.parametrize("p", [1, 2])
+def test_log_z_only_mode_gives_the_same_potential_on_every_kernel_plan(rng, num_threads, p):
     # Few queries against many points (the kernel's data split) and many queries (query split).
     num_threads(2)
     for n, m in ((3, 9000), (700, 600)):
         x, y = rand(rng, n, 5, dtype=torch.float32), rand(rng, m, 5, dtype=torch.float32)
         h = torch.randn(m, generator=rng)
-        f_only, _ = SINKHORN_SOFTMIN(x, y, h, 0.02, False)
-        f_full, _ = SINKHORN_SOFTMIN(x, y, h, 0.02, True)
+        f_only, _ = SINKHORN_SOFTMIN(x, y, h, 0.02, p, False)
+        f_full, grad = SINKHORN_SOFTMIN(x, y, h, 0.02, p, True)
         torch.testing.assert_close(f_only, f_full, rtol=0, atol=0)
+        want_f, want_grad = reference.sinkhorn_softmin_dense(x, y, h, 0.02, p)
+        atol_f, atol_grad = softmin_tolerances(p, torch.float32, 5, 0.02)
+        torch.testing.assert_close(f_full.double(), want_f, rtol=0, atol=atol_f)
+        torch.testing.assert_close(grad.double(), want_grad, rtol=0, atol=atol_grad)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_cuda_glue_streams_the_softmin_over_the_fake(rng, monkeypatch, p):
+    from gencore import _native, _native_call, _softmin
+
+    from tests.cuda_fake import FakeCuda
+
+    fake = FakeCuda()
+    monkeypatch.setattr(_native, "cuda", fake)
+    monkeypatch.setattr(_native_call, "cuda_stream", lambda device: 0)
+    monkeypatch.setattr(_softmin, "_CUDA_TILE", 7)
+    x, y = rand(rng, 9, 4, dtype=torch.float32), rand(rng, 45, 4, dtype=torch.float32)
+    x[0] = y[20]   # a coincident pair: zero subgradient
+    h = torch.randn(45, generator=rng)
+    h[:14] = -math.inf   # the first two tiles have no mass
+    f, grad = SINKHORN_SOFTMIN.implementation("native-cuda")(x, y, h, 0.05, p, True)
+    assert fake.calls["dataset_denoise_tile"] == 7 * (2 if p == 1 else 1)   # ceil(45 / 7) tiles a pass
+    want_f, want_grad = reference.sinkhorn_softmin_dense(x, y, h, 0.05, p)
+    atol_f, atol_grad = softmin_tolerances(p, torch.float32, 4, 0.05)
+    torch.testing.assert_close(f.double(), want_f, rtol=0, atol=1e-3 if p == 1 else atol_f)
+    torch.testing.assert_close(grad.double(), want_grad, rtol=0, atol=atol_grad)
 
 
 def test_reference_backend_of_the_solver_agrees_with_the_native_one(rng, monkeypatch):
@@ -227,8 +287,8 @@ def test_a_stalled_error_is_detected_and_reported(rng, monkeypatch):
     exact = module._softmin
     calls = [0]
 
-    def noisy(points, other, log_w, eps, barycentre=False):
-        f, t = exact(points, other, log_w, eps, barycentre)
+    def noisy(points, other, log_w, eps, p, gradient=False):
+        f, t = exact(points, other, log_w, eps, p, gradient)
         calls[0] += 1
         return f + (1e-4 if calls[0] % 2 else -1e-4) * eps, t
 
@@ -337,8 +397,9 @@ def _bad_calls():
         (lambda: got.sinkhorn_divergence(x, y, reach=0.0), ValueError, "reach"),
         (lambda: got.sinkhorn(torch.rand(0, 3), y), ValueError, "x is empty"),
         (lambda: got.sinkhorn_divergence(x, torch.rand(0, 3)), ValueError, "y is empty"),
-        (lambda: got.sinkhorn(x, y, p=1), ValueError, "p=1 .* not supported"),
-        (lambda: got.sinkhorn(x, y, p=3), ValueError, "p must be 2"),
+        (lambda: got.sinkhorn(x, y, p=3), ValueError, r"p must be 1 \(cost \|x - y\|\) or 2 .*got 3"),
+        (lambda: got.sinkhorn_divergence(x, y, p=0.5), ValueError, "p must be 1"),
+        (lambda: got.sinkhorn(x, y, p=True), ValueError, "p must be 1"),
         (lambda: got.sinkhorn(x, y, scaling=1.5), ValueError, "scaling"),
         (lambda: got.sinkhorn(x, y, max_iter=0), ValueError, "max_iter"),
         (lambda: got.sinkhorn(x, y, f0=torch.zeros(5)), ValueError, "f0 and g0"),
