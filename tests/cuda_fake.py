@@ -448,8 +448,12 @@ class FakeCuda:
                 co = (_view(x_sq_ptr, (B,), F32, "x_sq", op).astype(F64) / (s64 * s64)).astype(F32)
                 u2 = (co.astype(F64)[:, None] + cq.astype(F64)[:, None] * tile_sq.astype(F64)[None, :]
                       - ca.astype(F64)[:, None] * scores.astype(F64)).astype(F32)   # two fmaf
-                u = np.sqrt(np.maximum(u2, F32(0)))
-                logits = -u if cost == 1 else np.where(u2 > 0, -(u + F32(0.5) * np.log(u2)), F32(-np.inf))
+                near = F32(16) * np.finfo(F32).eps                                # kCoincidentUlps ulp
+                apart = u2 > ((near * cq).astype(F64)[:, None] * tile_sq.astype(F64)[None, :]
+                              + (near * co).astype(F64)[:, None]).astype(F32)
+                u = np.where(apart, np.sqrt(np.maximum(u2, F32(0))), F32(0))
+                logits = -u if cost == 1 else np.where(apart, -(u + F32(0.5) * np.log(np.maximum(u2, F32(1e-38)))),
+                                                       F32(-np.inf))
             if log_w_ptr:
                 logits = logits + _view(log_w_ptr, (T,), F32, "log_w", op)[None, :]
             new_max = np.fmax(running_max, np.fmax.reduce(logits, axis=1, initial=-np.inf))  # NaN skipped

@@ -78,9 +78,11 @@ T cost_logit(T s, T q, const RowTerms<T>& t) {
   if constexpr (kCost == CostMode::squared) {
     return s * t.scale - t.shift * q;
   } else {
+    constexpr T kNear = T(kCoincidentUlps) * std::numeric_limits<T>::epsilon();
     const T u2 = t.offset + t.shift * q - t.scale * s;  // r^2 / sigma^2
-    if constexpr (kCost == CostMode::euclidean) return -std::sqrt(std::max(u2, T(0)));
-    return u2 > T(0) ? -(std::sqrt(u2) + T(0.5) * std::log(u2)) : -std::numeric_limits<T>::infinity();
+    const bool apart = u2 > kNear * t.offset + kNear * t.shift * q;
+    if constexpr (kCost == CostMode::euclidean) return apart ? -std::sqrt(u2) : T(0);
+    return apart ? -(std::sqrt(u2) + T(0.5) * std::log(u2)) : -std::numeric_limits<T>::infinity();
   }
 }
 

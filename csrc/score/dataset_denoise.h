@@ -20,9 +20,13 @@ namespace gencore::score {
 //   euclidean_inverse  l = log w - r / sigma - log(r / sigma), -inf where r = 0: the euclidean
 //                      softmax weighted by sigma / r, whose mean and total give the gradient
 //                      sum_i softmax_i (x - y_i) / r_i of the euclidean softmin (0 from y_i = x).
-// r comes from the GEMM's expansion, r^2 = max(||x'||^2 - 2 alpha x'.y' + alpha^2 ||y'||^2, 0):
-// coincident points give r = 0 or a rounding residue of about sqrt(ulp) (||x'|| + ||y'||).
+// r comes from the GEMM's expansion, r^2 = ||x'||^2 - 2 alpha x'.y' + alpha^2 ||y'||^2, whose
+// rounding is a few ulp of ||x'||^2 + alpha^2 ||y'||^2: a coincident pair would get a residue
+// r ~ sqrt(ulp) (||x'|| + ||y'||) instead of 0, noisy under any perturbation. So r^2 at most
+// kCoincidentUlps ulp of that sum counts as r = 0 (coincident): a change of the cost below
+// the expansion's own rounding, and an exact zero (zero subgradient) for equal points.
 enum class CostMode : int { squared = 0, euclidean = 1, euclidean_inverse = 2 };
+constexpr int kCoincidentUlps = 16;
 
 // log_weights may be null (all weights 1) and may hold -inf (weight 0).
 // denoised is C-contiguous [B, d], or null: log_z only, without the second
@@ -53,7 +57,8 @@ DenoisePlan dataset_denoise_plan(int64_t B, int64_t N, int64_t d, int num_thread
 //   squared:    l = s * scale - shift * q                          (scale = alpha / sigma^2,
 //               shift = alpha^2 / (2 sigma^2); -||x'||^2 / (2 sigma^2) is added to log_z at the end)
 //   euclidean*: u^2 = offset + shift * q - scale * s = r^2 / sigma^2  (scale = 2 alpha / sigma^2,
-//               shift = alpha^2 / sigma^2, offset = ||x'||^2 / sigma^2), l = -u (- log u)
+//               shift = alpha^2 / sigma^2, offset = ||x'||^2 / sigma^2), l = -u (- log u), and
+//               u = 0 where u^2 <= kCoincidentUlps ulp (offset + shift * q)
 template <typename T>
 struct RowTerms {
   T scale, shift, offset;

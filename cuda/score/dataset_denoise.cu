@@ -8,6 +8,7 @@
 #include "score/dataset_denoise.cuh"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <string>
 
@@ -52,6 +53,8 @@ __global__ void __launch_bounds__(kTileThreads, kMinBlocks)
   // In double: no early overflow. Squared: l = ca s - cq q; euclidean: u^2 = co + cq q - ca s.
   const float ca = float((kSquared ? 1.0 : 2.0) * a / (s * s)), cq = float((kSquared ? 0.5 : 1.0) * a * a / (s * s));
   const float co = kSquared ? 0.0f : float(double(x_sq[b]) / (s * s));
+  constexpr float kNear = float(kCoincidentUlps) * FLT_EPSILON;
+  const float near_q = kNear * cq, near_o = kNear * co;
   float* row = scores + b * T;
 
   // The W logits at j, the same expression in both passes.
@@ -67,10 +70,11 @@ __global__ void __launch_bounds__(kTileThreads, kMinBlocks)
         l.v[i] = fmaf(ca, l.v[i], -(cq * sq.v[i])) + lw.v[i];
       } else {
         const float u2 = fmaf(-ca, l.v[i], fmaf(cq, sq.v[i], co));  // r^2 / sigma^2
+        const bool apart = u2 > fmaf(near_q, sq.v[i], near_o);
         if constexpr (kCost == kCostEuclidean)
-          l.v[i] = lw.v[i] - sqrtf(fmaxf(u2, 0.0f));
+          l.v[i] = lw.v[i] - (apart ? sqrtf(u2) : 0.0f);
         else
-          l.v[i] = u2 > 0.0f ? lw.v[i] - (sqrtf(u2) + 0.5f * logf(u2)) : -INFINITY;
+          l.v[i] = apart ? lw.v[i] - (sqrtf(u2) + 0.5f * logf(fmaxf(u2, FLT_MIN))) : -INFINITY;
       }
     }
     return l;
