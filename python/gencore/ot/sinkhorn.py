@@ -521,9 +521,10 @@ def sinkhorn(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tensor] = None,
              f0: Optional[torch.Tensor] = None, g0: Optional[torch.Tensor] = None) -> SinkhornResult:
     """Entropic optimal transport between point clouds, online log-domain Sinkhorn.
 
-        OT_eps(a, b) = min_pi <pi, C> + eps KL(pi | a (x) b),   C_ij = |x_i - y_j|^2 / 2,  eps = blur^p
+        OT_eps(a, b) = min_pi <pi, C> + eps KL(pi | a (x) b),   eps = blur^p,
+        C_ij = |x_i - y_j|^2 / 2 (p = 2)  or  |x_i - y_j| (p = 1)
 
-    (GeomLoss's convention: ``cost`` equals ``SamplesLoss("sinkhorn", p=2, blur=blur,
+    (GeomLoss's convention: ``cost`` equals ``SamplesLoss("sinkhorn", p=p, blur=blur,
     debias=False)``). Each half-step is the softmin f_i = -eps log sum_j b_j
     exp((g_j - C_ij) / eps), streamed over tiles of y by a fused GEMM + exp kernel
     (the op ``gencore::ot_sinkhorn_softmin``), so nothing of size N x M exists.
@@ -535,7 +536,12 @@ def sinkhorn(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tensor] = None,
         a, b: [N], [M] weights >= 0, some mass (default uniform 1 / N, 1 / M);
             balanced OT needs a.sum() == b.sum() (relative 1e-4).
         blur: eps = blur^p, > 0 (a length, in the units of x).
-        p: 2. (p=1, the Euclidean cost, is not supported: ValueError.)
+        p: 2 (squared Euclidean cost / 2) or 1 (Euclidean cost, eps = blur). For
+            p = 1 the kernel takes the square root of the GEMM's expansion of
+            |x - y|^2: in float32, distances far below the points' spread carry
+            ~ sqrt(ulp) |x'| of rounding (|x'| the distance to the data mean), as
+            GeomLoss's tensorized backend; pairs within 16 ulp of coincidence
+            count as coincident (distance 0, subgradient 0).
         scaling: epsilon scaling, in (0, 1): eps goes from diameter^p (the
             bounding-box diagonal of both clouds) down to blur^p, divided by
             scaling^p each iteration (symmetric, averaged updates of f and g, as
@@ -545,7 +551,7 @@ def sinkhorn(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tensor] = None,
         tol: stop when the marginal error (``SinkhornResult.marginal_error``: the
             fraction of mass the plan misplaces) is <= tol at the final eps. The
             default 1e-3 (0.1% of the mass) is well above float32's rounding
-            floor (~1e-6) and gives the cost to about tol * diameter^2 / 2.
+            floor (~1e-6) and gives the cost to about tol * diameter^p / p.
         max_iter: hard cap on iterations (scaling included). Reaching it sets
             ``converged=False`` and warns (RuntimeWarning); the work is returned.
             An error that stops decreasing above tol (PLATEAU_ITERATIONS
@@ -554,9 +560,10 @@ def sinkhorn(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tensor] = None,
         reach: unbalanced OT: KL-relaxed marginals with rho = reach^p (each
             update damped by 1 / (1 + eps / rho), as GeomLoss); None: balanced.
             ``cost`` is then (rho + eps/2) (<a, 1 - e^{-f/rho}> + <b, 1 - e^{-g/rho}>).
-        cost: "sqeuclidean" (default) or "whitened": (x - y)^T W (x - y) / 2 with
-            ``whitening=W`` [d, d] symmetric positive definite (TAROT's cost),
-            computed by transforming the points by W's Cholesky factor.
+        cost: "sqeuclidean" (default: the cost of p above) or "whitened": that cost
+            of the distance ((x - y)^T W (x - y))^(1/2), i.e. (x - y)^T W (x - y) / 2
+            for p = 2 (TAROT's cost), with ``whitening=W`` [d, d] symmetric positive
+            definite, computed by transforming the points by W's Cholesky factor.
         f0, g0: warm start, [N] and [M] potentials (e.g. of a related problem's
             result): iterations start at the final eps from them, no annealing.
 
@@ -567,8 +574,12 @@ def sinkhorn(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tensor] = None,
     Memory: O((N + M) d) plus the kernel's tiles (per thread about 256 x 1024 floats,
     and O(N) partials when few queries are split over threads), never N x M.
     Gradients: ``cost`` is differentiable w.r.t. x, y (and W) and, balanced, a and b,
-    through the envelope theorem: d/dx_i = m_i (x_i - T(x_i)) with T the
-    barycentric projection and m_i the row mass of the plan; d/da = f, d/db = g.
+    through the envelope theorem: d/dx_i = sum_j pi_ij dC_ij/dx_i = a_i m_i df_i/dx_i
+    with m_i the row mass of the plan over a_i (1 when balanced) and, P_ij = pi_ij /
+    (a_i m_i), df_i/dx_i = x_i - T(x_i) (p = 2, T the barycentric projection) or
+    sum_j P_ij (x_i - y_j) / |x_i - y_j| (p = 1; coincident pairs add 0: a
+    subgradient), streamed by the kernel (p = 1: one more pass, its weights
+    P_ij / |x_i - y_j|); d/da = f, d/db = g.
     NaN/inf in x, y, a, b raise ValueError (on CUDA only with
     ``gencore.set_check_finite("always")``). Inputs are never modified.
     """
@@ -588,17 +599,20 @@ def sinkhorn_divergence(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tens
 
         S(a, b) = OT_eps(a, b) - (OT_eps(a, a) + OT_eps(b, b)) / 2
 
-    equal to GeomLoss's ``SamplesLoss("sinkhorn", p=2, blur=blur, reach=reach,
-    scaling=scaling, debias=True)``. The three problems run together (the
+    equal to GeomLoss's ``SamplesLoss("sinkhorn", p=p, blur=blur, reach=reach,
+    scaling=scaling, debias=True)`` (p = 2: cost |x - y|^2 / 2, p = 1: |x - y|).
+    The three problems run together (the
     symmetric ones with one potential each), with the arguments, schedule and
     stopping rule of ``sinkhorn`` (the largest of the marginal errors <= tol);
     non-convergence warns (RuntimeWarning). Unbalanced (reach): the value is
     (rho + eps/2)(<a, e^{-f_aa/rho} - e^{-f_ab/rho}> + <b, e^{-g_bb/rho} - e^{-g_ab/rho}>).
 
     Gradients (envelope theorem), to x, y (and W) always and to a, b when balanced:
-        dS/dx_i = a_i (m^aa_i T_aa(x_i) - m^ab_i T_ab(x_i) + (m^ab_i - m^aa_i) x_i)
-    with T the barycentric projections of the two plans and m their row masses
-    over a (1 when balanced); dS/da = f_ab - f_aa, dS/db = g_ab - g_bb.
+        dS/dx_i = a_i (m^ab_i df_ab/dx_i - m^aa_i df_aa/dx_i)
+    with m the row masses of the two plans over a (1 when balanced) and df/dx the
+    softmins' derivatives of ``sinkhorn`` (p = 2: x_i - T(x_i), T the barycentric
+    projection; p = 1: the plan's mean unit vector from y to x_i);
+    dS/da = f_ab - f_aa, dS/db = g_ab - g_bb.
     Memory O((N + M) d) plus the kernel's tiles; NaN policy as ``sinkhorn``.
     """
     scaling, tol, max_iter = _check_loop(scaling, tol, max_iter)
