@@ -67,6 +67,14 @@ def softmin_tolerances(p, dtype, d, eps):
     return 2e-5 * math.sqrt(d), 2e-3 * math.sqrt(d)
 
 
+def assert_matches_dense(f, grad, x, y, h, eps, p):
+    """(f, df/dx) of a kernel against the dense float64 oracle, within softmin_tolerances."""
+    want_f, want_grad = reference.sinkhorn_softmin_dense(x, y, h, eps, p)
+    atol_f, atol_grad = softmin_tolerances(p, f.dtype, x.shape[1], eps)
+    torch.testing.assert_close(f.double(), want_f, rtol=0, atol=atol_f)
+    torch.testing.assert_close(grad.double(), want_grad, rtol=0, atol=atol_grad)
+
+
 @pytest.mark.parametrize("p", [1, 2])
 @pytest.mark.parametrize("n,m,d", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -98,10 +106,8 @@ def test_euclidean_softmin_gives_a_zero_subgradient_from_coincident_points(rng, 
     x = torch.cat([y[3:4], y[5:6], y[7:8], rand(rng, 4, 3, dtype=dtype)])
     h = torch.randn(40, generator=rng, dtype=torch.float64).to(dtype)
     f, grad = SINKHORN_SOFTMIN(x, y, h, 0.05, 1, True)
-    want_f, want_grad = reference.sinkhorn_softmin_dense(x, y, h, 0.05, 1)
-    atol_f, atol_grad = softmin_tolerances(1, dtype, 3, 0.05)
-    torch.testing.assert_close(f.double(), want_f, rtol=0, atol=atol_f)
-    torch.testing.assert_close(grad.double(), want_grad, rtol=0, atol=atol_grad)
+    assert_matches_dense(f, grad, x, y, h, 0.05, 1)
+    atol_f, _ = softmin_tolerances(1, dtype, 3, 0.05)
     only = torch.full((40,), -math.inf, dtype=dtype)
     only[7] = 0.0
     f, grad = SINKHORN_SOFTMIN(x[2:3], y, only, 0.05, 1, True)
@@ -133,10 +139,7 @@ def test_log_z_only_mode_gives_the_same_potential_on_every_kernel_plan(rng, num_
         f_only, _ = SINKHORN_SOFTMIN(x, y, h, 0.02, p, False)
         f_full, grad = SINKHORN_SOFTMIN(x, y, h, 0.02, p, True)
         torch.testing.assert_close(f_only, f_full, rtol=0, atol=0)
-        want_f, want_grad = reference.sinkhorn_softmin_dense(x, y, h, 0.02, p)
-        atol_f, atol_grad = softmin_tolerances(p, torch.float32, 5, 0.02)
-        torch.testing.assert_close(f_full.double(), want_f, rtol=0, atol=atol_f)
-        torch.testing.assert_close(grad.double(), want_grad, rtol=0, atol=atol_grad)
+        assert_matches_dense(f_full, grad, x, y, h, 0.02, p)
 
 
 @pytest.mark.parametrize("p", [1, 2])
@@ -155,10 +158,7 @@ def test_cuda_glue_streams_the_softmin_over_the_fake(rng, monkeypatch, p):
     h[:14] = -math.inf   # the first two tiles have no mass
     f, grad = SINKHORN_SOFTMIN.implementation("native-cuda")(x, y, h, 0.05, p, True)
     assert fake.calls["dataset_denoise_tile"] == 7 * (2 if p == 1 else 1)   # ceil(45 / 7) tiles a pass
-    want_f, want_grad = reference.sinkhorn_softmin_dense(x, y, h, 0.05, p)
-    atol_f, atol_grad = softmin_tolerances(p, torch.float32, 4, 0.05)
-    torch.testing.assert_close(f.double(), want_f, rtol=0, atol=atol_f)
-    torch.testing.assert_close(grad.double(), want_grad, rtol=0, atol=atol_grad)
+    assert_matches_dense(f, grad, x, y, h, 0.05, p)
 
 
 @pytest.mark.parametrize("p", [1, 2])

@@ -42,15 +42,9 @@ inline __m256 exp_nonpositive(__m256 x) {
   return _mm256_and_ps(keep, _mm256_mul_ps(y, _mm256_castsi256_ps(bits)));
 }
 
-inline __m256 log_positive(__m256 x) {
-  const __m256i bits = _mm256_castps_si256(x);
-  __m256 e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)));
-  __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)),
-                                                 _mm256_set1_epi32(0x3F800000)));  // [1, 2)
-  const __m256 high = _mm256_cmp_ps(m, _mm256_set1_ps(1.41421356237f), _CMP_GT_OQ);
-  m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5f)), high);
-  e = _mm256_add_ps(e, _mm256_and_ps(high, _mm256_set1_ps(1.0f)));
-  const __m256 f = _mm256_sub_ps(m, _mm256_set1_ps(1.0f));
+// Cephes' logf core: log(1 + f) + e ln2 for f in [sqrt(1/2) - 1, sqrt(2) - 1] and an
+// integer e (as float): a degree-8 polynomial, ln2 in two parts.
+inline __m256 log_reduced(__m256 f, __m256 e) {
   __m256 p = _mm256_set1_ps(7.0376836292e-2f);
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(-1.1514610310e-1f));
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.1676998740e-1f));
@@ -65,6 +59,17 @@ inline __m256 log_positive(__m256 x) {
   y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
   y = _mm256_fnmadd_ps(_mm256_set1_ps(0.5f), z, y);
   return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(f, y));
+}
+
+inline __m256 log_positive(__m256 x) {
+  const __m256i bits = _mm256_castps_si256(x);
+  __m256 e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)));
+  __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)),
+                                                 _mm256_set1_epi32(0x3F800000)));  // [1, 2)
+  const __m256 high = _mm256_cmp_ps(m, _mm256_set1_ps(1.41421356237f), _CMP_GT_OQ);
+  m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5f)), high);
+  e = _mm256_add_ps(e, _mm256_and_ps(high, _mm256_set1_ps(1.0f)));
+  return log_reduced(_mm256_sub_ps(m, _mm256_set1_ps(1.0f)), e);
 }
 
 inline __m256d widen_lo(__m256 v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
