@@ -3,7 +3,8 @@ divergence, Sinkhorn on a given (batched) cost matrix.
 
 Conventions (as GeomLoss, so values compare directly with ``SamplesLoss``):
 cost C(x, y) = |x - y|^2 / 2 for p = 2 (the default), |x - y| for p = 1,
-epsilon = blur^p, weights a [N], b [M] (default uniform 1 / N, 1 / M). Potentials f [N], g [M] define the plan
+epsilon = blur^p, weights a [N], b [M] (default uniform 1 / N, 1 / M).
+Potentials f [N], g [M] define the plan
 
     pi_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)
 
