@@ -414,16 +414,21 @@ class FakeCuda:
     # ------------------------------------------------------------ score: data-set denoiser tile
 
     def dataset_denoise_tile(self, scores_ptr, B, T, tile_sq_ptr, log_w_ptr, sigma_ptr, alpha_ptr, running_max_ptr,
-                             total_ptr, rescale_ptr, stream, device):
+                             total_ptr, rescale_ptr, stream, device, cost=0, x_sq_ptr=0):
         """scores [B, T] in place (x'.y'^T -> exp(l - m')), tile_sq [T], log_w [T] (0: none), sigma,
-        alpha [B]; running_max, total [B] in place, rescale [B] out (cuda/score/dataset_denoise.cuh)."""
+        alpha [B], x_sq [B] (the euclidean costs); running_max, total [B] in place, rescale [B] out
+        (cuda/score/dataset_denoise.cuh)."""
         op = "dataset_denoise_tile"
         self.calls[op] += 1
         if B < 0 or T < 1:
             _fail(op, f"need B >= 0 and T >= 1, got B={B}, T={T}")
+        if cost not in (0, 1, 2):
+            _fail(op, f"cost must be 0 (squared), 1 (euclidean) or 2 (euclidean_inverse), got {cost}")
         if B == 0:
             return
         _require(op, scores_ptr, tile_sq_ptr, sigma_ptr, alpha_ptr, running_max_ptr, total_ptr, rescale_ptr)
+        if cost != 0 and not x_sq_ptr:
+            _fail(op, "the euclidean costs need x_sq")
         self._enter(op, device, stream)
         scores = _view(scores_ptr, (B, T), F32, "scores", op)
         tile_sq = _view(tile_sq_ptr, (T,), F32, "tile_sq", op)
@@ -432,10 +437,23 @@ class FakeCuda:
             (running_max_ptr, "running_max"), (total_ptr, "total"), (rescale_ptr, "rescale")))
         s64, a64 = sigma.astype(F64), alpha.astype(F64)
         with np.errstate(all="ignore"):
-            ca = (a64 / (s64 * s64)).astype(F32)                        # formed in double, as the kernel
-            cq = (0.5 * a64 * a64 / (s64 * s64)).astype(F32)
-            quad = cq[:, None] * tile_sq[None, :]                       # float32 product
-            logits = (ca.astype(F64)[:, None] * scores.astype(F64) - quad.astype(F64)).astype(F32)  # fmaf
+            if cost == 0:
+                ca = (a64 / (s64 * s64)).astype(F32)                        # formed in double, as the kernel
+                cq = (0.5 * a64 * a64 / (s64 * s64)).astype(F32)
+                quad = cq[:, None] * tile_sq[None, :]                       # float32 product
+                logits = (ca.astype(F64)[:, None] * scores.astype(F64) - quad.astype(F64)).astype(F32)  # fmaf
+            else:
+                ca = (2.0 * a64 / (s64 * s64)).astype(F32)
+                cq = (a64 * a64 / (s64 * s64)).astype(F32)
+                co = (_view(x_sq_ptr, (B,), F32, "x_sq", op).astype(F64) / (s64 * s64)).astype(F32)
+                u2 = (co.astype(F64)[:, None] + cq.astype(F64)[:, None] * tile_sq.astype(F64)[None, :]
+                      - ca.astype(F64)[:, None] * scores.astype(F64)).astype(F32)   # two fmaf
+                near = F32(16) * np.finfo(F32).eps                                # kCoincidentUlps ulp
+                apart = u2 > ((near * cq).astype(F64)[:, None] * tile_sq.astype(F64)[None, :]
+                              + (near * co).astype(F64)[:, None]).astype(F32)
+                u = np.where(apart, np.sqrt(np.maximum(u2, F32(0))), F32(0))
+                logits = -u if cost == 1 else np.where(apart, -(u + F32(0.5) * np.log(np.maximum(u2, F32(1e-38)))),
+                                                       F32(-np.inf))
             if log_w_ptr:
                 logits = logits + _view(log_w_ptr, (T,), F32, "log_w", op)[None, :]
             new_max = np.fmax(running_max, np.fmax.reduce(logits, axis=1, initial=-np.inf))  # NaN skipped

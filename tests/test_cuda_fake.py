@@ -812,6 +812,8 @@ SCORE_ARGUMENT_CASES = {
     "tile rows": lambda m: m.dataset_denoise_tile(16, 2, 0, 16, 0, 16, 16, 16, 16, 16, 0, 0),
     "tile null": lambda m: m.dataset_denoise_tile(16, 2, 5, 16, 0, 16, 0, 16, 16, 16, 0, 0),
     "tile no rows": lambda m: m.dataset_denoise_tile(0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+    "tile cost": lambda m: m.dataset_denoise_tile(16, 2, 5, 16, 0, 16, 16, 16, 16, 16, 0, 0, 3, 16),
+    "tile euclidean without x_sq": lambda m: m.dataset_denoise_tile(16, 2, 5, 16, 0, 16, 16, 16, 16, 16, 0, 0, 1, 0),
     "gmm K": lambda m: m.gmm_score(16, 2, 3, 16, 0, 16, 16, 16, 16, 16, 16, 0, 0),
     "gmm d": lambda m: m.gmm_score(16, 2, 0, 16, 1, 16, 16, 16, 16, 16, 16, 0, 0),
     "gmm B": lambda m: m.gmm_score(16, -2, 3, 16, 1, 16, 16, 16, 16, 16, 16, 0, 0),

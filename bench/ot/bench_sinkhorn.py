@@ -3,7 +3,9 @@
 Group ``sinkhorn-divergence-<size>-N<n>-D<d>`` holds every contender on the
 same data: n points against n points, uniform in the unit cube [0, 1]^D,
 float32, blur 0.05 (eps = blur^2 = 0.0025 with the cost |x - y|^2 / 2, POT's
-reg = eps on the same cost matrix). Each computes
+reg = eps on the same cost matrix); ``sinkhorn-divergence-p1-<size>-N<n>-D<d>``
+the same with the Euclidean cost |x - y| (p = 1, eps = blur = 0.05, POT on
+``ot.dist(x, y, metric="euclidean")``). Each computes
 
     S = OT_eps(a, b) - (OT_eps(a, a) + OT_eps(b, b)) / 2,   OT_eps = <a, f> + <b, g>
 
@@ -26,9 +28,12 @@ Every contender's value is checked against gencore in float64 at tol 1e-5 on
 GeomLoss's fixed schedule is not converged there, so its check is loose and its
 error is recorded, not hidden. The timed size's value is recorded too.
 Sizes: quick 300 at D = 3 (without POT: seconds), mid 5000, full 5000 and 10000,
-D = 3 and 64. At D = 64 and this blur, converging to tol 1e-3 takes hundreds of
-iterations (eps is 5e-4 of the typical cost): gencore-schedule shows the speed
-at GeomLoss's own (unconverged) accuracy.
+D = 3 and 64; p = 1 at 5000, D = 3 (mid and full). At D = 64 and this blur,
+converging to tol 1e-3 takes hundreds of iterations (eps is 5e-4 of the typical
+cost): gencore-schedule shows the speed at GeomLoss's own (unconverged) accuracy.
+POT is not run at 10000: one dense sinkhorn_log iteration there took 4.7 s
+(10k x 10k, torch backend, 2 threads) and it needs thousands at this eps
+without scaling (hours per contender); GeomLoss is the 10k peer.
 """
 from __future__ import annotations
 
@@ -42,10 +47,11 @@ import torch
 import gencore
 
 BLUR = 0.05
-EPS = BLUR ** 2
 SCALING = 0.5
 TOL = 1e-3
 SIZES = {"quick": (300,), "mid": (5000,), "full": (5000, 10_000)}
+P1_SIZES = {"mid": (5000,), "full": (5000,)}   # the Euclidean cost's rows (D = 3)
+POT_MAX_N = 5000   # see the docstring: POT's dense iterations at 10k take hours
 VERIFY_N = 200     # points of the verification data
 # POT has no epsilon scaling: at eps = 0.0025 sinkhorn_log runs thousands of dense iterations
 # (measured, 500 vs 500, 2 threads: pot-torch 22 s at D=3, 110 s at D=64), so it is timed from
@@ -62,58 +68,62 @@ CHECK_REL = {"gencore": 0.02, "pot-numpy": 0.02, "pot-torch": 0.02, "geomloss": 
 
 
 class Clouds:
-    def __init__(self, n: int, d: int, seed: int = 20240611):
+    """n vs n uniform points in [0, 1]^d and the cost exponent p (2: |x - y|^2 / 2, 1: |x - y|)."""
+
+    def __init__(self, n: int, d: int, p: int, seed: int = 20240611):
         rng = np.random.default_rng(seed + 7 * d + n)
-        self.n, self.d = n, d
+        self.n, self.d, self.p = n, d, p
+        self.eps = BLUR ** p
         self.x_np = rng.random((n, d), dtype=np.float32)
         self.y_np = rng.random((n, d), dtype=np.float32)
         self.x, self.y = torch.from_numpy(self.x_np), torch.from_numpy(self.y_np)
 
     def sizes(self) -> dict:
-        return {"N": self.n, "M": self.n, "D": self.d, "blur": BLUR, "tol": TOL, "dtype": "float32"}
+        return {"N": self.n, "M": self.n, "D": self.d, "p": self.p, "blur": BLUR, "tol": TOL, "dtype": "float32"}
 
 
 _clouds: dict = {}
 
 
-def clouds(n: int, d: int) -> Clouds:
-    if (n, d) not in _clouds:
-        _clouds[(n, d)] = Clouds(n, d)
-    return _clouds[(n, d)]
+def clouds(n: int, d: int, p: int) -> Clouds:
+    if (n, d, p) not in _clouds:
+        _clouds[(n, d, p)] = Clouds(n, d, p)
+    return _clouds[(n, d, p)]
 
 
 # --- contenders: make_<name>(clouds) -> fn() -> S (a float)
 
 def make_gencore(c):
-    return lambda: float(gencore.ot.sinkhorn_divergence(c.x, c.y, blur=BLUR, scaling=SCALING, tol=TOL))
+    return lambda: float(gencore.ot.sinkhorn_divergence(c.x, c.y, blur=BLUR, p=c.p, scaling=SCALING, tol=TOL))
 
 
 def make_gencore_schedule(c):
     from gencore.ot.sinkhorn import epsilon_schedule
 
     diameter = float(np.linalg.norm(np.maximum(c.x_np.max(0), c.y_np.max(0)) - np.minimum(c.x_np.min(0), c.y_np.min(0))))
-    steps = len(epsilon_schedule(2, max(diameter, BLUR), BLUR, SCALING))
+    steps = len(epsilon_schedule(c.p, max(diameter, BLUR), BLUR, SCALING))
 
     def run():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)   # max_iter is reached by design
-            return float(gencore.ot.sinkhorn_divergence(c.x, c.y, blur=BLUR, scaling=SCALING, max_iter=steps))
+            return float(gencore.ot.sinkhorn_divergence(c.x, c.y, blur=BLUR, p=c.p, scaling=SCALING,
+                                                        max_iter=steps))
 
     return run
 
 
 def make_geomloss(c):
     geomloss = pytest.importorskip("geomloss", reason="GeomLoss is a peer of this benchmark")
-    loss = geomloss.SamplesLoss("sinkhorn", p=2, blur=BLUR, scaling=SCALING, debias=True, backend="tensorized")
+    loss = geomloss.SamplesLoss("sinkhorn", p=c.p, blur=BLUR, scaling=SCALING, debias=True, backend="tensorized")
     return lambda: float(loss(c.x, c.y))
 
 
-def _pot_ot(pot, nx, a, b, cost):
+def _pot_ot(pot, nx, a, b, cost, eps):
     """OT_eps = <a, f> + <b, g> from sinkhorn_log's log-scalings (f = eps (log u - log a))."""
-    _, log = pot.bregman.sinkhorn_log(a, b, cost, EPS, numItermax=POT_MAX_ITER, stopThr=TOL / math.sqrt(len(b)),
+    _, log = pot.bregman.sinkhorn_log(a, b, cost, eps, numItermax=POT_MAX_ITER, stopThr=TOL / math.sqrt(len(b)),
                                       log=True, warn=False)
-    f = EPS * (log["log_u"] - nx.log(a))
-    g = EPS * (log["log_v"] - nx.log(b))
+    f = eps * (log["log_u"] - nx.log(a))
+    g = eps * (log["log_v"] - nx.log(b))
     return float((a * f).sum() + (b * g).sum())
 
 
@@ -125,18 +135,20 @@ def _make_pot(c, backend):
         a = np.full(c.n, 1.0 / c.n, dtype=np.float32)
 
         def cost(u, v):
+            if c.p == 1:
+                return pot.dist(u, v, metric="euclidean").astype(np.float32)
             return (0.5 * pot.dist(u, v, metric="sqeuclidean")).astype(np.float32)
     else:
         x, y = c.x, c.y
         a = torch.full((c.n,), 1.0 / c.n)
 
         def cost(u, v):
-            return 0.5 * torch.cdist(u, v).square_()
+            return torch.cdist(u, v) if c.p == 1 else 0.5 * torch.cdist(u, v).square_()
     nx = pot.backend.get_backend(a)
 
     def run():
-        return (_pot_ot(pot, nx, a, a, cost(x, y))
-                - 0.5 * (_pot_ot(pot, nx, a, a, cost(x, x)) + _pot_ot(pot, nx, a, a, cost(y, y))))
+        return (_pot_ot(pot, nx, a, a, cost(x, y), c.eps)
+                - 0.5 * (_pot_ot(pot, nx, a, a, cost(x, x), c.eps) + _pot_ot(pot, nx, a, a, cost(y, y), c.eps)))
 
     return run
 
@@ -147,17 +159,16 @@ MAKERS = {"gencore": make_gencore, "gencore-schedule": make_gencore_schedule, "g
 _verified: dict = {}
 
 
-def verify(contender: str, d: int) -> float:
+def verify(contender: str, p: int) -> float:
     """|S - S64| / |S64| on the verification data, D=3 (the answer's correctness does not depend
     on D, the float64 reference's run time does: minutes at D=64; the kernel at D=64 is tested
     against a dense oracle in tests/ot)."""
-    d = 3
-    key = (contender, d)
+    key = (contender, p)
     if key not in _verified:
-        c = clouds(VERIFY_N, d)
+        c = clouds(VERIFY_N, 3, p)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            want = float(gencore.ot.sinkhorn_divergence(c.x.double(), c.y.double(), blur=BLUR, tol=1e-5,
+            want = float(gencore.ot.sinkhorn_divergence(c.x.double(), c.y.double(), blur=BLUR, p=p, tol=1e-5,
                                                         max_iter=20_000))
         got = MAKERS[contender](c)()
         err = abs(got - want) / abs(want)
@@ -167,20 +178,27 @@ def verify(contender: str, d: int) -> float:
 
 
 def _cases():
-    return [pytest.param(n, d, contender, id=f"N{n}-D{d}-{contender}")
-            for n in sorted({n for sizes in SIZES.values() for n in sizes}) for d in DIMS for contender in CONTENDERS]
+    squared = [pytest.param(n, d, 2, contender, id=f"N{n}-D{d}-{contender}")
+               for n in sorted({n for sizes in SIZES.values() for n in sizes}) for d in DIMS
+               for contender in CONTENDERS]
+    euclidean = [pytest.param(n, 3, 1, contender, id=f"p1-N{n}-D3-{contender}")
+                 for n in sorted({n for sizes in P1_SIZES.values() for n in sizes}) for contender in CONTENDERS]
+    return squared + euclidean
 
 
-@pytest.mark.parametrize("n,d,contender", _cases())
-def test_sinkhorn_divergence(benchmark, run_timed, bench_size, bench_threads, n, d, contender):
-    if n not in SIZES[bench_size] or (bench_size == "quick" and d not in QUICK_DIMS):
-        pytest.skip(f"N={n}, D={d} is not a size of --bench-size {bench_size}")
+@pytest.mark.parametrize("n,d,p,contender", _cases())
+def test_sinkhorn_divergence(benchmark, run_timed, bench_size, bench_threads, n, d, p, contender):
+    sizes = SIZES if p == 2 else P1_SIZES
+    if n not in sizes.get(bench_size, ()) or (bench_size == "quick" and d not in QUICK_DIMS):
+        pytest.skip(f"N={n}, D={d}, p={p} is not a size of --bench-size {bench_size}")
     if contender.startswith("pot") and bench_size not in POT_SIZES:
         pytest.skip("POT without epsilon scaling takes minutes at this blur (see POT_SIZES)")
-    c = clouds(n, d)
-    error = verify(contender, d)
+    if contender.startswith("pot") and n > POT_MAX_N:
+        pytest.skip(f"POT at N={n}: one dense iteration took 4.7 s, thousands are needed (see the docstring)")
+    c = clouds(n, d, p)
+    error = verify(contender, p)
     fn = MAKERS[contender](c)
-    benchmark.group = f"sinkhorn-divergence-{bench_size}-N{n}-D{d}"
+    benchmark.group = f"sinkhorn-divergence-{'p1-' if p == 1 else ''}{bench_size}-N{n}-D{d}"
     benchmark.extra_info.update(c.sizes(), contender=contender, threads=bench_threads,
                                 simd=gencore.info()["simd"]["in_use"], verify_relative_error=error)
     values = []

@@ -23,9 +23,12 @@ const T* optional_vector_in(const py::object& a, const char* name, py::ssize_t n
 }
 
 // x [B, d], data [N, d], sigma [B], alpha [B], log_weights [N] or None
-//   -> denoised [B, d] (None: log_z only), log_z [B]
+//   -> denoised [B, d] (None: log_z only), log_z [B]; cost: a score::CostMode
 void dataset_denoise(const py::array& x, const py::array& data, const py::array& sigma, const py::array& alpha,
-                     const py::object& log_weights, const py::object& denoised, py::array& log_z, int threads) {
+                     const py::object& log_weights, const py::object& denoised, py::array& log_z, int threads,
+                     int cost) {
+  GENCORE_CHECK(cost >= 0 && cost <= int(score::CostMode::euclidean_inverse),
+                "dataset_denoise: cost must be 0 (squared), 1 (euclidean) or 2 (euclidean_inverse), got ", cost);
   dispatch_floating(x, "x", [&](auto tag) {
     using T = decltype(tag);
     const auto xs = matrix_in<T>(x, "x");
@@ -40,7 +43,7 @@ void dataset_denoise(const py::array& x, const py::array& data, const py::array&
     }
     T* lz = vector_out<T>(log_z, "log_z", xs.rows);
     py::gil_scoped_release release;
-    score::dataset_denoise<T>(xs, ys, s, a, lw, out, lz, threads);
+    score::dataset_denoise<T>(xs, ys, s, a, lw, out, lz, threads, score::CostMode(cost));
   });
 }
 
@@ -149,10 +152,11 @@ void dmd_gradient(const py::array& x0, const py::array& real, const py::array& f
 
 void bind_score(py::module_& m) {
   m.def("dataset_denoise", &dataset_denoise, py::arg("x"), py::arg("data"), py::arg("sigma"), py::arg("alpha"),
-        py::arg("log_weights"), py::arg("denoised"), py::arg("log_z"), py::arg("num_threads"),
+        py::arg("log_weights"), py::arg("denoised"), py::arg("log_z"), py::arg("num_threads"), py::arg("cost") = 0,
         "Exact denoiser of a data set: denoised [B, d] = softmax_i(l_bi) . data, log_z [B] = logsumexp_i l_bi,\n"
         "l_bi = log w_i - ||x_b - alpha_b y_i||^2 / (2 sigma_b^2) (log_weights None: all w_i = 1; denoised None:\n"
-        "log_z only, without the second GEMM).");
+        "log_z only, without the second GEMM). cost 1: l_bi = log w_i - r_bi / sigma_b with r_bi =\n"
+        "||x_b - alpha_b y_i||; cost 2: that minus log(r_bi / sigma_b), -inf where r_bi = 0 (score::CostMode).");
   m.def("dataset_denoise_plan", &dataset_denoise_plan, py::arg("b"), py::arg("n"), py::arg("d"),
         py::arg("num_threads"),
         "How dataset_denoise splits a [b, d] x [n, d] call: (plan 'query-split' | 'data-split', query_block,\n"

@@ -7,7 +7,7 @@
 
 #define GENCORE_ISA avx2
 #include "gencore/isa_begin.h"
-#include "gencore/vec_avx2.h"  // exp_nonpositive, widen_lo/hi, hsum, hmax
+#include "gencore/vec_avx2.h"  // exp_nonpositive, log_reduced, widen_lo/hi, hsum, hmax
 
 namespace gencore::ood {
 namespace {
@@ -19,20 +19,7 @@ inline __m256 log_one_minus(__m256 p) {
   const __m256 f = _mm256_blendv_ps(_mm256_sub_ps(_mm256_setzero_ps(), p),
                                     _mm256_fnmadd_ps(_mm256_set1_ps(2.0f), p, one), big);
   const __m256 e = _mm256_and_ps(big, _mm256_set1_ps(-1.0f));
-  const __m256 z = _mm256_mul_ps(f, f);
-  __m256 y = _mm256_set1_ps(7.0376836292e-2f);
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.1514610310e-1f));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.1676998740e-1f));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.2420140846e-1f));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.4249322787e-1f));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.6668057665e-1f));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(2.0000714765e-1f));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-2.4999993993e-1f));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(3.3333331174e-1f));
-  y = _mm256_mul_ps(_mm256_mul_ps(y, f), z);
-  y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
-  y = _mm256_fnmadd_ps(_mm256_set1_ps(0.5f), z, y);
-  return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(f, y));
+  return log_reduced(f, e);
 }
 
 float row_max(const float* row, int64_t n, bool* finite) {

@@ -8,7 +8,7 @@
 
 #define GENCORE_ISA avx512
 #include "gencore/isa_begin.h"
-#include "gencore/vec_avx512.h"  // exp_nonpositive, widen_lo/hi, tail_mask
+#include "gencore/vec_avx512.h"  // exp_nonpositive, log_reduced, widen_lo/hi, tail_mask
 
 namespace gencore::ood {
 namespace {
@@ -22,20 +22,7 @@ inline __m512 log_one_minus(__m512 p) {
   const __m512 f = _mm512_mask_blend_ps(big, _mm512_sub_ps(_mm512_setzero_ps(), p),
                                         _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), p, one));
   const __m512 e = _mm512_maskz_mov_ps(big, _mm512_set1_ps(-1.0f));
-  const __m512 z = _mm512_mul_ps(f, f);
-  __m512 y = _mm512_set1_ps(7.0376836292e-2f);
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.1514610310e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.1676998740e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.2420140846e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.4249322787e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.6668057665e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.0000714765e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-2.4999993993e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(3.3333331174e-1f));
-  y = _mm512_mul_ps(_mm512_mul_ps(y, f), z);
-  y = _mm512_fmadd_ps(e, _mm512_set1_ps(-2.12194440e-4f), y);
-  y = _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), z, y);
-  return _mm512_fmadd_ps(e, _mm512_set1_ps(0.693359375f), _mm512_add_ps(f, y));
+  return log_reduced(f, e);
 }
 
 float row_max(const float* row, int64_t n, bool* finite) {

@@ -21,6 +21,11 @@
 // and finally D = A / sum + c. x' lives in the rows of the output D until the
 // finished accumulator overwrites it.
 //
+// The euclidean costs (CostMode, Sinkhorn with p = 1) need ||x'||^2 inside the
+// logits, which take the square root of the same expansion: l' = -sqrt(max(
+// ||x'||^2 - 2 alpha x'.y' + alpha^2 ||y'||^2, 0)) / sigma (- log of it), and
+// log_z = max + log(sum) with nothing subtracted. The stream is the same.
+//
 // log_z only (denoised null, what a Sinkhorn iteration needs): no accumulator
 // and no second GEMM, so about half the work at large d; x' then lives in a
 // buffer of B d elements.
@@ -68,16 +73,31 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---------------------------------------------------------------- portable epilogue
 
-template <typename T>
-T logits_portable(T* row, int64_t n, T scale, T shift, const T* sq_norms, const T* log_w) {
-  T m = -std::numeric_limits<T>::infinity();
-  for (int64_t j = 0; j < n; ++j) {
-    T v = row[j] * scale - shift * sq_norms[j];
-    if (log_w) v += log_w[j];
-    row[j] = v;
-    m = v > m ? v : m;
+template <typename T, CostMode kCost>
+T cost_logit(T s, T q, const RowTerms<T>& t) {
+  if constexpr (kCost == CostMode::squared) {
+    return s * t.scale - t.shift * q;
+  } else {
+    constexpr T kNear = T(kCoincidentUlps) * std::numeric_limits<T>::epsilon();
+    const T u2 = t.offset + t.shift * q - t.scale * s;  // r^2 / sigma^2
+    const bool apart = u2 > kNear * t.offset + kNear * t.shift * q;
+    if constexpr (kCost == CostMode::euclidean) return apart ? -std::sqrt(u2) : T(0);
+    return apart ? -(std::sqrt(u2) + T(0.5) * std::log(u2)) : -std::numeric_limits<T>::infinity();
   }
-  return m;
+}
+
+template <typename T>
+T logits_portable(T* row, int64_t n, RowTerms<T> terms, const T* sq_norms, const T* log_w) {
+  return with_logit_form(log_w != nullptr, terms.cost, [&](auto weighted, auto cost) {
+    T m = -std::numeric_limits<T>::infinity();
+    for (int64_t j = 0; j < n; ++j) {
+      T v = cost_logit<T, decltype(cost)::value>(row[j], sq_norms[j], terms);
+      if constexpr (decltype(weighted)::value) v += log_w[j];
+      row[j] = v;
+      m = v > m ? v : m;
+    }
+    return m;
+  });
 }
 
 template <typename T>
@@ -164,22 +184,27 @@ void centre_queries(MatrixView<const T> x, const T* alpha, const T* center, T* x
 
 // ---------------------------------------------------------------- the tiled stream
 
-// Per-query coefficients of the tile logits, in T, computed in double.
+// Per-query coefficients of the tile logits (RowTerms), in T, computed in double.
 template <typename T>
 struct QueryTerms {
-  std::vector<T> scale;       // alpha / sigma^2
-  std::vector<T> shift;       // alpha^2 / (2 sigma^2)
-  std::vector<double> half_inv_var;  // 1 / (2 sigma^2), for log_z
+  std::vector<T> scale, shift, offset;
+  std::vector<double> half_inv_var;  // squared cost: 1 / (2 sigma^2), for log_z (0 for the euclidean costs)
+  CostMode cost;
+  RowTerms<T> row(int64_t b) const { return {scale[b], shift[b], offset[b], cost}; }
 };
 
+// x_sq [B] = ||x'||^2 (the euclidean costs need it inside the logits; the squared one
+// adds it to log_z at the end).
 template <typename T>
-QueryTerms<T> query_terms(int64_t B, const T* sigma, const T* alpha) {
-  QueryTerms<T> q{std::vector<T>(B), std::vector<T>(B), std::vector<double>(B)};
+QueryTerms<T> query_terms(int64_t B, const T* sigma, const T* alpha, const double* x_sq, CostMode cost) {
+  QueryTerms<T> q{std::vector<T>(B), std::vector<T>(B), std::vector<T>(B), std::vector<double>(B), cost};
+  const bool squared = cost == CostMode::squared;
   for (int64_t b = 0; b < B; ++b) {
     const double a = double(alpha[b]), inv_var = 1.0 / (double(sigma[b]) * double(sigma[b]));
-    q.scale[b] = T(a * inv_var);
-    q.shift[b] = T(0.5 * a * a * inv_var);
-    q.half_inv_var[b] = 0.5 * inv_var;
+    q.scale[b] = T((squared ? 1.0 : 2.0) * a * inv_var);
+    q.shift[b] = T((squared ? 0.5 : 1.0) * a * a * inv_var);
+    q.offset[b] = T(squared ? 0.0 : x_sq[b] * inv_var);
+    q.half_inv_var[b] = squared ? 0.5 * inv_var : 0.0;
   }
   return q;
 }
@@ -228,8 +253,7 @@ void stream_block(const T* xc, int64_t q0, int64_t rows, MatrixView<const T> dat
     blas::gemm_abt(rows, tn, d, T(1), xc + q0 * d, d, s.tile.data(), d, T(0), s.scores.data(), tile_rows);
     for (int64_t i = 0; i < rows; ++i) {
       T* row = s.scores.data() + i * tile_rows;
-      const T tile_max = ops.logits(row, tn, terms.scale[q0 + i], terms.shift[q0 + i], s.sq_norms.data(),
-                                    log_w ? log_w + t0 : nullptr);
+      const T tile_max = ops.logits(row, tn, terms.row(q0 + i), s.sq_norms.data(), log_w ? log_w + t0 : nullptr);
       if (!(tile_max > run.max[i])) {  // the max stays (or the whole tile has weight 0 so far)
         if (run.max[i] == kNegInf) {
           std::fill(row, row + tn, T(0));
@@ -253,7 +277,8 @@ void stream_block(const T* xc, int64_t q0, int64_t rows, MatrixView<const T> dat
   }
 }
 
-// D_b = A_b / sum + c (unless denoised is null) and log_z_b = max + log(sum) - ||x'_b||^2 / (2 sigma^2).
+// D_b = A_b / sum + c (unless denoised is null) and log_z_b = max + log(sum) - ||x'_b||^2 / (2 sigma^2)
+// (half_inv_var = 0 for the euclidean costs, whose logits hold ||x'_b||^2 already).
 template <typename T>
 void finish_query(const T* acc, T max, double sum, const T* center, double x_sq, double half_inv_var, int64_t d,
                   T* denoised, T* log_z) {
@@ -293,7 +318,7 @@ DenoisePlan dataset_denoise_plan(int64_t B, int64_t N, int64_t d, int num_thread
 
 template <typename T>
 void dataset_denoise(MatrixView<const T> x, MatrixView<const T> data, const T* sigma, const T* alpha,
-                     const T* log_weights, T* denoised, T* log_z, int num_threads) {
+                     const T* log_weights, T* denoised, T* log_z, int num_threads, CostMode cost) {
   const int64_t B = x.rows, N = data.rows, d = data.cols;
   GENCORE_CHECK(x.cols == d, "dataset_denoise: x has ", x.cols, " columns but data has ", d);
   GENCORE_CHECK(N >= 1, "dataset_denoise: data is empty");
@@ -314,7 +339,7 @@ void dataset_denoise(MatrixView<const T> x, MatrixView<const T> data, const T* s
   GENCORE_CHECK(!bad_data.any(), "data contains NaN or inf (row ", bad_data.get(), "); inputs must be finite");
 
   const DenoisePlan plan = dataset_denoise_plan(B, N, d, num_threads);
-  const QueryTerms<T> terms = query_terms(B, sigma, alpha);
+  const QueryTerms<T> terms = query_terms(B, sigma, alpha, x_sq.data(), cost);
   const DenoiseRowOps<T> ops = pick_row_ops<T>();
   const SquaredNormFn norm = squared_norm_kernel();
   const T* xc = xc_rows;
@@ -380,8 +405,8 @@ void dataset_denoise(MatrixView<const T> x, MatrixView<const T> data, const T* s
 }
 
 template void dataset_denoise<float>(MatrixView<const float>, MatrixView<const float>, const float*, const float*,
-                                     const float*, float*, float*, int);
+                                     const float*, float*, float*, int, CostMode);
 template void dataset_denoise<double>(MatrixView<const double>, MatrixView<const double>, const double*,
-                                      const double*, const double*, double*, double*, int);
+                                      const double*, const double*, double*, double*, int, CostMode);
 
 }  // namespace gencore::score

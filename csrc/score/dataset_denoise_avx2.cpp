@@ -14,22 +14,46 @@
 namespace gencore::score {
 namespace {
 
-template <bool kWeighted>
-float logits_rows(float* row, int64_t n, float scale, float shift, const float* sq_norms, const float* log_w) {
-  const __m256 vs = _mm256_set1_ps(scale), vh = _mm256_set1_ps(shift);
+// The logits of RowTerms for 8 lanes of s (the GEMM's x'.y') and q (||y'||^2).
+// near_*: kCoincidentUlps ulp of shift and offset (the coincidence threshold).
+template <CostMode kCost>
+__m256 cost_logits(__m256 s, __m256 q, __m256 scale, __m256 shift, __m256 offset, __m256 near_shift,
+                   __m256 near_offset) {
+  if constexpr (kCost == CostMode::squared) {
+    return _mm256_fnmadd_ps(shift, q, _mm256_mul_ps(s, scale));
+  } else {
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256 u2 = _mm256_fnmadd_ps(scale, s, _mm256_fmadd_ps(shift, q, offset));  // r^2 / sigma^2
+    const __m256 apart = _mm256_cmp_ps(u2, _mm256_fmadd_ps(near_shift, q, near_offset), _CMP_GT_OQ);
+    if constexpr (kCost == CostMode::euclidean) {
+      return _mm256_sub_ps(zero, _mm256_and_ps(apart, _mm256_sqrt_ps(_mm256_max_ps(u2, zero))));
+    } else {
+      const __m256 c = _mm256_max_ps(u2, _mm256_set1_ps(std::numeric_limits<float>::min()));
+      const __m256 v = _mm256_fnmadd_ps(_mm256_set1_ps(0.5f), log_positive(c), _mm256_sub_ps(zero, _mm256_sqrt_ps(c)));
+      return _mm256_blendv_ps(_mm256_set1_ps(-std::numeric_limits<float>::infinity()), v, apart);
+    }
+  }
+}
+
+template <bool kWeighted, CostMode kCost>
+float logits_rows(float* row, int64_t n, RowTerms<float> terms, const float* sq_norms, const float* log_w) {
+  const __m256 vs = _mm256_set1_ps(terms.scale), vh = _mm256_set1_ps(terms.shift);
+  const __m256 vo = _mm256_set1_ps(terms.offset);
+  constexpr float kNear = float(kCoincidentUlps) * std::numeric_limits<float>::epsilon();
+  const __m256 nh = _mm256_set1_ps(kNear * terms.shift), no = _mm256_set1_ps(kNear * terms.offset);
   const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   __m256 m = neg_inf;
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
-    __m256 v = _mm256_fnmadd_ps(vh, _mm256_loadu_ps(sq_norms + j), _mm256_mul_ps(_mm256_loadu_ps(row + j), vs));
+    __m256 v = cost_logits<kCost>(_mm256_loadu_ps(row + j), _mm256_loadu_ps(sq_norms + j), vs, vh, vo, nh, no);
     if (kWeighted) v = _mm256_add_ps(v, _mm256_loadu_ps(log_w + j));
     _mm256_storeu_ps(row + j, v);
     m = _mm256_max_ps(m, v);
   }
   if (j < n) {
     const __m256i k = tail_lanes(n - j);
-    __m256 v = _mm256_fnmadd_ps(vh, _mm256_maskload_ps(sq_norms + j, k),
-                                _mm256_mul_ps(_mm256_maskload_ps(row + j, k), vs));
+    __m256 v = cost_logits<kCost>(_mm256_maskload_ps(row + j, k), _mm256_maskload_ps(sq_norms + j, k), vs, vh, vo,
+                                  nh, no);
     if (kWeighted) v = _mm256_add_ps(v, _mm256_maskload_ps(log_w + j, k));
     _mm256_maskstore_ps(row + j, k, v);
     m = _mm256_max_ps(m, _mm256_blendv_ps(neg_inf, v, _mm256_castsi256_ps(k)));
@@ -37,9 +61,10 @@ float logits_rows(float* row, int64_t n, float scale, float shift, const float* 
   return hmax(m);
 }
 
-float logits(float* row, int64_t n, float scale, float shift, const float* sq_norms, const float* log_w) {
-  return log_w ? logits_rows<true>(row, n, scale, shift, sq_norms, log_w)
-               : logits_rows<false>(row, n, scale, shift, sq_norms, log_w);
+float logits(float* row, int64_t n, RowTerms<float> terms, const float* sq_norms, const float* log_w) {
+  return with_logit_form(log_w != nullptr, terms.cost, [&](auto weighted, auto cost) {
+    return logits_rows<decltype(weighted)::value, decltype(cost)::value>(row, n, terms, sq_norms, log_w);
+  });
 }
 
 double exp_sum(float* row, int64_t n, float max) {

@@ -15,21 +15,45 @@
 namespace gencore::score {
 namespace {
 
-template <bool kWeighted>
-float logits_rows(float* row, int64_t n, float scale, float shift, const float* sq_norms, const float* log_w) {
-  const __m512 vs = _mm512_set1_ps(scale), vh = _mm512_set1_ps(shift);
+// The logits of RowTerms for 16 lanes of s (the GEMM's x'.y') and q (||y'||^2).
+// near_*: kCoincidentUlps ulp of shift and offset (the coincidence threshold).
+template <CostMode kCost>
+__m512 cost_logits(__m512 s, __m512 q, __m512 scale, __m512 shift, __m512 offset, __m512 near_shift,
+                   __m512 near_offset) {
+  if constexpr (kCost == CostMode::squared) {
+    return _mm512_fnmadd_ps(shift, q, _mm512_mul_ps(s, scale));
+  } else {
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512 u2 = _mm512_fnmadd_ps(scale, s, _mm512_fmadd_ps(shift, q, offset));  // r^2 / sigma^2
+    const __mmask16 apart = _mm512_cmp_ps_mask(u2, _mm512_fmadd_ps(near_shift, q, near_offset), _CMP_GT_OQ);
+    if constexpr (kCost == CostMode::euclidean) {
+      return _mm512_sub_ps(zero, _mm512_maskz_sqrt_ps(apart, u2));
+    } else {
+      const __m512 c = _mm512_max_ps(u2, _mm512_set1_ps(std::numeric_limits<float>::min()));
+      const __m512 v = _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), log_positive(c), _mm512_sub_ps(zero, _mm512_sqrt_ps(c)));
+      return _mm512_mask_blend_ps(apart, _mm512_set1_ps(-std::numeric_limits<float>::infinity()), v);
+    }
+  }
+}
+
+template <bool kWeighted, CostMode kCost>
+float logits_rows(float* row, int64_t n, RowTerms<float> terms, const float* sq_norms, const float* log_w) {
+  const __m512 vs = _mm512_set1_ps(terms.scale), vh = _mm512_set1_ps(terms.shift);
+  const __m512 vo = _mm512_set1_ps(terms.offset);
+  constexpr float kNear = float(kCoincidentUlps) * std::numeric_limits<float>::epsilon();
+  const __m512 nh = _mm512_set1_ps(kNear * terms.shift), no = _mm512_set1_ps(kNear * terms.offset);
   __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) {
-    __m512 v = _mm512_fnmadd_ps(vh, _mm512_loadu_ps(sq_norms + j), _mm512_mul_ps(_mm512_loadu_ps(row + j), vs));
+    __m512 v = cost_logits<kCost>(_mm512_loadu_ps(row + j), _mm512_loadu_ps(sq_norms + j), vs, vh, vo, nh, no);
     if (kWeighted) v = _mm512_add_ps(v, _mm512_loadu_ps(log_w + j));
     _mm512_storeu_ps(row + j, v);
     m = _mm512_max_ps(m, v);
   }
   if (j < n) {
     const __mmask16 k = tail_mask(n - j);
-    __m512 v = _mm512_fnmadd_ps(vh, _mm512_maskz_loadu_ps(k, sq_norms + j),
-                                _mm512_mul_ps(_mm512_maskz_loadu_ps(k, row + j), vs));
+    __m512 v = cost_logits<kCost>(_mm512_maskz_loadu_ps(k, row + j), _mm512_maskz_loadu_ps(k, sq_norms + j), vs, vh,
+                                  vo, nh, no);
     if (kWeighted) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, log_w + j));
     _mm512_mask_storeu_ps(row + j, k, v);
     m = _mm512_mask_max_ps(m, k, m, v);
@@ -37,9 +61,10 @@ float logits_rows(float* row, int64_t n, float scale, float shift, const float* 
   return _mm512_reduce_max_ps(m);
 }
 
-float logits(float* row, int64_t n, float scale, float shift, const float* sq_norms, const float* log_w) {
-  return log_w ? logits_rows<true>(row, n, scale, shift, sq_norms, log_w)
-               : logits_rows<false>(row, n, scale, shift, sq_norms, log_w);
+float logits(float* row, int64_t n, RowTerms<float> terms, const float* sq_norms, const float* log_w) {
+  return with_logit_form(log_w != nullptr, terms.cost, [&](auto weighted, auto cost) {
+    return logits_rows<decltype(weighted)::value, decltype(cost)::value>(row, n, terms, sq_norms, log_w);
+  });
 }
 
 double exp_sum(float* row, int64_t n, float max) {

@@ -25,23 +25,27 @@ void bind_dataset(py::module_& m) {
       "dataset_denoise_tile",
       [](std::uintptr_t scores, int64_t B, int64_t T, std::uintptr_t tile_sq, std::uintptr_t log_w,
          std::uintptr_t sigma, std::uintptr_t alpha, std::uintptr_t running_max, std::uintptr_t total,
-         std::uintptr_t rescale, std::uintptr_t stream, int device) {
-        // scores [B, T] in place, tile_sq [T], log_w [T]?, sigma, alpha [B] -> running_max, total, rescale [B]
+         std::uintptr_t rescale, std::uintptr_t stream, int device, int cost, std::uintptr_t x_sq) {
+        // scores [B, T] in place, tile_sq [T], log_w [T]?, sigma, alpha [B], x_sq [B]? -> running_max, total,
+        // rescale [B]
         py::gil_scoped_release release;
         gpu::dataset_denoise_tile(device_ptr<float>(scores), B, T, device_ptr<const float>(tile_sq),
                                   device_ptr<const float>(log_w), device_ptr<const float>(sigma),
                                   device_ptr<const float>(alpha), device_ptr<float>(running_max),
-                                  device_ptr<float>(total), device_ptr<float>(rescale), as_stream(stream), device);
+                                  device_ptr<float>(total), device_ptr<float>(rescale), as_stream(stream), device,
+                                  cost, device_ptr<const float>(x_sq));
       },
       py::arg("scores_ptr"), py::arg("B"), py::arg("T"), py::arg("tile_sq_ptr"), py::arg("log_w_ptr"),
       py::arg("sigma_ptr"), py::arg("alpha_ptr"), py::arg("running_max_ptr"), py::arg("total_ptr"),
-      py::arg("rescale_ptr"), py::arg("stream"), py::arg("device"),
+      py::arg("rescale_ptr"), py::arg("stream"), py::arg("device"), py::arg("cost") = 0, py::arg("x_sq_ptr") = 0,
       "One step of the data-set denoiser's online log-sum-exp, fp32, in place: scores [B, T]\n"
       "(x'.y'^T of a data tile), tile_sq [T] = ||y'||^2, log_w [T] (pointer 0: weights 1), sigma,\n"
       "alpha [B]. l = log_w + (alpha scores - alpha^2 tile_sq / 2) / sigma^2; m = max(running_max,\n"
       "max_t l); m' = m if finite else 0; scores := exp(l - m'); rescale := exp(running_max - m');\n"
       "total := total rescale + sum_t scores; running_max := m. A row of -inf logits keeps its\n"
-      "max and total. T >= 1. No workspace. Queued on `stream`; never synchronises.");
+      "max and total. T >= 1. cost 1 (euclidean): l = log_w - u, u^2 = max(x_sq - 2 alpha scores +\n"
+      "alpha^2 tile_sq, 0) / sigma^2 with x_sq [B] = ||x'||^2; cost 2: l = log_w - u - log u, -inf at u = 0.\n"
+      "No workspace. Queued on `stream`; never synchronises.");
 }
 
 void bind_gmm(py::module_& m) {

@@ -12,7 +12,14 @@ x.y, a fused exp epilogue, one GEMM for D when asked), never B x N.
 
 ``with_denoised=False`` returns (None, log_z) and skips the second GEMM (on
 the CPU inside the kernel, on CUDA in this glue): what a Sinkhorn iteration
-needs. Arguments are checked by the callers (the ops); dtypes are the compute
+needs. ``cost`` replaces the squared distance inside the logits, with
+r_bi = ||x_b - alpha_b y_i|| (score::CostMode, csrc/score/dataset_denoise.h):
+
+    SQUARED            l_bi = log w_i - r_bi^2 / (2 sigma_b^2)     (the above)
+    EUCLIDEAN          l_bi = log w_i - r_bi / sigma_b             (Sinkhorn, p = 1)
+    EUCLIDEAN_INVERSE  l_bi = log w_i - r_bi / sigma_b - log(r_bi / sigma_b), -inf at r = 0
+
+Arguments are checked by the callers (the ops); dtypes are the compute
 dtype (float32, or float64 on the CPU).
 """
 from __future__ import annotations
@@ -25,10 +32,11 @@ import torch
 from . import _native, _native_call
 
 _CUDA_TILE = 4096  # data rows per CUDA step: two GEMMs by torch (cuBLAS) and one fused epilogue kernel
+SQUARED, EUCLIDEAN, EUCLIDEAN_INVERSE = 0, 1, 2   # the kernels' cost codes (see above)
 
 
 def cpu(x: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor, alpha: torch.Tensor,
-        log_w: Optional[torch.Tensor], dtype: torch.dtype, with_denoised: bool = True):
+        log_w: Optional[torch.Tensor], dtype: torch.dtype, with_denoised: bool = True, cost: int = SQUARED):
     """(D [B, d] or None, log_z [B]) from ``gencore._core.dataset_denoise``, in ``dtype``."""
     b = x.shape[0]
     denoised = denoised_array = None
@@ -38,12 +46,12 @@ def cpu(x: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor, alpha: torch.T
     _native.core.dataset_denoise(
         _native_call.cpu_array(x, dtype), _native_call.cpu_array(data, dtype), _native_call.cpu_array(sigma, dtype),
         _native_call.cpu_array(alpha, dtype), None if log_w is None else _native_call.cpu_array(log_w, dtype),
-        denoised_array, log_z_array, _native_call.threads())
+        denoised_array, log_z_array, _native_call.threads(), cost)
     return denoised, log_z
 
 
 def cuda(x: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor, alpha: torch.Tensor,
-         log_w: Optional[torch.Tensor], with_denoised: bool = True):
+         log_w: Optional[torch.Tensor], with_denoised: bool = True, cost: int = SQUARED):
     """(D [B, d] or None, log_z [B]), float32, on the caller's stream."""
     # Per tile of the data: the distance GEMM and the weighted-sum GEMM by torch
     # (cuBLAS on the caller's stream); in between, one gencore kernel turns the
@@ -55,6 +63,7 @@ def cuda(x: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor, alpha: torch.
     b = xs.shape[0]
     center = y.mean(0)
     xc = (xs - a[:, None] * center).contiguous()
+    x_sq = (xc * xc).sum(1)
     running_max = torch.full((b,), -math.inf, device=xs.device)
     total = torch.zeros(b, device=xs.device)
     rescale = torch.empty(b, device=xs.device)
@@ -68,9 +77,11 @@ def cuda(x: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor, alpha: torch.
         _native.cuda.dataset_denoise_tile(scores.data_ptr(), b, tile.shape[0], tile_sq.data_ptr(),
                                           0 if tile_lw is None else tile_lw.data_ptr(), s.data_ptr(), a.data_ptr(),
                                           running_max.data_ptr(), total.data_ptr(), rescale.data_ptr(),
-                                          stream, device)
+                                          stream, device, cost, x_sq.data_ptr())
         if acc is not None:
             acc.mul_(rescale[:, None]).addmm_(scores, tile)
     denoised = None if acc is None else acc / total[:, None] + center
-    log_z = running_max + torch.log(total) - 0.5 * (xc * xc).sum(1) / (s * s)
+    log_z = running_max + torch.log(total)
+    if cost == SQUARED:   # the euclidean logits hold ||x'||^2 already
+        log_z = log_z - 0.5 * x_sq / (s * s)
     return denoised, log_z

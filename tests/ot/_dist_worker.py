@@ -10,7 +10,7 @@ from gencore.ot import distributed
 from tests._distributed import WORLD, gloo_group, save  # noqa: F401 - WORLD is part of this module's interface
 
 # name -> (points of x on rank 0, on rank 1, points of y on rank 0, on rank 1, dtype, options)
-# options: "weights" (non-uniform a, b), "reach", "blur", "tol", "divergence", "whitened"
+# options: "weights" (non-uniform a, b), "reach", "blur", "tol", "p", "divergence", "whitened"
 CASES = {
     "even-float32": (40, 40, 30, 30, torch.float32, {}),
     "even-float64-tol1e-7": (40, 40, 30, 30, torch.float64, {"tol": 1e-7}),
@@ -24,6 +24,9 @@ CASES = {
     "divergence-float64": (30, 14, 22, 31, torch.float64, {"divergence": True, "weights": True}),
     "divergence-float32": (26, 30, 40, 10, torch.float32, {"divergence": True}),
     "divergence-unbalanced-float64": (16, 20, 22, 9, torch.float64, {"divergence": True, "reach": 0.7}),
+    "euclidean-uneven-float32": (9, 40, 33, 4, torch.float32, {"p": 1}),
+    "euclidean-unbalanced-float64": (21, 17, 12, 30, torch.float64, {"p": 1, "reach": 1.0, "weights": True}),
+    "euclidean-divergence-float64": (18, 22, 27, 11, torch.float64, {"p": 1, "divergence": True}),
 }
 
 
@@ -42,7 +45,7 @@ def case_data(name):
         b = torch.rand(ny0 + ny1, generator=g, dtype=dtype) + 0.1
         a, b = a / a.sum(), b / b.sum()
     kwargs = {"blur": options.get("blur", 0.2)}
-    kwargs.update({k: options[k] for k in ("reach", "tol") if k in options})
+    kwargs.update({k: options[k] for k in ("reach", "tol", "p") if k in options})
     if options.get("whitened"):
         m = torch.randn(3, 3, generator=g, dtype=dtype)
         kwargs.update(cost="whitened", whitening=m @ m.T + 0.5 * torch.eye(3, dtype=dtype))

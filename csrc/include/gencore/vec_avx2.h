@@ -8,6 +8,11 @@
 // ln2 in two parts so n * hi is exact) and degree-6 polynomial, ~2 ulp, with
 // 2^n built in the exponent field. For x <= 0 (softmax numerators, l - max);
 // below ln(FLT_MIN), -inf and NaN give exactly 0, so 2^n is always normal.
+//
+// log_positive: Cephes' logf: x = m 2^e with m in [sqrt(1/2), sqrt(2)) (from
+// the float's bits), a degree-8 polynomial in m - 1, ln2 in two parts; ~1 ulp
+// for normal x > 0 (callers clamp to FLT_MIN first: denormals, 0 and negatives
+// are not handled).
 #pragma once
 #if !defined(GENCORE_ISA_REGION_OPEN)
 #error "include gencore/vec_avx2.h inside an avx2 target region (after gencore/isa_begin.h)"
@@ -35,6 +40,36 @@ inline __m256 exp_nonpositive(__m256 x) {
   // n in [-126, 0]: 2^n = (n + 127) << 23 as float bits.
   const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_and_ps(keep, _mm256_mul_ps(y, _mm256_castsi256_ps(bits)));
+}
+
+// Cephes' logf core: log(1 + f) + e ln2 for f in [sqrt(1/2) - 1, sqrt(2) - 1] and an
+// integer e (as float): a degree-8 polynomial, ln2 in two parts.
+inline __m256 log_reduced(__m256 f, __m256 e) {
+  __m256 p = _mm256_set1_ps(7.0376836292e-2f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(-1.1514610310e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.1676998740e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(-1.2420140846e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.4249322787e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(-1.6668057665e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.0000714765e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(-2.4999993993e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(3.3333331174e-1f));
+  const __m256 z = _mm256_mul_ps(f, f);
+  __m256 y = _mm256_mul_ps(_mm256_mul_ps(p, f), z);
+  y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
+  y = _mm256_fnmadd_ps(_mm256_set1_ps(0.5f), z, y);
+  return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(f, y));
+}
+
+inline __m256 log_positive(__m256 x) {
+  const __m256i bits = _mm256_castps_si256(x);
+  __m256 e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)));
+  __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)),
+                                                 _mm256_set1_epi32(0x3F800000)));  // [1, 2)
+  const __m256 high = _mm256_cmp_ps(m, _mm256_set1_ps(1.41421356237f), _CMP_GT_OQ);
+  m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5f)), high);
+  e = _mm256_add_ps(e, _mm256_and_ps(high, _mm256_set1_ps(1.0f)));
+  return log_reduced(_mm256_sub_ps(m, _mm256_set1_ps(1.0f)), e);
 }
 
 inline __m256d widen_lo(__m256 v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }

@@ -8,6 +8,10 @@
 // ln2 in two parts so n * hi is exact) and degree-6 polynomial, ~2 ulp, scaled
 // by 2^n with vscalefps. For x <= 0 (softmax numerators, l - max); below
 // ln(FLT_MIN), -inf and NaN give exactly 0.
+//
+// log_positive: Cephes' logf: x = m 2^e with m in [sqrt(1/2), sqrt(2)), a
+// degree-8 polynomial in m - 1, ln2 in two parts; ~1 ulp for normal x > 0
+// (callers clamp to FLT_MIN first: denormals, 0 and negatives are not handled).
 #pragma once
 #if !defined(GENCORE_ISA_REGION_OPEN)
 #error "include gencore/vec_avx512.h inside an avx512 target region (after gencore/isa_begin.h)"
@@ -33,6 +37,34 @@ inline __m512 exp_nonpositive(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
   const __m512 y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
   return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(y, n));
+}
+
+// Cephes' logf core: log(1 + f) + e ln2 for f in [sqrt(1/2) - 1, sqrt(2) - 1] and an
+// integer e (as float): a degree-8 polynomial, ln2 in two parts.
+inline __m512 log_reduced(__m512 f, __m512 e) {
+  __m512 p = _mm512_set1_ps(7.0376836292e-2f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-1.1514610310e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.1676998740e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-1.2420140846e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.4249322787e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-1.6668057665e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.0000714765e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-2.4999993993e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(3.3333331174e-1f));
+  const __m512 z = _mm512_mul_ps(f, f);
+  __m512 y = _mm512_mul_ps(_mm512_mul_ps(p, f), z);
+  y = _mm512_fmadd_ps(e, _mm512_set1_ps(-2.12194440e-4f), y);
+  y = _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), z, y);
+  return _mm512_fmadd_ps(e, _mm512_set1_ps(0.693359375f), _mm512_add_ps(f, y));
+}
+
+inline __m512 log_positive(__m512 x) {
+  __m512 e = _mm512_getexp_ps(x);                                     // floor(log2 x)
+  __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);  // [1, 2)
+  const __mmask16 high = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421356237f), _CMP_GT_OQ);
+  m = _mm512_mask_mul_ps(m, high, m, _mm512_set1_ps(0.5f));
+  e = _mm512_mask_add_ps(e, high, e, _mm512_set1_ps(1.0f));
+  return log_reduced(_mm512_sub_ps(m, _mm512_set1_ps(1.0f)), e);
 }
 
 inline __m512d widen_lo(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }

@@ -1,7 +1,8 @@
 """Optimal transport: online log-domain Sinkhorn with gradients, the Sinkhorn
 divergence, exact OT (network simplex), sliced Wasserstein, minibatch OT coupling.
 
-Conventions (as GeomLoss): for p = 2 the cost is |x - y|^2 / 2 and epsilon = blur^p.
+Conventions (as GeomLoss): the Sinkhorn cost is |x - y|^2 / 2 for p = 2 (the default),
+|x - y| for p = 1, and epsilon = blur^p.
 
 Public names:
     sinkhorn(x, y, a=None, b=None, blur=0.05, p=2, scaling=0.5, tol=..., max_iter=...) -> SinkhornResult

@@ -52,10 +52,10 @@ class _Shards:
         self.dist, self.group, self.sizes = dist, group, sizes
         self.rank = dist.get_rank(group)
 
-    def softmin(self, points, other, log_w, eps, barycentre=False):
-        """``_softmin(points, cat(every rank's other), cat(every rank's log_w), eps)``, streamed:
+    def softmin(self, points, other, log_w, eps, p, gradient=False):
+        """``_softmin(points, cat(every rank's other), cat(every rank's log_w), eps, p)``, streamed:
         rank r broadcasts [other_r | log_w_r] in turn (the visiting shard), merged online."""
-        if barycentre:
+        if gradient:
             raise NotImplementedError("gencore.ot.distributed computes no gradients")
         d = other.shape[1]
         merged = torch.full((points.shape[0],), -math.inf, dtype=log_w.dtype, device=log_w.device)
@@ -71,7 +71,7 @@ class _Shards:
             if points.shape[0] == 0:
                 continue
             # a row-strided view of the points (the glue reads row strides), the log-weights a [m_r] copy
-            part = _softmin(points, visiting[:, :d], visiting[:, d].contiguous(), eps)[0]
+            part = _softmin(points, visiting[:, :d], visiting[:, d].contiguous(), eps, p)[0]
             merged = torch.logaddexp(merged, part / -eps)
         return -eps * merged, None
 
@@ -83,7 +83,7 @@ class _Shards:
 
 def _prepare(what, x, y, a, b, blur, p, scaling, tol, max_iter, reach, cost, whitening, group):
     """Checks on every rank alike (a rank's bad input raises on every rank, none is left waiting):
-    (shards of x, shards of y, local points x, y (whitened), weights a, b, eps schedule, rho, tol,
+    (shards of x, shards of y, local points x, y (whitened), weights a, b, p, eps schedule, rho, tol,
     max_iter, dtype)."""
     dist = _dist(what)
     error = None
@@ -138,7 +138,7 @@ def _prepare(what, x, y, a, b, blur, p, scaling, tol, max_iter, reach, cost, whi
     bounds = _bounds(px, py)
     dist.all_reduce(bounds, op=dist.ReduceOp.MAX, group=group)
     eps_list = epsilon_schedule(p, max(_diameter(px, py, bounds), blur), blur, scaling)
-    return xs, ys, px, py, wa, wb, eps_list, rho, tol, max_iter, dtype
+    return xs, ys, px, py, wa, wb, p, eps_list, rho, tol, max_iter, dtype
 
 
 def sinkhorn(x_local: torch.Tensor, y_local: torch.Tensor, a_local: Optional[torch.Tensor] = None,
@@ -172,11 +172,11 @@ def sinkhorn(x_local: torch.Tensor, y_local: torch.Tensor, a_local: Optional[tor
     all-reduce of 2 numbers per potential. No gradients: the result is detached.
     """
     what = "gencore.ot.distributed.sinkhorn"
-    xs, ys, px, py, wa, wb, eps_list, rho, tol, max_iter, dtype = _prepare(
+    xs, ys, px, py, wa, wb, p, eps_list, rho, tol, max_iter, dtype = _prepare(
         what, x_local, y_local, a_local, b_local, blur, p, scaling, tol, max_iter, reach, cost, whitening, group)
-    sides = _sides(px, py, wa, wb, over_x=xs.softmin, over_y=ys.softmin, total=xs.total)
+    sides = _sides(px, py, wa, wb, p, over_x=xs.softmin, over_y=ys.softmin, total=xs.total)
     _start(sides, eps_list[0], rho)
-    n_iter, error, status, eps, _ = _solve(what, sides, eps_list, rho, tol, max_iter, dtype, barycentre=False)
+    n_iter, error, status, eps, _ = _solve(what, sides, eps_list, rho, tol, max_iter, dtype, gradient=False)
     f, g = sides[0].value, sides[1].value
     value = xs.total(_pair_value(wa, f, wb, g, rho, eps))
     return SinkhornResult(value, f, g, n_iter, error, status == "converged", status, eps)
@@ -192,10 +192,10 @@ def sinkhorn_divergence(x_local: torch.Tensor, y_local: torch.Tensor, a_local: O
     rank. Arguments, sharding, defaults (global uniform weights), errors and communication as
     ``sinkhorn`` in this module (four potentials instead of two); no gradients."""
     what = "gencore.ot.distributed.sinkhorn_divergence"
-    xs, ys, px, py, wa, wb, eps_list, rho, tol, max_iter, dtype = _prepare(
+    xs, ys, px, py, wa, wb, p, eps_list, rho, tol, max_iter, dtype = _prepare(
         what, x_local, y_local, a_local, b_local, blur, p, scaling, tol, max_iter, reach, cost, whitening, group)
-    sides = _sides(px, py, wa, wb, selves=True, over_x=xs.softmin, over_y=ys.softmin, total=xs.total)
+    sides = _sides(px, py, wa, wb, p, selves=True, over_x=xs.softmin, over_y=ys.softmin, total=xs.total)
     _start(sides, eps_list[0], rho)
-    _, _, _, eps, _ = _solve(what, sides, eps_list, rho, tol, max_iter, dtype, barycentre=False)
+    _, _, _, eps, _ = _solve(what, sides, eps_list, rho, tol, max_iter, dtype, gradient=False)
     f_ab, g_ab, f_aa, g_bb = (s.value for s in sides)
     return xs.total(_divergence_value(wa, wb, f_ab, g_ab, f_aa, g_bb, rho, eps))

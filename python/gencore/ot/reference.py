@@ -17,12 +17,17 @@ __all__: list = []
 # Sinkhorn (entropic OT): softmin, the Sinkhorn loop, the divergence
 # ---------------------------------------------------------------------------
 #
-# For p = 2, C_ij = |x_i - y_j|^2 / 2. A Sinkhorn half-step is the softmin
+# For p = 2, C_ij = |x_i - y_j|^2 / 2; for p = 1, C_ij = |x_i - y_j|. A Sinkhorn
+# half-step is the softmin
 #
 #     f_i = -eps log sum_j exp(h_j - C_ij / eps),    h_j = log b_j + g_j / eps,
 #
-# and the barycentric projection of x_i under the plan it defines is
-# T(x_i) = sum_j softmax_j(h_j - C_ij / eps) y_j. With these, the plan is
+# and its derivative in its query point, with P_ij = softmax_j(h_j - C_ij / eps),
+#
+#     p = 2:  df_i/dx_i = sum_j P_ij (x_i - y_j) = x_i - T(x_i)    (T: the barycentric projection)
+#     p = 1:  df_i/dx_i = sum_j P_ij (x_i - y_j) / |x_i - y_j|    (a y_j equal to x_i adds 0),
+#
+# what the envelope gradients of the solvers are made of. With these, the plan is
 # pi_ij = a_i b_j exp((f_i + g_j - C_ij) / eps) and, at convergence of the
 # balanced problem, OT_eps(a, b) = <a, f> + <b, g> (GeomLoss's convention).
 
@@ -34,42 +39,55 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def sinkhorn_softmin(x: torch.Tensor, y: torch.Tensor, log_weights: torch.Tensor, eps: float,
-                     barycentre: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(f [N], T [N, d] or [N, 0]): the softmin above and, when ``barycentre``, T(x).
+def ground_cost(x: torch.Tensor, y: torch.Tensor, p: int) -> torch.Tensor:
+    """C [N, M]: |x_i - y_j|^2 / 2 (p = 2) or |x_i - y_j| (p = 1), from direct differences
+    (exactly 0 for equal points; autograd gives a zero subgradient there)."""
+    distance = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
+    return 0.5 * distance.square() if p == 2 else distance
+
+
+def sinkhorn_softmin(x: torch.Tensor, y: torch.Tensor, log_weights: torch.Tensor, eps: float, p: int,
+                     gradient: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f [N], df/dx [N, d] or [N, 0]): the softmin above and, when ``gradient``, its
+    derivative in the query points.
 
     x [N, d], y [M, d], log_weights h [M] (may hold -inf, not every entry),
-    eps > 0. An online log-sum-exp over tiles of y with distances computed
-    directly (no expansion), so memory is O(N tile d).
+    eps > 0, p 1 or 2. An online log-sum-exp over tiles of y with distances
+    computed directly (no expansion), so memory is O(N tile).
     """
     dtype = compute_dtype(x.dtype)
     x, y, h = x.to(dtype), y.to(dtype), log_weights.to(dtype)
     n, d = x.shape
     running_max = torch.full((n,), -math.inf, dtype=dtype, device=x.device)
     total = torch.zeros(n, dtype=dtype, device=x.device)
-    acc = torch.zeros(n, d if barycentre else 0, dtype=dtype, device=x.device)
+    acc = torch.zeros(n, d if gradient else 0, dtype=dtype, device=x.device)   # sum_j P_ij dC_ij/dx_i, unnormalised
     for start in range(0, y.shape[0], _SOFTMIN_TILE):
         tile = y[start:start + _SOFTMIN_TILE]
-        logits = h[start:start + _SOFTMIN_TILE] - 0.5 * torch.cdist(x, tile).square() / eps   # [N, T]
+        cost = ground_cost(x, tile, p)
+        logits = h[start:start + _SOFTMIN_TILE] - cost / eps   # [N, T]
         new_max = torch.maximum(running_max, logits.amax(1))
         shift = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-        p = torch.exp(logits - shift[:, None])
+        numer = torch.exp(logits - shift[:, None])
         rescale = torch.exp(running_max - shift)
-        total = total * rescale + p.sum(1)
-        if barycentre:
-            acc = acc * rescale[:, None] + p @ tile
+        total = total * rescale + numer.sum(1)
+        if gradient:
+            # sum_j w_ij (x_i - y_j) with w = P (p = 2) or P / |x_i - y_j| (p = 1, 0 at distance 0)
+            w = numer if p == 2 else torch.where(cost > 0, numer / cost, torch.zeros_like(numer))
+            acc = acc * rescale[:, None] + w.sum(1)[:, None] * x - w @ tile
         running_max = new_max
     f = -eps * (running_max + torch.log(total))
-    return f, (acc / total[:, None] if barycentre else acc)
+    return f, (acc / total[:, None] if gradient else acc)
 
 
-def sinkhorn_softmin_dense(x: torch.Tensor, y: torch.Tensor, log_weights: torch.Tensor,
-                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same, in float64, from the dense [N, M] matrix of exact squared distances: the tests' oracle."""
-    x, y, h = x.double(), y.double(), log_weights.double()
-    logits = h - 0.5 * ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1) / eps
-    return -eps * torch.logsumexp(logits, 1), torch.softmax(logits, 1) @ y
-
+def sinkhorn_softmin_dense(x: torch.Tensor, y: torch.Tensor, log_weights: torch.Tensor, eps: float,
+                           p: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same (f, df/dx), in float64, from the dense [N, M] cost and autograd of the dense
+    logsumexp: the tests' oracle, sharing no arithmetic with the streamed forms."""
+    x = x.detach().double().requires_grad_()
+    with torch.enable_grad():
+        f = -eps * torch.logsumexp(log_weights.double() - ground_cost(x, y.double(), p) / eps, 1)
+        (grad,) = torch.autograd.grad(f.sum(), x)   # f_i depends on x_i only
+    return f.detach(), grad
 
 # ---------------------------------------------------------------------------
 # Exact OT (network simplex), sliced Wasserstein

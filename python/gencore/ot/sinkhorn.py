@@ -2,8 +2,9 @@
 divergence, Sinkhorn on a given (batched) cost matrix.
 
 Conventions (as GeomLoss, so values compare directly with ``SamplesLoss``):
-p = 2, cost C(x, y) = |x - y|^2 / 2, epsilon = blur^p, weights a [N], b [M]
-(default uniform 1 / N, 1 / M). Potentials f [N], g [M] define the plan
+cost C(x, y) = |x - y|^2 / 2 for p = 2 (the default), |x - y| for p = 1,
+epsilon = blur^p, weights a [N], b [M] (default uniform 1 / N, 1 / M).
+Potentials f [N], g [M] define the plan
 
     pi_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)
 
@@ -77,11 +78,9 @@ def _positive(value, name: str) -> float:
 
 
 def _check_p(p) -> int:
-    if p == 1:
-        raise ValueError("p=1 (the Euclidean cost |x - y|) is not supported by gencore.ot's Sinkhorn; use p=2")
-    if p != 2:
-        raise ValueError(f"p must be 2 (cost |x - y|^2 / 2), got {p!r}")
-    return 2
+    if isinstance(p, bool) or p not in (1, 2):
+        raise ValueError(f"p must be 1 (cost |x - y|) or 2 (cost |x - y|^2 / 2), got {p!r}")
+    return int(p)
 
 
 def _check_reach(reach) -> Optional[float]:
@@ -128,7 +127,8 @@ def _check_balanced(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 def _whiten(x: torch.Tensor, y: torch.Tensor, cost: str, whitening) -> tuple[torch.Tensor, torch.Tensor]:
-    """Points in the coordinates where the cost is |x - y|^2 / 2."""
+    """Points in the coordinates where the whitened distance ((x - y)^T W (x - y))^(1/2) is |x - y|
+    (so either p's cost of it is the plain one)."""
     cost = _checks.choice(cost, "cost", ("sqeuclidean", "whitened"))
     if cost == "sqeuclidean":
         if whitening is not None:
@@ -179,14 +179,14 @@ def _diameter(x: torch.Tensor, y: torch.Tensor, bounds: Optional[torch.Tensor] =
     return float((b[1] + b[0]).norm())
 
 
-def _softmin(points, other, log_w, eps, barycentre=False):
-    """(f [N], T [N, d] or [N, 0]) through the op's fast path (arguments already checked)."""
-    return SINKHORN_SOFTMIN.trusted(points, other, log_w, eps, barycentre)
+def _softmin(points, other, log_w, eps, p, gradient=False):
+    """(f [N], df/dx [N, d] or [N, 0]) through the op's fast path (arguments already checked)."""
+    return SINKHORN_SOFTMIN.trusted(points, other, log_w, eps, p, gradient)
 
 
-def _softmin_late(points, other, log_w, eps, barycentre=False):
+def _softmin_late(points, other, log_w, eps, p, gradient=False):
     """``_softmin`` looked up when called, not when a side is built (a test may replace it)."""
-    return _softmin(points, other, log_w, eps, barycentre)
+    return _softmin(points, other, log_w, eps, p, gradient)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -216,6 +216,7 @@ class _Side:
     weights: torch.Tensor       # the weights of `points` (for the error)
     other_log_w: torch.Tensor   # log-weights of `other`
     value: torch.Tensor         # the potential [len(points)]
+    p: int = 2                  # the cost's exponent
     partner: Optional["_Side"] = None   # whose potential enters the update (itself for a symmetric problem)
     softmin: Callable = _softmin_late
     total: Callable[[torch.Tensor], torch.Tensor] = _local
@@ -223,24 +224,24 @@ class _Side:
 
 def _target(s: _Side, eps: float, damping: float) -> torch.Tensor:
     """The (damped) softmin update of side s from its partner's current potential."""
-    return damping * s.softmin(s.points, s.other, s.other_log_w + s.partner.value / eps, eps)[0]
+    return damping * s.softmin(s.points, s.other, s.other_log_w + s.partner.value / eps, eps, s.p)[0]
 
 
-def _sides(px: torch.Tensor, py: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor, selves: bool = False,
+def _sides(px: torch.Tensor, py: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor, p: int, selves: bool = False,
            over_x: Callable = _softmin_late, over_y: Callable = _softmin_late,
            total: Callable[[torch.Tensor], torch.Tensor] = _local) -> list[_Side]:
     """The sides of OT(a, b), [f, g], and with ``selves`` those of OT(a, a), OT(b, b) too:
-    [f_ab, g_ab, f_aa, g_bb] (potentials unset). ``over_x`` / ``over_y``: the softmins over
-    the points of x / y (the streamed ones of a sharded cloud)."""
+    [f_ab, g_ab, f_aa, g_bb] (potentials unset), for the cost of exponent p. ``over_x`` /
+    ``over_y``: the softmins over the points of x / y (the streamed ones of a sharded cloud)."""
     empty = torch.zeros(0)
     log_a, log_b = _log(wa), _log(wb)
-    ab = _Side(px, py, wa, log_b, empty, softmin=over_y, total=total)
-    ba = _Side(py, px, wb, log_a, empty, partner=ab, softmin=over_x, total=total)
+    ab = _Side(px, py, wa, log_b, empty, p, softmin=over_y, total=total)
+    ba = _Side(py, px, wb, log_a, empty, p, partner=ab, softmin=over_x, total=total)
     ab.partner = ba
     if not selves:
         return [ab, ba]
-    aa = _Side(px, px, wa, log_a, empty, softmin=over_x, total=total)
-    bb = _Side(py, py, wb, log_b, empty, softmin=over_y, total=total)
+    aa = _Side(px, px, wa, log_a, empty, p, softmin=over_x, total=total)
+    bb = _Side(py, py, wb, log_b, empty, p, softmin=over_y, total=total)
     aa.partner, bb.partner = aa, bb
     return [ab, ba, aa, bb]
 
@@ -249,18 +250,18 @@ def _start(sides: list[_Side], eps: float, rho: Optional[float]) -> None:
     """The first softmin of every side, from zero potentials."""
     damping = 1.0 if rho is None else 1.0 / (1.0 + eps / rho)
     for s in sides:
-        s.value = damping * s.softmin(s.points, s.other, s.other_log_w, eps)[0]
+        s.value = damping * s.softmin(s.points, s.other, s.other_log_w, eps, s.p)[0]
 
 
 def _solve(what: str, sides: list[_Side], eps_list: list[float], rho: Optional[float], tol: float, max_iter: int,
-           dtype, barycentre: bool) -> tuple[int, float, str, float, list]:
+           dtype, gradient: bool) -> tuple[int, float, str, float, list]:
     """``_run`` on the sides of ``_sides`` (potentials set), the warning, the last step
-    (``_extrapolate``): (n_iter, error, status, eps, barycentric projections)."""
+    (``_extrapolate``): (n_iter, error, status, eps, each side's df/dx)."""
     check_every = _CUDA_CHECK_EVERY if sides[0].points.is_cuda else 1
     n_iter, error, status, eps = _run([(sides[0], sides[1])], sides[2:], eps_list, rho, tol, max_iter, check_every)
     if status != "converged":
         _warn_unconverged(what, status, error, tol, n_iter, dtype, stacklevel=4)
-    return n_iter, error, status, eps, _extrapolate(sides, eps, rho, barycentre)
+    return n_iter, error, status, eps, _extrapolate(sides, eps, rho, gradient)
 
 
 def _pair_value(wa, f, wb, g, rho: Optional[float], eps: float) -> torch.Tensor:
@@ -393,11 +394,11 @@ def _run(pairs: list[tuple[_Side, _Side]], selves: list[_Side], eps_list: list[f
             return n_iter, max(pr.errors[-1] for pr in problems), "max_iter", eps
 
 
-def _extrapolate(sides: list[_Side], eps: float, rho: Optional[float], barycentre: bool) -> list:
+def _extrapolate(sides: list[_Side], eps: float, rho: Optional[float], gradient: bool) -> list:
     """A last Jacobi step without averaging (as GeomLoss): the potentials each side's softmin
-    gives from the other's, and the barycentric projections when asked."""
+    gives from the other's, and the softmins' derivatives in their points when asked."""
     damping = 1.0 if rho is None else 1.0 / (1.0 + eps / rho)
-    outs = [s.softmin(s.points, s.other, s.other_log_w + s.partner.value / eps, eps, barycentre) for s in sides]
+    outs = [s.softmin(s.points, s.other, s.other_log_w + s.partner.value / eps, eps, s.p, gradient) for s in sides]
     for s, (f, _) in zip(sides, outs):
         s.value = damping * f
     return [t for _, t in outs]
@@ -498,19 +499,19 @@ def _sinkhorn_arrays(x, y, a, b, blur, p, scaling, tol, max_iter, reach, cost, w
         eps_list = [blur ** p]  # a warm start resumes at the target epsilon: no annealing
     else:
         eps_list = epsilon_schedule(p, max(_diameter(points_x, points_y), blur), blur, scaling)
-    sides = _sides(points_x, points_y, wa_d, wb_d)
+    sides = _sides(points_x, points_y, wa_d, wb_d, p)
     if warm:
         sides[0].value, sides[1].value = f0.detach().to(dtype).clone(), g0.detach().to(dtype).clone()
     else:
         _start(sides, eps_list[0], rho)
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xw, yw, a_in, b_in))
-    n_iter, error, status, eps, (t_x, t_y) = _solve("gencore.ot.sinkhorn", sides, eps_list, rho, tol, max_iter,
-                                                    dtype, barycentre=need_grad)
+    n_iter, error, status, eps, (df_x, dg_y) = _solve("gencore.ot.sinkhorn", sides, eps_list, rho, tol, max_iter,
+                                                      dtype, gradient=need_grad)
     f, g = sides[0].value, sides[1].value
     value = _pair_value(wa_d, f, wb_d, g, rho, eps)
     if need_grad:
-        grad_x = (wa_d * _mass_factor(f, rho))[:, None] * (points_x - t_x)
-        grad_y = (wb_d * _mass_factor(g, rho))[:, None] * (points_y - t_y)
+        grad_x = (wa_d * _mass_factor(f, rho))[:, None] * df_x
+        grad_y = (wb_d * _mass_factor(g, rho))[:, None] * dg_y
         value = _Envelope.apply(xw, yw, wa, wb, value, grad_x, grad_y, f, g)
     return value, f, g, n_iter, error, status == "converged", status, eps
 
@@ -521,9 +522,10 @@ def sinkhorn(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tensor] = None,
              f0: Optional[torch.Tensor] = None, g0: Optional[torch.Tensor] = None) -> SinkhornResult:
     """Entropic optimal transport between point clouds, online log-domain Sinkhorn.
 
-        OT_eps(a, b) = min_pi <pi, C> + eps KL(pi | a (x) b),   C_ij = |x_i - y_j|^2 / 2,  eps = blur^p
+        OT_eps(a, b) = min_pi <pi, C> + eps KL(pi | a (x) b),   eps = blur^p,
+        C_ij = |x_i - y_j|^2 / 2 (p = 2)  or  |x_i - y_j| (p = 1)
 
-    (GeomLoss's convention: ``cost`` equals ``SamplesLoss("sinkhorn", p=2, blur=blur,
+    (GeomLoss's convention: ``cost`` equals ``SamplesLoss("sinkhorn", p=p, blur=blur,
     debias=False)``). Each half-step is the softmin f_i = -eps log sum_j b_j
     exp((g_j - C_ij) / eps), streamed over tiles of y by a fused GEMM + exp kernel
     (the op ``gencore::ot_sinkhorn_softmin``), so nothing of size N x M exists.
@@ -535,7 +537,12 @@ def sinkhorn(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tensor] = None,
         a, b: [N], [M] weights >= 0, some mass (default uniform 1 / N, 1 / M);
             balanced OT needs a.sum() == b.sum() (relative 1e-4).
         blur: eps = blur^p, > 0 (a length, in the units of x).
-        p: 2. (p=1, the Euclidean cost, is not supported: ValueError.)
+        p: 2 (squared Euclidean cost / 2) or 1 (Euclidean cost, eps = blur). For
+            p = 1 the kernel takes the square root of the GEMM's expansion of
+            |x - y|^2: in float32, distances far below the points' spread carry
+            ~ sqrt(ulp) |x'| of rounding (|x'| the distance to the data mean), as
+            GeomLoss's tensorized backend; pairs within 16 ulp of coincidence
+            count as coincident (distance 0, subgradient 0).
         scaling: epsilon scaling, in (0, 1): eps goes from diameter^p (the
             bounding-box diagonal of both clouds) down to blur^p, divided by
             scaling^p each iteration (symmetric, averaged updates of f and g, as
@@ -545,7 +552,7 @@ def sinkhorn(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tensor] = None,
         tol: stop when the marginal error (``SinkhornResult.marginal_error``: the
             fraction of mass the plan misplaces) is <= tol at the final eps. The
             default 1e-3 (0.1% of the mass) is well above float32's rounding
-            floor (~1e-6) and gives the cost to about tol * diameter^2 / 2.
+            floor (~1e-6) and gives the cost to about tol * diameter^p / p.
         max_iter: hard cap on iterations (scaling included). Reaching it sets
             ``converged=False`` and warns (RuntimeWarning); the work is returned.
             An error that stops decreasing above tol (PLATEAU_ITERATIONS
@@ -554,9 +561,10 @@ def sinkhorn(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tensor] = None,
         reach: unbalanced OT: KL-relaxed marginals with rho = reach^p (each
             update damped by 1 / (1 + eps / rho), as GeomLoss); None: balanced.
             ``cost`` is then (rho + eps/2) (<a, 1 - e^{-f/rho}> + <b, 1 - e^{-g/rho}>).
-        cost: "sqeuclidean" (default) or "whitened": (x - y)^T W (x - y) / 2 with
-            ``whitening=W`` [d, d] symmetric positive definite (TAROT's cost),
-            computed by transforming the points by W's Cholesky factor.
+        cost: "sqeuclidean" (default: the cost of p above) or "whitened": that cost
+            of the distance ((x - y)^T W (x - y))^(1/2), i.e. (x - y)^T W (x - y) / 2
+            for p = 2 (TAROT's cost), with ``whitening=W`` [d, d] symmetric positive
+            definite, computed by transforming the points by W's Cholesky factor.
         f0, g0: warm start, [N] and [M] potentials (e.g. of a related problem's
             result): iterations start at the final eps from them, no annealing.
 
@@ -567,8 +575,12 @@ def sinkhorn(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tensor] = None,
     Memory: O((N + M) d) plus the kernel's tiles (per thread about 256 x 1024 floats,
     and O(N) partials when few queries are split over threads), never N x M.
     Gradients: ``cost`` is differentiable w.r.t. x, y (and W) and, balanced, a and b,
-    through the envelope theorem: d/dx_i = m_i (x_i - T(x_i)) with T the
-    barycentric projection and m_i the row mass of the plan; d/da = f, d/db = g.
+    through the envelope theorem: d/dx_i = sum_j pi_ij dC_ij/dx_i = a_i m_i df_i/dx_i
+    with m_i the row mass of the plan over a_i (1 when balanced) and, P_ij = pi_ij /
+    (a_i m_i), df_i/dx_i = x_i - T(x_i) (p = 2, T the barycentric projection) or
+    sum_j P_ij (x_i - y_j) / |x_i - y_j| (p = 1; coincident pairs add 0: a
+    subgradient), streamed by the kernel (p = 1: one more pass, its weights
+    P_ij / |x_i - y_j|); d/da = f, d/db = g.
     NaN/inf in x, y, a, b raise ValueError (on CUDA only with
     ``gencore.set_check_finite("always")``). Inputs are never modified.
     """
@@ -588,17 +600,20 @@ def sinkhorn_divergence(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tens
 
         S(a, b) = OT_eps(a, b) - (OT_eps(a, a) + OT_eps(b, b)) / 2
 
-    equal to GeomLoss's ``SamplesLoss("sinkhorn", p=2, blur=blur, reach=reach,
-    scaling=scaling, debias=True)``. The three problems run together (the
+    equal to GeomLoss's ``SamplesLoss("sinkhorn", p=p, blur=blur, reach=reach,
+    scaling=scaling, debias=True)`` (p = 2: cost |x - y|^2 / 2, p = 1: |x - y|).
+    The three problems run together (the
     symmetric ones with one potential each), with the arguments, schedule and
     stopping rule of ``sinkhorn`` (the largest of the marginal errors <= tol);
     non-convergence warns (RuntimeWarning). Unbalanced (reach): the value is
     (rho + eps/2)(<a, e^{-f_aa/rho} - e^{-f_ab/rho}> + <b, e^{-g_bb/rho} - e^{-g_ab/rho}>).
 
     Gradients (envelope theorem), to x, y (and W) always and to a, b when balanced:
-        dS/dx_i = a_i (m^aa_i T_aa(x_i) - m^ab_i T_ab(x_i) + (m^ab_i - m^aa_i) x_i)
-    with T the barycentric projections of the two plans and m their row masses
-    over a (1 when balanced); dS/da = f_ab - f_aa, dS/db = g_ab - g_bb.
+        dS/dx_i = a_i (m^ab_i df_ab/dx_i - m^aa_i df_aa/dx_i)
+    with m the row masses of the two plans over a (1 when balanced) and df/dx the
+    softmins' derivatives of ``sinkhorn`` (p = 2: x_i - T(x_i), T the barycentric
+    projection; p = 1: the plan's mean unit vector from y to x_i);
+    dS/da = f_ab - f_aa, dS/db = g_ab - g_bb.
     Memory O((N + M) d) plus the kernel's tiles; NaN policy as ``sinkhorn``.
     """
     scaling, tol, max_iter = _check_loop(scaling, tol, max_iter)
@@ -607,23 +622,23 @@ def sinkhorn_divergence(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tens
     px, py = xw.detach(), yw.detach()
     wa_d, wb_d = wa.detach(), wb.detach()
     eps_list = epsilon_schedule(p, max(_diameter(px, py), blur), blur, scaling)
-    sides = _sides(px, py, wa_d, wb_d, selves=True)
+    sides = _sides(px, py, wa_d, wb_d, p, selves=True)
     _start(sides, eps_list[0], rho)
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xw, yw, a_in, b_in))
-    _, _, _, eps, (t_ab, t_ba, t_aa, t_bb) = _solve("gencore.ot.sinkhorn_divergence", sides, eps_list, rho, tol,
-                                                    max_iter, dtype, barycentre=need_grad)
+    _, _, _, eps, (d_ab, d_ba, d_aa, d_bb) = _solve("gencore.ot.sinkhorn_divergence", sides, eps_list, rho, tol,
+                                                    max_iter, dtype, gradient=need_grad)
     f_ab, g_ab, f_aa, g_bb = (s.value for s in sides)
     value = _divergence_value(wa_d, wb_d, f_ab, g_ab, f_aa, g_bb, rho, eps)
     if not need_grad:
         return value
 
-    def point_grad(w, points, f_cross, t_cross, f_self, t_self):
-        # OT(a, b) pulls x toward T_ab; -OT(a, a) / 2 (x on both sides: twice) pushes it from T_aa.
+    def point_grad(w, f_cross, d_cross, f_self, d_self):
+        # OT(a, b) pulls x along -df_ab/dx; -OT(a, a) / 2 (x on both sides: twice) pushes it along df_aa/dx.
         m_cross, m_self = _mass_factor(f_cross, rho), _mass_factor(f_self, rho)
-        return w[:, None] * (m_cross * (points - t_cross).T).T - w[:, None] * (m_self * (points - t_self).T).T
+        return w[:, None] * (m_cross * d_cross.T).T - w[:, None] * (m_self * d_self.T).T
 
-    grad_x = point_grad(wa_d, px, f_ab, t_ab, f_aa, t_aa)
-    grad_y = point_grad(wb_d, py, g_ab, t_ba, g_bb, t_bb)
+    grad_x = point_grad(wa_d, f_ab, d_ab, f_aa, d_aa)
+    grad_y = point_grad(wb_d, g_ab, d_ba, g_bb, d_bb)
     return _Envelope.apply(xw, yw, wa, wb, value, grad_x, grad_y, f_ab - f_aa, g_ab - g_bb)
 
 

@@ -1,17 +1,22 @@
 """ot: the Sinkhorn softmin, one definition (gencore._op.Op).
 
-gencore::ot_sinkhorn_softmin(x [N, d], y [M, d], log_weights [M], eps, barycentre)
-    -> (f [N], T [N, d] or [N, 0])
+gencore::ot_sinkhorn_softmin(x [N, d], y [M, d], log_weights [M], eps, p, gradient)
+    -> (f [N], df/dx [N, d] or [N, 0])
 
-    f_i    = -eps log sum_j exp(h_j - |x_i - y_j|^2 / (2 eps))
-    T(x_i) = sum_j softmax_j(h_j - |x_i - y_j|^2 / (2 eps)) y_j     (when barycentre)
+    f_i       = -eps log sum_j exp(h_j - C_ij / eps),   C_ij = |x_i - y_j|^2 / 2 (p = 2) or |x_i - y_j| (p = 1)
+    df_i/dx_i = x_i - sum_j P_ij y_j (p = 2),  sum_j P_ij (x_i - y_j) / |x_i - y_j| (p = 1)   (when gradient)
 
-One half-step of log-domain Sinkhorn for the cost |x - y|^2 / 2 (h = log b +
-g / eps), and the barycentric projection its envelope gradient needs; see
+with P_ij = softmax_j(h_j - C_ij / eps): one half-step of log-domain Sinkhorn
+(h = log b + g / eps) and the derivative its envelope gradient needs; see
 gencore.ot.reference. The native kernels are the score family's streaming
-data-set softmin (gencore._softmin) with sigma^2 = eps, alpha = 1: on the CPU
-one GEMM tile + a SIMD exp epilogue (+ a second GEMM only for T), on CUDA
-cuBLAS tiles around one fused epilogue kernel. Memory O(N tile), never N x M.
+data-set softmin (gencore._softmin) with alpha = 1 and, for p = 2, its squared
+cost at sigma^2 = eps (df/dx from the second GEMM's barycentre T); for p = 1
+its euclidean cost at sigma = eps, and for df/dx a second pass with the
+euclidean_inverse cost, whose weights are P_ij eps / |x_i - y_j|: its log-sum
+and mean D give sum_j P_ij / |x_i - y_j| = exp(log_z' - log_z) / eps and
+df/dx = that (x - D). On the CPU one GEMM tile + a SIMD epilogue (+ a second
+GEMM only for df/dx), on CUDA cuBLAS tiles around one fused epilogue kernel.
+Memory O(N tile), never N x M.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from ..._op import Op
 from .. import reference
 
 
-def _check(x, y, log_weights, eps, barycentre):
+def _check(x, y, log_weights, eps, p, gradient):
     _checks.tensor(x, "x", ndim=2)
     _checks.tensor(y, "y", ndim=2)
     _checks.tensor(log_weights, "log_weights", ndim=1)
@@ -39,12 +44,15 @@ def _check(x, y, log_weights, eps, barycentre):
     eps = _checks.real(eps, "eps", positive=True)
     if not math.isfinite(eps):
         raise ValueError(f"eps must be finite, got {eps}")
-    if not isinstance(barycentre, bool):
-        raise TypeError(f"barycentre must be a bool, got {type(barycentre).__name__}")
-    return x, y, log_weights, eps, barycentre
+    p = _checks.integer(p, "p")
+    if p not in (1, 2):
+        raise ValueError(f"p must be 1 (cost |x - y|) or 2 (cost |x - y|^2 / 2), got {p}")
+    if not isinstance(gradient, bool):
+        raise TypeError(f"gradient must be a bool, got {type(gradient).__name__}")
+    return x, y, log_weights, eps, p, gradient
 
 
-def _check_values(backend, x, y, log_weights, eps, barycentre):
+def _check_values(backend, x, y, log_weights, eps, p, gradient):
     # -inf is a weight of 0; NaN and +inf have no meaning as log-weights.
     if bool((torch.isnan(log_weights) | (log_weights == math.inf)).any()):
         raise ValueError("log_weights contains NaN or +inf (only -inf, a weight of 0, is allowed)")
@@ -52,35 +60,42 @@ def _check_values(backend, x, y, log_weights, eps, barycentre):
         raise ValueError("log_weights are all -inf: y has no mass")
 
 
-def _fake(x, y, log_weights, eps, barycentre):
+def _fake(x, y, log_weights, eps, p, gradient):
     dtype = reference.compute_dtype(x.dtype)
     n, d = x.shape
-    return x.new_empty((n,), dtype=dtype), x.new_empty((n, d if barycentre else 0), dtype=dtype)
+    return x.new_empty((n,), dtype=dtype), x.new_empty((n, d if gradient else 0), dtype=dtype)
 
 
-def _per_point(x: torch.Tensor, eps: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """sigma = sqrt(eps) and alpha = 1 as the [N] tensors the data-set kernel takes."""
+def _softmin_by(stream, x, eps, p, gradient, dtype):
+    """(f, df/dx) from ``stream(sigma, alpha, cost, with_denoised) -> (D or None, log_z)``, the
+    CPU or CUDA glue of gencore._softmin on this call's x, y and log-weights."""
     n = x.shape[0]
-    return (torch.full((n,), math.sqrt(eps), dtype=dtype, device=x.device),
-            torch.ones(n, dtype=dtype, device=x.device))
+    sigma = torch.full((n,), math.sqrt(eps) if p == 2 else eps, dtype=dtype, device=x.device)
+    alpha = torch.ones(n, dtype=dtype, device=x.device)
+    points = x.to(dtype)
+    if p == 2:
+        barycentre, log_z = stream(sigma, alpha, _softmin.SQUARED, gradient)
+        grad = points - barycentre if gradient else None
+    else:
+        _, log_z = stream(sigma, alpha, _softmin.EUCLIDEAN, False)
+        grad = None
+        if gradient:
+            mean, log_z_inverse = stream(sigma, alpha, _softmin.EUCLIDEAN_INVERSE, True)
+            weight = (torch.exp(log_z_inverse - log_z) / eps)[:, None]   # sum_j P_ij / |x_i - y_j|
+            # weight 0: every y_j with mass equals x_i (the mean is 0 / 0): a zero subgradient
+            grad = torch.where(weight > 0, weight * (points - mean), torch.zeros_like(points))
+    return log_z.mul_(-eps), grad if gradient else x.new_empty((n, 0), dtype=dtype)
 
 
-def _from_log_z(x, eps, denoised, log_z, barycentre, dtype):
-    f = log_z.mul_(-eps)
-    return f, denoised if barycentre else x.new_empty((x.shape[0], 0), dtype=dtype)
-
-
-def _cpu(x, y, log_weights, eps, barycentre):
+def _cpu(x, y, log_weights, eps, p, gradient):
     dtype = reference.compute_dtype(x.dtype)
-    sigma, alpha = _per_point(x, eps, dtype)
-    denoised, log_z = _softmin.cpu(x, y, sigma, alpha, log_weights, dtype, with_denoised=barycentre)
-    return _from_log_z(x, eps, denoised, log_z, barycentre, dtype)
+    return _softmin_by(lambda sigma, alpha, cost, with_denoised: _softmin.cpu(
+        x, y, sigma, alpha, log_weights, dtype, with_denoised=with_denoised, cost=cost), x, eps, p, gradient, dtype)
 
 
-def _cuda(x, y, log_weights, eps, barycentre):
-    sigma, alpha = _per_point(x, eps, torch.float32)
-    denoised, log_z = _softmin.cuda(x, y, sigma, alpha, log_weights, with_denoised=barycentre)
-    return _from_log_z(x, eps, denoised, log_z, barycentre, torch.float32)
+def _cuda(x, y, log_weights, eps, p, gradient):
+    return _softmin_by(lambda sigma, alpha, cost, with_denoised: _softmin.cuda(
+        x, y, sigma, alpha, log_weights, with_denoised=with_denoised, cost=cost), x, eps, p, gradient, torch.float32)
 
 
 def _samples(gen):
@@ -92,19 +107,24 @@ def _samples(gen):
         h[:zeros] = -math.inf
         return h
     return [
-        (rand(7, 3), rand(40, 3), log_w(40), 0.05, True),
-        (rand(1, 1, dtype=torch.float64), rand(1, 1, dtype=torch.float64), log_w(1, torch.float64), 1.0, True),
-        (rand(0, 4), rand(9, 4), log_w(9), 0.1, False),
+        (rand(7, 3), rand(40, 3), log_w(40), 0.05, 2, True),
+        (rand(1, 1, dtype=torch.float64), rand(1, 1, dtype=torch.float64), log_w(1, torch.float64), 1.0, 2, True),
+        (rand(0, 4), rand(9, 4), log_w(9), 0.1, 2, False),
         (rand(13, 17, dtype=torch.float64), rand(300, 17, dtype=torch.float64), log_w(300, torch.float64, 30),
-         0.3, False),
-        (rand(5, 6), rand(3000, 6), log_w(3000, zeros=2100), 0.01, True),
-        (rand(300, 2), rand(5, 2), log_w(5), 2.0, False),
+         0.3, 2, False),
+        (rand(5, 6), rand(3000, 6), log_w(3000, zeros=2100), 0.01, 2, True),
+        (rand(300, 2), rand(5, 2), log_w(5), 2.0, 2, False),
+        (rand(9, 3), rand(50, 3), log_w(50), 0.05, 1, True),
+        (rand(0, 2), rand(4, 2), log_w(4), 0.1, 1, True),
+        (rand(11, 5, dtype=torch.float64), rand(700, 5, dtype=torch.float64), log_w(700, torch.float64, 70),
+         0.2, 1, True),
+        (rand(260, 4), rand(33, 4), log_w(33), 0.5, 1, False),
     ]
 
 
 SINKHORN_SOFTMIN = Op(
     "ot.sinkhorn_softmin",
-    "(Tensor x, Tensor y, Tensor log_weights, float eps, bool barycentre) -> (Tensor, Tensor)",
+    "(Tensor x, Tensor y, Tensor log_weights, float eps, int p, bool gradient) -> (Tensor, Tensor)",
     check=_check, fake=_fake, reference=reference.sinkhorn_softmin, cpu=_cpu, cuda=_cuda,
     finite=("x", "y"), cpu_kernel_checks=("x",), check_values=_check_values,
     empty=lambda x, *rest: x.shape[0] == 0, samples=_samples,
