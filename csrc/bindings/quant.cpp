@@ -4,7 +4,7 @@
 #include "bindings/arrays.h"
 #include "gencore/check.h"
 #include "quant/group_matmul.h"
-#include "quant/group_matmul_a8.h"
+#include "quant/group_matmul_planes.h"
 #include "quant/quantize.h"
 
 namespace gencore::bindings {
@@ -86,7 +86,7 @@ void bind_quant(py::module_& m) {
         py::arg("bias"), py::arg("bits"), py::arg("group_size"), py::arg("in_features"), py::arg("out"),
         py::arg("threads"), py::arg("int8_activations") = false,
         "y [M, N] = x [M, K] . dequant(W [N, K])^T (+ bias), float32 (csrc/quant/group_matmul.h); with\n"
-        "int8_activations, x quantized per row and group to int8 first (csrc/quant/group_matmul_a8.h)");
+        "int8_activations, x quantized per row and group to int8 first (csrc/quant/group_matmul_planes.h)");
   m.def("quant_dequantize", &dequantize, py::arg("data"), py::arg("scales"), py::arg("zeros"), py::arg("bits"),
         py::arg("group_size"), py::arg("in_features"), py::arg("out"), py::arg("threads"),
         "out [N, K] = dequant(W), float32");

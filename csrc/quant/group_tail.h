@@ -16,7 +16,7 @@ inline void require_finite_row(const float* v, int64_t n, const char* what, int6
   if (!finite) fail_non_finite_row(what, row);
 }
 
-constexpr int64_t kBlock = 32;  // elements per deinterleaved block (16 bytes of int4)
+constexpr int64_t kBlock = 32;  // elements per block of the float kernels (dequantize, int8 rows)
 
 inline int quantized_at(const uint8_t* w, int64_t k, int bits) {
   return bits == 4 ? (w[k >> 1] >> ((k & 1) * 4)) & 0x0F : w[k];

@@ -1,0 +1,41 @@
+// AVX512-VNNI row kernel of the integer-activation paths (group_matmul_planes.h,
+// body in group_rows_planes_simd.h) at 256 bits (EVEX vpdpbusd on ymm: the same
+// layout as the AVX2 kernel, and on Zen 4 512-bit integer ops run at half rate
+// anyway). One block's dot product is two vpdpbusd (u8 nibbles times s8 codes,
+// four products summed into each int32 lane); the several weight rows and planes
+// in flight give enough independent accumulators.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "quant/group_matmul_planes.h"
+
+#define GENCORE_ISA avx512vnni
+#include "gencore/isa_begin.h"
+
+#include "quant/group_rows_planes_simd.h"
+
+namespace gencore::quant {
+namespace {
+
+struct VnniDot {
+  // 32 registers: the accumulators and float totals of every output, the nibble vectors of every weight row.
+  static constexpr int kWeightRows1 = 2, kWeightRows3 = 2;
+  static constexpr int kRowsPerCall1 = 8, kRowsPerCall3 = 4;
+  using Acc = __m256i;
+  static Acc zero() { return _mm256_setzero_si256(); }
+  static void add(Acc& acc, __m256i lo, __m256i hi, __m256i even, __m256i odd) {
+    acc = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(acc, lo, even), hi, odd);
+  }
+  static __m256i sum(const Acc& acc) { return acc; }
+};
+
+}  // namespace
+
+void group_rows_planes_avx512vnni(const ActivationPlanes& x, int nb, const WeightRows& w, int64_t K, int64_t group,
+                                  float* out, int64_t ldo) {
+  plane_rows_all<VnniDot>(x, nb, w, K, group, out, ldo);
+}
+
+}  // namespace gencore::quant
+#include "gencore/isa_end.h"
