@@ -1,7 +1,7 @@
 // The integer-activation paths of group_matmul for int4 weights. Each
 // activation row is quantized per row and weight group, symmetrically, to a
 // fixed-point code of P int8 "planes":
-//   L_1 = 127, L_3 = 127 * 2^16,
+//   L_1 = 127, L_3 = 2^22 (a top plane within [-64, 64]),
 //   sx[m, g] = max_{k in g} |x[m, k]| / L_P (1 for an all-zero group),
 //   c[m, k] = clamp(round(x[m, k] / sx[m, g]), -L_P, L_P)   (float32 division, ties to even)
 //           = sum_{p < P} 256^(P-1-p) plane_p[m, k]   (balanced base-256 digits: the first plane in
@@ -13,8 +13,8 @@
 // P = 1 is activations="int8" (W4A8, DGQ-style): ~1e-3 relative output error
 // against the float product, python/gencore/quant/reference.py group_matmul_int8 is
 // its exact specification; zeros must hold integers there.
-// P = 3 is the default path of few activation rows: 24-bit activations, an error
-// of ~1e-7 of the output's scale (float32 level), at about half the
+// P = 3 is the default path of few activation rows: 23-bit activations, an error
+// of ~2e-7 of the output's scale (float32 level), at about half the
 // instructions per weight of dequantizing to float (three int8 dot products per
 // 64 weights; one instruction each with VNNI).
 #pragma once
