@@ -96,7 +96,8 @@ void bind_quant(py::module_& m) {
         "MSE-optimal clipping over that many shrunken ranges.");
   m.def("last_group_matmul_path", [] { return std::string(quant::last_group_matmul_path()); },
         "The path the calling thread's last group_matmul took: 'rows' or 'blas'.");
-  m.def("group_matmul_blas_min_rows", &quant::group_matmul_blas_min_rows);
+  m.def("group_matmul_blas_min_rows", &quant::group_matmul_blas_min_rows, py::arg("bits"),
+        "The fewest activation rows for which group_matmul takes the BLAS path (bits-bit weights, SIMD level in use).");
 }
 
 }  // namespace gencore::bindings

@@ -45,8 +45,9 @@ int useful_threads(int threads, int64_t work);
 // or "blas" (dequantized tiles and sgemm).
 const char* last_group_matmul_path();
 
-// The fewest activation rows for which group_matmul takes the BLAS path.
-int64_t group_matmul_blas_min_rows();
+// The fewest activation rows for which group_matmul takes the BLAS path, for `bits`-bit
+// weights at the SIMD level in use.
+int64_t group_matmul_blas_min_rows(int bits);
 
 // The fused row kernel of int8 weights (int4 weights take the integer-activation
 // path, group_matmul_planes.h): for b < nb (nb <= kMaxKernelRows),

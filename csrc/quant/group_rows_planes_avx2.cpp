@@ -22,6 +22,7 @@ namespace {
 struct MaddDot {
   // 16 registers: the accumulators and float totals of every output, the nibble vectors of every weight row.
   static constexpr int kWeightRows1 = 2, kWeightRows3 = 2;
+  static constexpr int kBatchWeightRows1 = 1, kBatchWeightRows3 = 1;
   static constexpr int kRowsPerCall1 = 4, kRowsPerCall3 = 2;
   using Acc = __m256i;
   static Acc zero() { return _mm256_setzero_si256(); }

@@ -21,7 +21,8 @@ namespace {
 struct VnniDot {
   // 32 registers: the accumulators and float totals of every output, the nibble vectors of every weight row.
   static constexpr int kWeightRows1 = 2, kWeightRows3 = 2;
-  static constexpr int kRowsPerCall1 = 8, kRowsPerCall3 = 4;
+  static constexpr int kBatchWeightRows1 = 2, kBatchWeightRows3 = 2;
+  static constexpr int kRowsPerCall1 = 4, kRowsPerCall3 = 3;
   using Acc = __m256i;
   static Acc zero() { return _mm256_setzero_si256(); }
   static void add(Acc& acc, __m256i lo, __m256i hi, __m256i even, __m256i odd) {

@@ -16,9 +16,9 @@
 //
 // Dot provides: Acc (an accumulator of int32 lanes), zero(), add(acc, lo, hi,
 // even, odd) (the 32 even-element and 32 odd-element codes), sum(acc) -> __m256i,
-// and the register budget: kWeightRows1 / kWeightRows3 (weight rows per call for
-// one activation row at 1 and 3 planes), kRowsPerCall1 / kRowsPerCall3
-// (activation rows per call, one weight row).
+// and the register budget at 1 and 3 planes: kWeightRows1 / kWeightRows3 (weight
+// rows per call for one activation row), kBatchWeightRows1 / kBatchWeightRows3 and
+// kRowsPerCall1 / kRowsPerCall3 (weight and activation rows per call for several).
 #pragma once
 #if !defined(GENCORE_ISA_REGION_OPEN)
 #error "include quant/group_rows_planes_simd.h inside an ISA target region (after gencore/isa_begin.h)"
@@ -128,33 +128,43 @@ void plane_rows(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64
                                         x.sums + b * x.ldg, groups);
 }
 
-// nb (1 <= nb <= NB) activation rows, one weight row, in one call of plane_rows.
-template <class Dot, int P, int NB>
+// nb (1 <= nb <= NB) activation rows, NR weight rows, in one call of plane_rows.
+template <class Dot, int P, int NR, int NB>
 void plane_rows_upto(int nb, const ActivationPlanes& x, const WeightRows& w, int64_t K, int64_t group, float* out,
                      int64_t ldo) {
   if constexpr (NB > 1)
-    if (nb < NB) return plane_rows_upto<Dot, P, NB - 1>(nb, x, w, K, group, out, ldo);
-  plane_rows<Dot, 1, NB, P>(x, w, K, group, out, ldo);
+    if (nb < NB) return plane_rows_upto<Dot, P, NR, NB - 1>(nb, x, w, K, group, out, ldo);
+  plane_rows<Dot, NR, NB, P>(x, w, K, group, out, ldo);
 }
 
+// NR weight rows against all nb activation rows, PerCall of them at a time (the weight
+// rows are read from memory once, then from L1).
 template <class Dot, int P, int NR, int PerCall>
+void plane_rows_batch(const ActivationPlanes& x, int nb, const WeightRows& w, int64_t K, int64_t group, float* out,
+                      int64_t ldo) {
+  for (int b0 = 0; b0 < nb; b0 += PerCall) {
+    ActivationPlanes part = x;
+    part.codes += b0 * x.ld;
+    part.scales += b0 * x.ldg;
+    part.sums += b0 * x.ldg;
+    const int n = nb - b0 < PerCall ? nb - b0 : PerCall;
+    plane_rows_upto<Dot, P, NR, PerCall>(n, part, w, K, group, out + b0 * ldo, ldo);
+  }
+}
+
+// NR weight rows at a time (one activation row) or NRb (several).
+template <class Dot, int P, int NR, int NRb, int PerCall>
 void plane_rows_for(const ActivationPlanes& x, int nb, const WeightRows& w, int64_t K, int64_t group, float* out,
                     int64_t ldo) {
-  if (nb == 1) {  // NR weight rows at a time share the activation loads
+  if (nb == 1) {  // the loads of the activation codes, shared by NR weight rows, are what limits
     int r = 0;
     for (; r + NR <= w.rows; r += NR) plane_rows<Dot, NR, 1, P>(x, w.from(r, NR), K, group, out + r, ldo);
     for (; r < w.rows; ++r) plane_rows<Dot, 1, 1, P>(x, w.from(r, 1), K, group, out + r, ldo);
     return;
   }
-  for (int r = 0; r < w.rows; ++r)  // each weight row read from memory once, then from L1
-    for (int b0 = 0; b0 < nb; b0 += PerCall) {
-      ActivationPlanes part = x;
-      part.codes += b0 * x.ld;
-      part.scales += b0 * x.ldg;
-      part.sums += b0 * x.ldg;
-      const int n = nb - b0 < PerCall ? nb - b0 : PerCall;
-      plane_rows_upto<Dot, P, PerCall>(n, part, w.from(r, 1), K, group, out + b0 * ldo + r, ldo);
-    }
+  int r = 0;
+  for (; r + NRb <= w.rows; r += NRb) plane_rows_batch<Dot, P, NRb, PerCall>(x, nb, w.from(r, NRb), K, group, out + r, ldo);
+  for (; r < w.rows; ++r) plane_rows_batch<Dot, P, 1, PerCall>(x, nb, w.from(r, 1), K, group, out + r, ldo);
 }
 
 // The entry point's body.
@@ -162,9 +172,9 @@ template <class Dot>
 void plane_rows_all(const ActivationPlanes& x, int nb, const WeightRows& w, int64_t K, int64_t group, float* out,
                     int64_t ldo) {
   if (x.planes == 1)
-    plane_rows_for<Dot, 1, Dot::kWeightRows1, Dot::kRowsPerCall1>(x, nb, w, K, group, out, ldo);
+    plane_rows_for<Dot, 1, Dot::kWeightRows1, Dot::kBatchWeightRows1, Dot::kRowsPerCall1>(x, nb, w, K, group, out, ldo);
   else
-    plane_rows_for<Dot, 3, Dot::kWeightRows3, Dot::kRowsPerCall3>(x, nb, w, K, group, out, ldo);
+    plane_rows_for<Dot, 3, Dot::kWeightRows3, Dot::kBatchWeightRows3, Dot::kRowsPerCall3>(x, nb, w, K, group, out, ldo);
 }
 
 }  // namespace
