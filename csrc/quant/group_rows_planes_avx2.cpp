@@ -19,18 +19,16 @@
 namespace gencore::quant {
 namespace {
 
-struct MaddDot {
-  // 16 registers: the accumulators and float totals of every output, the nibble vectors of every weight row.
+struct MaddDot : Int32Lanes {
+  // 16 registers: at 3 planes, 2 weight rows x 1 activation row (or 1 x 2) hold 6 accumulators, 2 float totals,
+  // 4 nibble vectors, 2 code vectors and the constants.
   static constexpr int kWeightRows1 = 2, kWeightRows3 = 2;
   static constexpr int kBatchWeightRows1 = 1, kBatchWeightRows3 = 1;
   static constexpr int kRowsPerCall1 = 4, kRowsPerCall3 = 2;
-  using Acc = __m256i;
-  static Acc zero() { return _mm256_setzero_si256(); }
   static void add(Acc& acc, __m256i lo, __m256i hi, __m256i even, __m256i odd) {
     const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, even), _mm256_maddubs_epi16(hi, odd));
     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
   }
-  static __m256i sum(const Acc& acc) { return acc; }
 };
 
 }  // namespace

@@ -21,12 +21,11 @@ void block_dots(const int8_t* c, const uint8_t* bytes, int64_t& first, int64_t& 
   second += b;
 }
 
-// Activation rows b < nb against one weight row.
+// Activation rows b < nb against one weight row; dots: G x P scratch.
 void one_weight_row(const ActivationPlanes& x, int nb, const uint8_t* w, const float* s, const float* z, int64_t K,
-                    int64_t group, float* out, int64_t ldo) {
+                    int64_t group, std::vector<int64_t>& dots, float* out, int64_t ldo) {
   const int64_t G = (K + group - 1) / group;
   const int P = x.planes;
-  std::vector<int64_t> dots(static_cast<size_t>(G * P));  // [G, P]
   for (int b = 0; b < nb; ++b) {
     const int8_t* row = x.codes + b * x.ld;
     std::fill(dots.begin(), dots.end(), 0);
@@ -58,9 +57,10 @@ void one_weight_row(const ActivationPlanes& x, int nb, const uint8_t* w, const f
 
 void group_rows_planes_portable(const ActivationPlanes& x, int nb, const WeightRows& rows, int64_t K, int64_t group,
                                 float* out, int64_t ldo) {
+  std::vector<int64_t> dots(static_cast<size_t>((K + group - 1) / group * x.planes));  // [G, P]
   for (int r = 0; r < rows.rows; ++r)
     one_weight_row(x, nb, rows.data + r * rows.data_stride, rows.scales + r * rows.scale_stride,
-                   rows.zeros + r * rows.scale_stride, K, group, out + r, ldo);
+                   rows.zeros + r * rows.scale_stride, K, group, dots, out + r, ldo);
 }
 
 }  // namespace gencore::quant

@@ -29,6 +29,13 @@
 namespace gencore::quant {
 namespace {
 
+// The accumulator both Dots use: 8 int32 lanes.
+struct Int32Lanes {
+  using Acc = __m256i;
+  static Acc zero() { return _mm256_setzero_si256(); }
+  static __m256i sum(const Acc& acc) { return acc; }
+};
+
 template <class Dot, int P>
 inline __m256 planes_to_float(const typename Dot::Acc* acc) {
   __m256 f = _mm256_cvtepi32_ps(Dot::sum(acc[0]));

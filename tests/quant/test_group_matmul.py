@@ -54,6 +54,20 @@ def test_rows_path_for_every_batch_size_below_the_blas_path(rng, simd_level, bit
 
 
 @native_cpu_only
+def test_int4_rows_path_keeps_float32_level_accuracy(rng, simd_level):
+    # The int4 rows path rounds x per group to 23-bit fixed point (three int8 planes):
+    # ~1e-7 of the output's scale on Gaussian x, and still well inside 1e-5 when one element
+    # in 37 is 1000x larger (the others keep fewer bits against their group's maximum).
+    for m, n, k, group in ((1, 64, 4096, 128), (3, 40, 1000, 32), (5, 33, 300, -1), (12, 20, 512, 64)):
+        qw = quant.quantize(torch.randn(n, k, generator=rng), 4, group)
+        x = torch.randn(m, k, generator=rng)
+        assert kernel_error(quant.group_matmul(x, qw), x, qw) < 1e-6, (m, n, k, group)
+        x[:, ::37] *= 1000
+        assert kernel_error(quant.group_matmul(x, qw), x, qw) < 1e-5, (m, n, k, group)
+        assert _native.core.last_group_matmul_path() == "rows"
+
+
+@native_cpu_only
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_thread_counts_give_the_same_result(rng, num_threads, threads):
     qw = quant.quantize(torch.randn(70, 256, generator=rng), 4, 128)
