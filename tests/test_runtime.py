@@ -46,8 +46,8 @@ def test_info_keys_and_types():
             assert isinstance(info["module_errors"][name], str) and info["module_errors"][name]
     assert isinstance(info["threads"], int) and info["threads"] >= 1
     assert isinstance(info["openmp"], bool)
-    assert set(info["simd"]) >= {"detected", "in_use", "avx512_bf16"}
-    assert isinstance(info["simd"]["avx512_bf16"], bool)
+    assert set(info["simd"]) >= {"detected", "in_use", "avx512_bf16", "avx512_vnni"}
+    assert isinstance(info["simd"]["avx512_bf16"], bool) and isinstance(info["simd"]["avx512_vnni"], bool)
     assert set(info["cuda"]) >= {"built", "devices", "runtime_version", "driver_version", "archs"}
     assert isinstance(info["cuda"]["devices"], int) and info["cuda"]["devices"] >= 0
     assert info["cuda"]["built"] is (_native.cuda is not None)
@@ -67,8 +67,9 @@ def test_info_native_cpu_fields():
         blas_name = ""
     if "openblas" in blas_name.lower():
         assert "openblas" in info["blas"].lower(), info["blas"]
-    if info["simd"]["avx512_bf16"]:
-        assert info["simd"]["detected"] == "avx512"
+    for extension in ("avx512_bf16", "avx512_vnni"):
+        if info["simd"][extension]:
+            assert info["simd"]["detected"] == "avx512", extension
     # "gcc 12.2.0" / "clang 14.0.6 ...": the compiler that built _core
     assert info["compiler"].split()[0] in ("gcc", "clang") and len(info["compiler"].split()) >= 2, info["compiler"]
 

@@ -51,6 +51,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_simd_level", [](const std::string& name) { set_simd_level(parse_simd_level(name)); },
         py::arg("level"), "Cap the SIMD level (clamped to what the CPU supports).");
   m.def("has_avx512_bf16", &cpu_has_avx512_bf16);
+  m.def("has_avx512_vnni", &cpu_has_avx512_vnni);
   m.def("compiled_isas", &compiled_isas,
         "ISA kernel sets built into this module: ['scalar'] for a portable-only (or non-x86) build.");
   bindings::bind_ood(m);  // one binder per family

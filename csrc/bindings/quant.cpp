@@ -4,7 +4,7 @@
 #include "bindings/arrays.h"
 #include "gencore/check.h"
 #include "quant/group_matmul.h"
-#include "quant/group_matmul_a8.h"
+#include "quant/group_matmul_planes.h"
 #include "quant/quantize.h"
 
 namespace gencore::bindings {
@@ -86,7 +86,7 @@ void bind_quant(py::module_& m) {
         py::arg("bias"), py::arg("bits"), py::arg("group_size"), py::arg("in_features"), py::arg("out"),
         py::arg("threads"), py::arg("int8_activations") = false,
         "y [M, N] = x [M, K] . dequant(W [N, K])^T (+ bias), float32 (csrc/quant/group_matmul.h); with\n"
-        "int8_activations, x quantized per row and group to int8 first (csrc/quant/group_matmul_a8.h)");
+        "int8_activations, x quantized per row and group to int8 first (csrc/quant/group_matmul_planes.h)");
   m.def("quant_dequantize", &dequantize, py::arg("data"), py::arg("scales"), py::arg("zeros"), py::arg("bits"),
         py::arg("group_size"), py::arg("in_features"), py::arg("out"), py::arg("threads"),
         "out [N, K] = dequant(W), float32");
@@ -96,7 +96,8 @@ void bind_quant(py::module_& m) {
         "MSE-optimal clipping over that many shrunken ranges.");
   m.def("last_group_matmul_path", [] { return std::string(quant::last_group_matmul_path()); },
         "The path the calling thread's last group_matmul took: 'rows' or 'blas'.");
-  m.def("group_matmul_blas_min_rows", &quant::group_matmul_blas_min_rows);
+  m.def("group_matmul_blas_min_rows", &quant::group_matmul_blas_min_rows, py::arg("bits"),
+        "The fewest activation rows for which group_matmul takes the BLAS path (bits-bit weights, SIMD level in use).");
 }
 
 }  // namespace gencore::bindings

@@ -57,19 +57,28 @@ void set_simd_level(SimdLevel level) {
   level_in_use().store(static_cast<int>(level < best ? level : best));
 }
 
-bool cpu_has_avx512_bf16() {
+// An AVX-512 extension beyond the avx512 level's features, usable only where that level is.
+// (A macro: __builtin_cpu_supports takes a string literal.)
 #if defined(GENCORE_X86) && (defined(__GNUC__) || defined(__clang__))
-  static const bool has = detected_simd_level() == SimdLevel::avx512 &&
-                          __builtin_cpu_supports("avx512bf16");
-  return has;
+#define GENCORE_AVX512_EXTENSION(feature) \
+  (detected_simd_level() == SimdLevel::avx512 && __builtin_cpu_supports(feature))
 #else
-  return false;
+#define GENCORE_AVX512_EXTENSION(feature) false
 #endif
+
+bool cpu_has_avx512_bf16() {
+  static const bool has = GENCORE_AVX512_EXTENSION("avx512bf16");
+  return has;
+}
+
+bool cpu_has_avx512_vnni() {
+  static const bool has = GENCORE_AVX512_EXTENSION("avx512vnni");
+  return has;
 }
 
 std::vector<std::string> compiled_isas() {
 #if defined(GENCORE_X86)
-  return {"scalar", "avx2", "avx512", "avx512bf16"};
+  return {"scalar", "avx2", "avx512", "avx512bf16", "avx512vnni"};
 #else
   return {"scalar"};
 #endif

@@ -16,7 +16,7 @@ inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
 }
 
-// sum_g a[g] * b[g] * c[g] (float path: scales, zeros, activation sums)
+// sum_g a[g] * b[g] * c[g] (scales, zeros, activation sums)
 inline float zero_share_vec(const float* a, const float* b, const float* c, int64_t groups) {
   __m256 acc = _mm256_setzero_ps();
   int64_t g = 0;
@@ -24,20 +24,6 @@ inline float zero_share_vec(const float* a, const float* b, const float* c, int6
     acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(a + g), _mm256_loadu_ps(b + g)), _mm256_loadu_ps(c + g), acc);
   float rest = 0.0f;
   for (; g < groups; ++g) rest += a[g] * b[g] * c[g];
-  return hsum8(acc) + rest;
-}
-
-// sum_g s[g] * xs[g] * float(z[g] * xsum[g]) (int8 path; z * xsum is an exact int32)
-inline float zero_share_int(const float* s, const float* xs, const int32_t* z, const int32_t* xsum, int64_t groups) {
-  __m256 acc = _mm256_setzero_ps();
-  int64_t g = 0;
-  for (; g + 8 <= groups; g += 8) {
-    const __m256i zx = _mm256_mullo_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(z + g)),
-                                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xsum + g)));
-    acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(s + g), _mm256_loadu_ps(xs + g)), _mm256_cvtepi32_ps(zx), acc);
-  }
-  float rest = 0.0f;
-  for (; g < groups; ++g) rest += s[g] * xs[g] * float(z[g] * xsum[g]);
   return hsum8(acc) + rest;
 }
 

@@ -127,6 +127,7 @@ def runtime_info() -> dict:
             "detected": core.detected_simd_level() if core else None,
             "in_use": core.simd_level() if core else None,
             "avx512_bf16": bool(core.has_avx512_bf16()) if core else False,
+            "avx512_vnni": bool(core.has_avx512_vnni()) if core else False,
         },
         "compiler": getattr(core, "compiler", None) if core else None,
         "threads": get_num_threads(),

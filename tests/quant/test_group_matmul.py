@@ -12,7 +12,7 @@ from tests.conftest import native_cpu_only
 
 # (M, N, K): odd K, partial last groups, N = 1, K below one block, rows on both paths
 SHAPES = [(1, 1, 1), (1, 5, 31), (2, 3, 33), (1, 17, 100), (3, 16, 129), (8, 9, 256), (5, 40, 300),
-          (9, 7, 257), (16, 24, 96), (37, 33, 200)]
+          (9, 7, 257), (16, 24, 96), (37, 33, 200), (70, 9, 160)]
 
 
 def kernel_error(y: torch.Tensor, x: torch.Tensor, qw) -> float:
@@ -37,16 +37,34 @@ def test_kernel_matches_the_dequantized_product_at_every_level(rng, simd_level, 
         y = quant.group_matmul(x, qw)
         assert y.shape == (m, n) and y.dtype == torch.float32
         path = _native.core.last_group_matmul_path()
-        assert path == ("blas" if m >= _native.core.group_matmul_blas_min_rows() else "rows")
+        assert path == ("blas" if m >= _native.core.group_matmul_blas_min_rows(bits) else "rows")
         assert kernel_error(y, x, qw) < 1e-5, (m, n, k, path)
 
 
 @native_cpu_only
-def test_rows_path_for_every_batch_size_one_to_fifteen(rng, simd_level):
-    qw = quant.quantize(torch.randn(21, 161, generator=rng), 4, 32)
-    for m in range(1, _native.core.group_matmul_blas_min_rows()):
+@pytest.mark.parametrize("bits", [4, 8])
+def test_rows_path_for_every_batch_size_below_the_blas_path(rng, simd_level, bits):
+    # every kernel-call split of the activation rows (8 per driver call, 1-8 per kernel call)
+    # and of the weight rows (21: odd, pairs and a single one left)
+    qw = quant.quantize(torch.randn(21, 161, generator=rng), bits, 32)
+    for m in range(1, _native.core.group_matmul_blas_min_rows(bits)):
         x = torch.randn(m, 161, generator=rng)
         assert kernel_error(quant.group_matmul(x, qw), x, qw) < 1e-5, m
+        assert _native.core.last_group_matmul_path() == "rows"
+
+
+@native_cpu_only
+def test_int4_rows_path_keeps_float32_level_accuracy(rng, simd_level):
+    # The int4 rows path rounds x per group to 23-bit fixed point (three int8 planes):
+    # ~1e-7 of the output's scale on Gaussian x, and still well inside 1e-5 when one element
+    # in 37 is 1000x larger (the others keep fewer bits against their group's maximum).
+    for m, n, k, group in ((1, 64, 4096, 128), (3, 40, 1000, 32), (5, 33, 300, -1), (12, 20, 512, 64)):
+        qw = quant.quantize(torch.randn(n, k, generator=rng), 4, group)
+        x = torch.randn(m, k, generator=rng)
+        assert kernel_error(quant.group_matmul(x, qw), x, qw) < 1e-6, (m, n, k, group)
+        x[:, ::37] *= 1000
+        assert kernel_error(quant.group_matmul(x, qw), x, qw) < 1e-5, (m, n, k, group)
+        assert _native.core.last_group_matmul_path() == "rows"
 
 
 @native_cpu_only

@@ -29,6 +29,7 @@ struct same_type {
 // GENCORE_SIMD / set_simd_level), falling back level by level past null
 // candidates:
 //   avx512bf16  when the level is avx512 and the CPU has AVX512-BF16,
+//   avx512vnni  when the level is avx512 and the CPU has AVX512-VNNI,
 //   avx512      at level avx512,
 //   avx2        at level avx2 or above,
 //   scalar      otherwise.
@@ -36,10 +37,11 @@ struct same_type {
 // bf16 screen of kNN falls back to the BLAS path); callers then test the result.
 template <typename Fn>
 Fn pick_isa(Fn scalar, typename same_type<Fn>::type avx2, typename same_type<Fn>::type avx512,
-            typename same_type<Fn>::type avx512bf16 = nullptr) {
+            typename same_type<Fn>::type avx512bf16 = nullptr, typename same_type<Fn>::type avx512vnni = nullptr) {
   const SimdLevel level = simd_level();
   if (level >= SimdLevel::avx512) {
     if (avx512bf16 && cpu_has_avx512_bf16()) return avx512bf16;
+    if (avx512vnni && cpu_has_avx512_vnni()) return avx512vnni;
     if (avx512) return avx512;
   }
   if (level >= SimdLevel::avx2 && avx2) return avx2;

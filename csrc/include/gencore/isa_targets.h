@@ -11,3 +11,4 @@
 #define GENCORE_TARGET_avx2 "avx2,fma"
 #define GENCORE_TARGET_avx512 "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl"
 #define GENCORE_TARGET_avx512bf16 "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16"
+#define GENCORE_TARGET_avx512vnni "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"

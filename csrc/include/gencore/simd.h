@@ -15,6 +15,7 @@ SimdLevel detected_simd_level();          // best level this CPU and this build 
 SimdLevel simd_level();                   // level in use (detected, capped by override)
 void set_simd_level(SimdLevel level);     // cap; clamped to the detected level
 bool cpu_has_avx512_bf16();               // extra feature for the bf16 screening kernel
+bool cpu_has_avx512_vnni();               // extra feature for the quant integer-activation kernel
 const char* simd_level_name(SimdLevel level);
 // The ISA kernel sets compiled into this build ({"scalar"} without the x86 ISA
 // units: aarch64, GENCORE_PORTABLE_ONLY), whatever the CPU supports.

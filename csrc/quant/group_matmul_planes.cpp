@@ -1,0 +1,165 @@
+// Driver of the integer-activation paths (group_matmul_planes.h): the
+// activations are quantized once per call into the kernels' planes and block
+// layout, then threads take blocks of weight rows, each streamed from memory
+// once as in the float rows path (group_matmul.cpp).
+// Peak extra memory: P x M x K bytes + 8 M x G bytes.
+#include "quant/group_matmul_planes.h"
+
+#include "quant/group_tail.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "gencore/check.h"
+#include "gencore/isa.h"
+#include "gencore/parallel.h"
+
+namespace gencore::quant {
+namespace {
+
+constexpr int64_t kRowBlock = 16;  // weight rows per work item
+
+// The kernels' layout of one plane of one row (group_matmul_planes.h): natural -> laid out.
+void lay_out(const int8_t* natural, int64_t K, int64_t group, int8_t* dst) {
+  auto deinterleave = [&](int64_t k) {  // one 64-element block: 32 even elements, then 32 odd
+    for (int64_t j = 0; j < 32; ++j) {
+      dst[k + j] = natural[k + 2 * j];
+      dst[k + 32 + j] = natural[k + 2 * j + 1];
+    }
+  };
+  std::copy(natural, natural + K, dst);
+  if (group == kPairGroup) {
+    for (int64_t k = 0; k + 64 <= K; k += 64) deinterleave(k);
+    return;
+  }
+  for (int64_t k0 = 0; k0 < K; k0 += group) {
+    const int64_t k1 = std::min(K, k0 + group);
+    for (int64_t k = k0; k + 64 <= k1; k += 64) deinterleave(k);
+  }
+}
+
+// The largest code L_P (group_matmul_planes.h): every code's top plane stays within [-127, 127],
+// and |c| <= 2^22 keeps the rounding below exact.
+float code_limit(int planes) { return planes == 1 ? 127.0f : 64.0f * 65536.0f; }
+
+// x [M, K] -> planes [M, P, K] laid out, scales sx and group sums xz [M, G]; refuses NaN/inf rows.
+void quantize_activations(MatrixView<const float> x, const PackedWeight& w, int planes, int8_t* codes, float* sx,
+                          float* xz, int threads) {
+  const int64_t K = x.cols, G = (K + w.group - 1) / w.group;
+  const float limit = code_limit(planes);
+  struct Scratch {
+    std::vector<int32_t> code;
+    std::vector<int8_t> plane;
+  };
+  parallel_for(x.rows, threads, Schedule::fixed,
+               [&] { return Scratch{std::vector<int32_t>(size_t(K)), std::vector<int8_t>(size_t(K))}; },
+               [&](Scratch& scratch, int64_t m) {
+    const float* src = x.row(m);
+    // Raw pointers: stores through int8_t may alias anything, vectors' own pointers included.
+    int32_t* const code = scratch.code.data();
+    int8_t* const plane = scratch.plane.data();
+    require_finite_row(src, K, "x", m);
+    for (int64_t k0 = 0, g = 0; k0 < K; k0 += w.group, ++g) {
+      const int64_t k1 = std::min(K, k0 + w.group);
+      float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // independent maxima: the loop vectorises
+      for (int64_t k = k0; k < k1; ++k) part[(k - k0) & 7] = std::max(part[(k - k0) & 7], std::fabs(src[k]));
+      const float amax = *std::max_element(part, part + 8);
+      float scale = amax / limit;
+      if (scale == 0.0f) scale = 1.0f;
+      int64_t sum = 0;
+      for (int64_t k = k0; k < k1; ++k) {
+        // Rounded to nearest, ties to even, by adding and subtracting 1.5 * 2^23 (exact for
+        // |v| <= 2^22): branch-free, so the loop vectorises (lrint / nearbyint do not).
+        const float v = std::clamp(src[k] / scale, -limit, limit);
+        code[k] = static_cast<int32_t>((v + 12582912.0f) - 12582912.0f);
+        sum += code[k];
+      }
+      sx[m * G + g] = scale;
+      xz[m * G + g] = static_cast<float>(double(scale) * double(sum));
+    }
+    // Balanced base-256 digits, least significant plane last: c = (p0 * 256 + p1) * 256 + p2.
+    for (int p = planes - 1; p >= 0; --p) {
+      for (int64_t k = 0; k < K; ++k) {
+        const int8_t digit = static_cast<int8_t>(code[k]);  // the low byte, sign-extended (the top plane: c itself)
+        plane[k] = digit;
+        code[k] = (code[k] - digit) >> 8;  // exact: c - digit is a multiple of 256
+      }
+      lay_out(plane, K, w.group, codes + (m * planes + p) * K);
+    }
+  });
+}
+
+void require_integral_zeros(const PackedWeight& w, int64_t n, int64_t groups) {
+  const float* z = w.zeros + n * w.scale_stride;
+  // Branch-free and vectorised: (z + 1.5 * 2^23) - 1.5 * 2^23 rounds z to an integer when |z| <= 2^22
+  // (an int conversion here cost a third of the int8-activation call).
+  int bad = 0;
+  for (int64_t g = 0; g < groups; ++g) {
+    const float rounded = (z[g] + 12582912.0f) - 12582912.0f;
+    bad |= int(std::fabs(z[g]) > 65536.0f) | int(rounded != z[g]);
+  }
+  GENCORE_CHECK(!bad, "zeros must hold integers for int8 activations (row ", n, ")");
+}
+
+void group_matmul_planes(MatrixView<const float> x, const PackedWeight& w, const float* bias, float* y, int threads,
+                         int planes) {
+  GENCORE_CHECK(w.bits == 4, "integer activations need int4 weights, got bits=", w.bits);
+  GENCORE_CHECK(w.group >= 1 && (w.group >= w.cols || w.group % 32 == 0),
+                "group_size must be a multiple of 32 or cover all of K, got ", w.group);
+  GENCORE_CHECK(x.cols == w.cols, "x has ", x.cols, " columns, the weight has K=", w.cols);
+  const int64_t M = x.rows, N = w.rows, K = w.cols;
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) y[m * N + n] = bias ? bias[n] : 0.0f;
+    return;
+  }
+  const int64_t G = (K + w.group - 1) / w.group;
+  threads = useful_threads(threads, M * N * K);
+  std::vector<int8_t> codes(static_cast<size_t>(M * planes * K));
+  std::vector<float> sx(static_cast<size_t>(M * G)), xz(static_cast<size_t>(M * G));
+  quantize_activations(x, w, planes, codes.data(), sx.data(), xz.data(), threads);
+  const PlaneRowKernel kernel =
+      pick_isa<PlaneRowKernel>(group_rows_planes_portable, GENCORE_ISA_FN(group_rows_planes_avx2), nullptr, nullptr,
+                               GENCORE_ISA_FN(group_rows_planes_avx512vnni));
+  const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
+  // Dynamic: on a shared machine a descheduled thread would otherwise hold the whole call back.
+  parallel_for(blocks, threads, Schedule::dynamic, [&](int64_t item) {
+    const int64_t n0 = item * kRowBlock, n1 = std::min(N, n0 + kRowBlock);
+    const WeightRows rows{w.data + n0 * w.data_stride, w.data_stride, w.scales + n0 * w.scale_stride,
+                          w.zeros + n0 * w.scale_stride, w.scale_stride, static_cast<int>(n1 - n0)};
+    for (int64_t m0 = 0; m0 < M; m0 += kMaxKernelRows) {
+      const int nb = static_cast<int>(std::min<int64_t>(kMaxKernelRows, M - m0));
+      const ActivationPlanes part{codes.data() + m0 * planes * K, planes * K, planes, sx.data() + m0 * G,
+                                  xz.data() + m0 * G, G};
+      kernel(part, nb, rows, K, w.group, y + m0 * N + n0, N);
+    }
+    // A NaN or inf among a row's scales or zeros always makes its outputs non-finite (inf * 0 is
+    // NaN), so the parameters are checked only behind a non-finite output of the block (checking
+    // every row cost a sixth of the call at batch 1). A refused row's outputs are never returned.
+    bool finite = true;
+    for (int64_t m = 0; m < M; ++m) finite &= all_finite(y + m * N + n0, n1 - n0);
+    for (int64_t n = n0; n < n1; ++n) {
+      if (!finite) check_row_params(w, n, G);
+      if (planes == 1) require_integral_zeros(w, n, G);
+    }
+    if (bias)
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = n0; n < n1; ++n) y[m * N + n] += bias[n];
+  });
+}
+
+}  // namespace
+
+void group_matmul_int8_activations(MatrixView<const float> x, const PackedWeight& w, const float* bias, float* y,
+                                   int threads) {
+  group_matmul_planes(x, w, bias, y, threads, 1);
+}
+
+void group_matmul_split_activations(MatrixView<const float> x, const PackedWeight& w, const float* bias, float* y,
+                                    int threads) {
+  group_matmul_planes(x, w, bias, y, threads, kMaxPlanes);
+}
+
+}  // namespace gencore::quant
