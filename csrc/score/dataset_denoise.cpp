@@ -38,8 +38,12 @@
 // each item keeps a partial (max, sum, A) of its chunk, merged per query at the
 // end exactly as a log-sum-exp merge.
 //
+// Up to kFusedDotsMaxDim dimensions (point clouds) the scores come from a SIMD
+// dot row per query instead of the first GEMM (a GEMM with K = 3 costs more than
+// the epilogue), from a transposed copy of the tile.
+//
 // Peak extra memory (elements): 2 kMeanChunks d + d (the mean) + 5 B, plus per thread
-// tile_rows * (d + 1) + qb * (tile_rows + d + 2); with the data split,
+// tile_rows * (d + 1) + qb * (tile_rows + d + 2) (and tile_rows * d for small d); with the data split,
 // data_chunks * B * (d + 2) for the partials. Nothing of size B x N.
 #include "score/dataset_denoise.h"
 
@@ -112,8 +116,17 @@ double exp_sum_portable(T* row, int64_t n, T max) {
 }
 
 template <typename T>
+void dot_row_portable(const T* x, int64_t d, const T* tile_t, int64_t ld, int64_t n, T* row) {
+  for (int64_t j = 0; j < n; ++j) {
+    T acc = 0;
+    for (int64_t k = 0; k < d; ++k) acc += x[k] * tile_t[k * ld + j];  // std::fma would be a libm call here
+    row[j] = acc;
+  }
+}
+
+template <typename T>
 DenoiseRowOps<T> denoise_row_ops_portable() {
-  return {logits_portable<T>, exp_sum_portable<T>};
+  return {logits_portable<T>, exp_sum_portable<T>, dot_row_portable<T>};
 }
 
 template <typename T>
@@ -223,6 +236,7 @@ template <typename T>
 struct TileScratch {
   blas::SingleThreadedScope one_blas_thread;
   std::vector<T> tile;       // [tile_rows, d] centred data rows
+  std::vector<T> tile_t;     // [d, tile_rows] the same, transposed (d <= kFusedDotsMaxDim: no GEMM)
   std::vector<T> sq_norms;   // [tile_rows]
   std::vector<T> scores;     // [query_block, tile_rows] logits, then softmax numerators
   std::vector<T> acc;        // [query_block, d] (query split)
@@ -241,18 +255,23 @@ void stream_block(const T* xc, int64_t q0, int64_t rows, MatrixView<const T> dat
   std::fill(run.max, run.max + rows, kNegInf);
   std::fill(run.sum, run.sum + rows, 0.0);
   if (run.acc) std::fill(run.acc, run.acc + rows * d, T(0));
+  const bool fused_dots = d <= kFusedDotsMaxDim;
   for (int64_t t0 = n0; t0 < n1; t0 += tile_rows) {
     const int64_t tn = std::min(tile_rows, n1 - t0);
     for (int64_t r = 0; r < tn; ++r) {
       const T* y = data.row(t0 + r);
       T* yc = s.tile.data() + r * d;
       for (int64_t j = 0; j < d; ++j) yc[j] = y[j] - center[j];
+      if (fused_dots)
+        for (int64_t j = 0; j < d; ++j) s.tile_t[j * tile_rows + r] = yc[j];
       s.sq_norms[r] = T(squared_norm(yc, d, norm));
     }
-    // scores [rows, tn] = xc[q0 : q0 + rows] . y'^T
-    blas::gemm_abt(rows, tn, d, T(1), xc + q0 * d, d, s.tile.data(), d, T(0), s.scores.data(), tile_rows);
+    // scores [rows, tn] = xc[q0 : q0 + rows] . y'^T (row by row below for small d)
+    if (!fused_dots)
+      blas::gemm_abt(rows, tn, d, T(1), xc + q0 * d, d, s.tile.data(), d, T(0), s.scores.data(), tile_rows);
     for (int64_t i = 0; i < rows; ++i) {
       T* row = s.scores.data() + i * tile_rows;
+      if (fused_dots) ops.dot_row(xc + (q0 + i) * d, d, s.tile_t.data(), tile_rows, tn, row);
       const T tile_max = ops.logits(row, tn, terms.row(q0 + i), s.sq_norms.data(), log_w ? log_w + t0 : nullptr);
       if (!(tile_max > run.max[i])) {  // the max stays (or the whole tile has weight 0 so far)
         if (run.max[i] == kNegInf) {
@@ -351,7 +370,8 @@ void dataset_denoise(MatrixView<const T> x, MatrixView<const T> data, const T* s
   std::vector<T> part_acc(split && with_denoised ? chunks * B * d : 0);
 
   auto make_scratch = [&] {
-    return TileScratch<T>{blas::SingleThreadedScope{}, std::vector<T>(tile_rows * d), std::vector<T>(tile_rows),
+    return TileScratch<T>{blas::SingleThreadedScope{}, std::vector<T>(tile_rows * d),
+                          std::vector<T>(d <= kFusedDotsMaxDim ? tile_rows * d : 0), std::vector<T>(tile_rows),
                           std::vector<T>(qb * tile_rows), std::vector<T>(split || !with_denoised ? 0 : qb * d),
                           std::vector<T>(split ? 0 : qb), std::vector<double>(split ? 0 : qb)};
   };

@@ -89,9 +89,42 @@ double exp_sum(float* row, int64_t n, float max) {
   return hsum(_mm256_add_pd(a0, a1));
 }
 
+
+// Four independent vectors of outputs a step (the k loop is short: d <= kFusedDotsMaxDim).
+void dot_row(const float* x, int64_t d, const float* tile_t, int64_t ld, int64_t n, float* row) {
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    for (int64_t k = 0; k < d; ++k) {
+      const __m256 xk = _mm256_set1_ps(x[k]);
+      const float* t = tile_t + k * ld + j;
+      a0 = _mm256_fmadd_ps(xk, _mm256_loadu_ps(t), a0);
+      a1 = _mm256_fmadd_ps(xk, _mm256_loadu_ps(t + 8), a1);
+      a2 = _mm256_fmadd_ps(xk, _mm256_loadu_ps(t + 16), a2);
+      a3 = _mm256_fmadd_ps(xk, _mm256_loadu_ps(t + 24), a3);
+    }
+    _mm256_storeu_ps(row + j, a0);
+    _mm256_storeu_ps(row + j + 8, a1);
+    _mm256_storeu_ps(row + j + 16, a2);
+    _mm256_storeu_ps(row + j + 24, a3);
+  }
+  for (; j + 8 <= n; j += 8) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t k = 0; k < d; ++k) acc = _mm256_fmadd_ps(_mm256_set1_ps(x[k]), _mm256_loadu_ps(tile_t + k * ld + j), acc);
+    _mm256_storeu_ps(row + j, acc);
+  }
+  if (j < n) {  // masked lanes load 0 and are not stored
+    const __m256i m = tail_lanes(n - j);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t k = 0; k < d; ++k)
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(x[k]), _mm256_maskload_ps(tile_t + k * ld + j, m), acc);
+    _mm256_maskstore_ps(row + j, m, acc);
+  }
+}
+
 }  // namespace
 
-DenoiseRowOps<float> denoise_row_ops_avx2() { return {logits, exp_sum}; }
+DenoiseRowOps<float> denoise_row_ops_avx2() { return {logits, exp_sum, dot_row}; }
 
 }  // namespace gencore::score
 

@@ -88,9 +88,42 @@ double exp_sum(float* row, int64_t n, float max) {
   return _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
 }
 
+
+// Four independent vectors of outputs a step (the k loop is short: d <= kFusedDotsMaxDim).
+void dot_row(const float* x, int64_t d, const float* tile_t, int64_t ld, int64_t n, float* row) {
+  int64_t j = 0;
+  for (; j + 64 <= n; j += 64) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    for (int64_t k = 0; k < d; ++k) {
+      const __m512 xk = _mm512_set1_ps(x[k]);
+      const float* t = tile_t + k * ld + j;
+      a0 = _mm512_fmadd_ps(xk, _mm512_loadu_ps(t), a0);
+      a1 = _mm512_fmadd_ps(xk, _mm512_loadu_ps(t + 16), a1);
+      a2 = _mm512_fmadd_ps(xk, _mm512_loadu_ps(t + 32), a2);
+      a3 = _mm512_fmadd_ps(xk, _mm512_loadu_ps(t + 48), a3);
+    }
+    _mm512_storeu_ps(row + j, a0);
+    _mm512_storeu_ps(row + j + 16, a1);
+    _mm512_storeu_ps(row + j + 32, a2);
+    _mm512_storeu_ps(row + j + 48, a3);
+  }
+  for (; j + 16 <= n; j += 16) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t k = 0; k < d; ++k) acc = _mm512_fmadd_ps(_mm512_set1_ps(x[k]), _mm512_loadu_ps(tile_t + k * ld + j), acc);
+    _mm512_storeu_ps(row + j, acc);
+  }
+  for (; j < n; j += 16) {  // masked lanes load 0 and are not stored
+    const __mmask16 m = n - j >= 16 ? __mmask16(0xffff) : tail_mask(n - j);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t k = 0; k < d; ++k)
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(x[k]), _mm512_maskz_loadu_ps(m, tile_t + k * ld + j), acc);
+    _mm512_mask_storeu_ps(row + j, m, acc);
+  }
+}
+
 }  // namespace
 
-DenoiseRowOps<float> denoise_row_ops_avx512() { return {logits, exp_sum}; }
+DenoiseRowOps<float> denoise_row_ops_avx512() { return {logits, exp_sum, dot_row}; }
 
 }  // namespace gencore::score
 

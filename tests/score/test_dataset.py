@@ -352,6 +352,8 @@ PLAN_CASES = [
     ("query-split", 300, 40, 2),   # two blocks of 150, one per thread
     ("data-split", 40, 64, 2),     # one block, the data in two chunks
     ("data-split", 300, 40, 3),    # two blocks x two or three chunks
+    ("query-split", 9, 8, 1),      # d = kFusedDotsMaxDim: the last dimension of SIMD dot rows
+    ("query-split", 7, 9, 1),      # and the first one of the GEMM
 ]
 
 
