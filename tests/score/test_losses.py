@@ -115,6 +115,12 @@ def test_dsm_two_pass_path_where_the_forward_cannot_know_the_gradient(rng):
     b = raw.detach().clone().requires_grad_()
     direct_dsm(b, x.detach(), target.detach(), *c).mean().backward()
     torch.testing.assert_close(g, b.grad, rtol=1e-12, atol=1e-14)
+    empty = torch.zeros(0, 9, dtype=torch.float64, requires_grad=True)  # an empty batch: torch's mean (NaN), no crash
+    none = torch.zeros(0, dtype=torch.float64)
+    loss = dsm_loss(empty, empty.detach(), empty.detach(), none, none, none)
+    assert loss.isnan() and not type(loss.grad_fn).__name__.startswith("_GradientFromForward")
+    loss.backward()
+    assert empty.grad.shape == (0, 9)
     compiled = torch.compile(lambda r: dsm_loss(r, x.detach(), target.detach(), *c), fullgraph=True)
     a = raw.detach().clone().requires_grad_()
     compiled(a).backward()

@@ -273,7 +273,7 @@ def reduced_dsm_loss(raw, x, target, c_skip, c_out, weight, reduction: str) -> t
     registered ops."""
     args = DSM_LOSS._check(raw, x, target, c_skip, c_out, weight)
     only_raw = raw.requires_grad and not any(t.requires_grad for t in args[1:])
-    if reduction != "none" and only_raw and DSM_LOSS.eager_autograd(args):
+    if reduction != "none" and raw.shape[0] > 0 and only_raw and DSM_LOSS.eager_autograd(args):
         return _GradientFromForward.apply(*args, reduction)
     per_sample = DSM_LOSS.trusted(*args)
     if reduction == "none":
