@@ -589,10 +589,8 @@ class FakeCuda:
             return
         _require(op, c_skip_ptr, c_out_ptr, weight_ptr, loss_out_ptr, *((raw_ptr, x_ptr, target_ptr) if M else ()))
         self._enter(op, device, stream)
-        err = _dsm_error(op, raw_ptr, x_ptr, target_ptr, B, M, c_skip_ptr, c_out_ptr).astype(F64)
-        weight = _view(weight_ptr, (B,), F32, "weight", op).astype(F64)
-        mean = (err * err).sum(1) / M if M else np.zeros(B)
-        _view(loss_out_ptr, (B,), F32, "loss_out", op)[:] = (weight * mean).astype(F32)
+        err = _dsm_error(op, raw_ptr, x_ptr, target_ptr, B, M, c_skip_ptr, c_out_ptr)
+        _view(loss_out_ptr, (B,), F32, "loss_out", op)[:] = _dsm_loss_of(op, err, weight_ptr, M)
 
     def dsm_loss_and_grad(self, raw_ptr, x_ptr, target_ptr, B, M, c_skip_ptr, c_out_ptr, weight_ptr, grad_scale,
                           loss_out_ptr, grad_raw_out_ptr, workspace_ptr, workspace_bytes, stream, device):
@@ -607,15 +605,11 @@ class FakeCuda:
                  *((raw_ptr, x_ptr, target_ptr, grad_raw_out_ptr) if M else ()))
         self._enter(op, device, stream)
         err = _dsm_error(op, raw_ptr, x_ptr, target_ptr, B, M, c_skip_ptr, c_out_ptr)
-        weight, c_out = (_view(p, (B,), F32, n, op).astype(F64) for p, n in ((weight_ptr, "weight"),
-                                                                             (c_out_ptr, "c_out")))
-        err64 = err.astype(F64)
-        mean = (err64 * err64).sum(1) / M if M else np.zeros(B)
-        _view(loss_out_ptr, (B,), F32, "loss_out", op)[:] = (weight * mean).astype(F32)
+        _view(loss_out_ptr, (B,), F32, "loss_out", op)[:] = _dsm_loss_of(op, err, weight_ptr, M)
         if M:
-            scale = (2.0 * float(np.float32(grad_scale)) * weight * c_out / M).astype(F32)
-            with np.errstate(all="ignore"):
-                _view(grad_raw_out_ptr, (B, M), F32, "grad_raw_out", op)[:] = scale[:, None] * err
+            grad_loss = np.full(B, np.float32(grad_scale), F64)
+            _view(grad_raw_out_ptr, (B, M), F32, "grad_raw_out", op)[:] = _dsm_grad_of(op, err, weight_ptr,
+                                                                                       c_out_ptr, grad_loss, M)
 
     def dsm_loss_backward(self, raw_ptr, x_ptr, target_ptr, B, M, c_skip_ptr, c_out_ptr, weight_ptr, grad_loss_ptr,
                           grad_raw_out_ptr, stream, device):
@@ -628,11 +622,9 @@ class FakeCuda:
         _require(op, raw_ptr, x_ptr, target_ptr, c_skip_ptr, c_out_ptr, weight_ptr, grad_loss_ptr, grad_raw_out_ptr)
         self._enter(op, device, stream)
         err = _dsm_error(op, raw_ptr, x_ptr, target_ptr, B, M, c_skip_ptr, c_out_ptr)
-        weight, grad_loss, c_out = (_view(p, (B,), F32, n, op).astype(F64) for p, n in (
-            (weight_ptr, "weight"), (grad_loss_ptr, "grad_loss"), (c_out_ptr, "c_out")))
-        scale = (2.0 * grad_loss * weight * c_out / M).astype(F32)
-        with np.errstate(all="ignore"):
-            _view(grad_raw_out_ptr, (B, M), F32, "grad_raw_out", op)[:] = scale[:, None] * err
+        grad_loss = _view(grad_loss_ptr, (B,), F32, "grad_loss", op).astype(F64)
+        _view(grad_raw_out_ptr, (B, M), F32, "grad_raw_out", op)[:] = _dsm_grad_of(op, err, weight_ptr, c_out_ptr,
+                                                                                   grad_loss, M)
 
     def dmd_gradient_workspace_bytes(self, B: int, M: int) -> int:
         _check_rows("dmd_gradient_workspace_bytes", B, M)
@@ -770,16 +762,7 @@ class FakeCuda:
         if M == 0 or N == 0:
             return
         self._enter(op, device, stream)
-        G = -(-K // group_size) if K else 0
-        data = _view(data_ptr, (N, (K + 1) // 2 if bits == 4 else K), np.uint8, "data", op)
-        if bits == 4:
-            codes = np.stack([data & 0x0F, data >> 4], axis=2).reshape(N, -1)[:, :K]
-        else:
-            codes = data
-        per_column = np.arange(K) // group_size
-        s = _view(scales_ptr, (N, G), F32, "scales", op)[:, per_column]
-        z = _view(zeros_ptr, (N, G), F32, "zeros", op)[:, per_column]
-        w = ((codes.astype(F32) - z) * s).astype(F32)
+        w = _dequantized(op, data_ptr, scales_ptr, zeros_ptr, N, K, bits, group_size)
         y = _view(x_ptr, (M, K), F32, "x", op).astype(F64) @ w.astype(F64).T
         if bias_ptr:
             y = y + _view(bias_ptr, (N,), F32, "bias", op).astype(F64)
@@ -851,13 +834,19 @@ class FakeCuda:
             return
         _require(op, data_ptr, scales_ptr, zeros_ptr, out_ptr)
         self._enter(op, device, stream)
-        G = -(-K // group_size)
-        data = _view(data_ptr, (N, (K + 1) // 2 if bits == 4 else K), np.uint8, "data", op)
-        codes = np.stack([data & 0x0F, data >> 4], axis=2).reshape(N, -1)[:, :K] if bits == 4 else data
-        per_column = np.arange(K) // group_size
-        s = _view(scales_ptr, (N, G), F32, "scales", op)[:, per_column]
-        z = _view(zeros_ptr, (N, G), F32, "zeros", op)[:, per_column]
-        _view(out_ptr, (N, K), F32, "out", op)[:] = ((codes.astype(F32) - z) * s).astype(F32)
+        _view(out_ptr, (N, K), F32, "out", op)[:] = _dequantized(op, data_ptr, scales_ptr, zeros_ptr, N, K, bits,
+                                                                 group_size)
+
+
+def _dequantized(op, data_ptr, scales_ptr, zeros_ptr, N, K, bits, group_size) -> np.ndarray:
+    """W [N, K] float32 = (q - zero) * scale from the packed codes (int4 low nibble first)."""
+    G = -(-K // group_size) if K else 0
+    data = _view(data_ptr, (N, (K + 1) // 2 if bits == 4 else K), np.uint8, "data", op)
+    codes = np.stack([data & 0x0F, data >> 4], axis=2).reshape(N, -1)[:, :K] if bits == 4 else data
+    per_column = np.arange(K) // group_size
+    s = _view(scales_ptr, (N, G), F32, "scales", op)[:, per_column]
+    z = _view(zeros_ptr, (N, G), F32, "zeros", op)[:, per_column]
+    return ((codes.astype(F32) - z) * s).astype(F32)
 
 
 def _check_quant_layout(op: str, N: int, K: int, bits: int, group: int) -> None:
@@ -885,6 +874,22 @@ def _partials_bytes(B: int, M: int) -> int:
     """cuda/score/rows.cuh partials_layout: 8 B S bytes when a row has S > 1 segments."""
     segments = max(1, -(-M // SCORE_SEGMENT))
     return 8 * B * segments if segments > 1 else 0
+
+
+def _dsm_loss_of(op, err, weight_ptr, M) -> np.ndarray:
+    """loss [B] float32 = weight * mean_j err^2, summed in float64 (weight * 0 for M = 0)."""
+    e = err.astype(F64)
+    weight = _view(weight_ptr, (err.shape[0],), F32, "weight", op).astype(F64)
+    return (weight * ((e * e).sum(1) / M if M else np.zeros(err.shape[0]))).astype(F32)
+
+
+def _dsm_grad_of(op, err, weight_ptr, c_out_ptr, grad_loss, M) -> np.ndarray:
+    """grad_raw [B, M] float32 = float32(2 grad_loss weight c_out / M) * err (the kernels' gradient_factor)."""
+    b = err.shape[0]
+    weight, c_out = (_view(p, (b,), F32, n, op).astype(F64) for p, n in ((weight_ptr, "weight"), (c_out_ptr, "c_out")))
+    scale = (2.0 * grad_loss * weight * c_out / M).astype(F32)
+    with np.errstate(all="ignore"):
+        return scale[:, None] * err
 
 
 def _dsm_error(op, raw_ptr, x_ptr, target_ptr, B, M, c_skip_ptr, c_out_ptr) -> np.ndarray:

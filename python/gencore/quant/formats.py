@@ -123,6 +123,16 @@ def _ours(codes_nk: torch.Tensor, scales_gn: torch.Tensor, zeros_gn: torch.Tenso
     return QuantizedWeight(data, scales, zeros, bits, group, (n, k), perm)
 
 
+def _four_bit_in_order(qw: QuantizedWeight, what: str) -> None:
+    """What the 4-bit formats without an input permutation (AWQ, tinygemm) refuse."""
+    if not isinstance(qw, QuantizedWeight):
+        raise TypeError(f"qw must be a gencore.quant.QuantizedWeight, got {type(qw).__name__}")
+    if qw.bits != 4:
+        raise ValueError(f"{what} holds 4-bit codes, qw has bits={qw.bits}")
+    if qw.perm is not None:
+        raise ValueError(f"{what} has no input-channel permutation; qw has one (act-order)")
+
+
 def _theirs(qw: QuantizedWeight, what: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes [N, K] in the original channel order, zeros [G, N] int64, scales [G, N])."""
     if not isinstance(qw, QuantizedWeight):
@@ -228,12 +238,7 @@ def from_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, 
 
 def to_awq(qw: QuantizedWeight, scale_dtype: torch.dtype = torch.float16) -> dict:
     """QuantizedWeight (4 bits, no input permutation) -> {"qweight", "qzeros", "scales"} in AWQ's layout."""
-    if not isinstance(qw, QuantizedWeight):
-        raise TypeError(f"qw must be a gencore.quant.QuantizedWeight, got {type(qw).__name__}")
-    if qw.bits != 4:
-        raise ValueError(f"AWQ checkpoints hold 4-bit codes, qw has bits={qw.bits}")
-    if qw.perm is not None:
-        raise ValueError("AWQ has no input-channel permutation; qw has one (act-order)")
+    _four_bit_in_order(qw, "AWQ")
     codes, zeros, scales = _theirs(qw, "AWQ")
     _words_fit(qw.out_features, 8, "out_features")
     nibble_order = torch.tensor(AWQ_ORDER, device=qw.device)
@@ -294,12 +299,7 @@ def to_tinygemm(qw: QuantizedWeight, scale_dtype: torch.dtype = torch.bfloat16) 
     ``torch.ops.aten._convert_weight_to_int4pack_for_cpu(int_data, 1)`` then
     ``torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scales_and_zeros)``
     computes x @ W^T (with x in ``scale_dtype``)."""
-    if not isinstance(qw, QuantizedWeight):
-        raise TypeError(f"qw must be a gencore.quant.QuantizedWeight, got {type(qw).__name__}")
-    if qw.bits != 4:
-        raise ValueError(f"tinygemm holds 4-bit codes, qw has bits={qw.bits}")
-    if qw.perm is not None:
-        raise ValueError("tinygemm has no input-channel permutation; qw has one (act-order)")
+    _four_bit_in_order(qw, "tinygemm")
     group = _tinygemm_group(qw.group_size, qw.in_features)
     codes = reference.unpack(qw.data, 4, qw.in_features).to(torch.int32)
     scales = qw.scales.to(torch.float32)

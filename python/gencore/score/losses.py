@@ -26,12 +26,11 @@ from typing import Callable, Optional
 import torch
 
 from .. import _checks
-from .ops._losses import DMD_GRADIENT, reduced_dsm_loss
+from .ops._losses import DMD_GRADIENT, REDUCTIONS, reduce_samples, reduced_dsm_loss
 
 __all__ = ["edm_precond", "vp_precond", "ve_precond", "EDMPrecond", "VPPrecond", "VEPrecond", "dsm_loss",
            "dsm_target", "edm_loss", "vp_loss", "ve_loss", "sliced_score_matching_loss", "dmd_gradient", "dmd_loss"]
 
-_REDUCTIONS = ("mean", "sum", "none")
 _PARAMETERISATIONS = ("x0", "epsilon", "v", "flow")
 
 
@@ -136,13 +135,6 @@ def _sigma_per_sample(sigma, x: torch.Tensor) -> torch.Tensor:
                       device=x.device)
 
 
-def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
-    _checks.choice(reduction, "reduction", _REDUCTIONS)
-    if reduction == "none":
-        return per_sample
-    return per_sample.sum() if reduction == "sum" else per_sample.mean()
-
-
 def dsm_loss(raw: torch.Tensor, x: torch.Tensor, target: torch.Tensor, c_skip: Optional[torch.Tensor] = None,
              c_out: Optional[torch.Tensor] = None, weight: Optional[torch.Tensor] = None,
              reduction: str = "mean") -> torch.Tensor:
@@ -173,7 +165,7 @@ def dsm_loss(raw: torch.Tensor, x: torch.Tensor, target: torch.Tensor, c_skip: O
         if c is None:
             return torch.full((b,), default, dtype=dtype, device=raw.device)
         return c if c.dtype == dtype else c.to(dtype)
-    _checks.choice(reduction, "reduction", _REDUCTIONS)
+    _checks.choice(reduction, "reduction", REDUCTIONS)  # before any work
     return reduced_dsm_loss(raw, x, target, per_sample(c_skip, 0.0), per_sample(c_out, 1.0), per_sample(weight, 1.0),
                             reduction)
 
@@ -302,7 +294,7 @@ def sliced_score_matching_loss(score_fn: Callable[[torch.Tensor], torch.Tensor],
         trace = (grad_sv * v).reshape(b, -1).sum(1)
         second = 0.5 * (s * s).reshape(b, -1).sum(1) if variance_reduced else 0.5 * sv * sv
         total = total + trace + second
-    return _reduce(total / probes, reduction)
+    return reduce_samples(total / probes, reduction)
 
 
 # ====================================================================== DMD
@@ -330,4 +322,4 @@ def dmd_loss(x0: torch.Tensor, denoised_real: torch.Tensor, denoised_fake: torch
     grad = dmd_gradient(x0.detach(), denoised_real.detach(), denoised_fake.detach()).to(x0.dtype)
     b = x0.shape[0]
     per_sample = 0.5 * ((x0 - (x0.detach() - grad)) ** 2).reshape(b, -1).mean(1)
-    return _reduce(per_sample, reduction)
+    return reduce_samples(per_sample, reduction)

@@ -239,6 +239,17 @@ DSM_LOSS_BACKWARD = Op(
 )
 
 
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def reduce_samples(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-sample losses [B] -> their mean or sum, or themselves ("none")."""
+    _checks.choice(reduction, "reduction", REDUCTIONS)
+    if reduction == "none":
+        return per_sample
+    return per_sample.sum() if reduction == "sum" else per_sample.mean()
+
+
 class _GradientFromForward(torch.autograd.Function):
     """A reduced DSM loss whose gradient comes out of the forward pass
     (DSM_LOSS_AND_GRAD): the backward hands it over without touching the inputs
@@ -251,7 +262,7 @@ class _GradientFromForward(torch.autograd.Function):
         per_sample, grad_raw = DSM_LOSS_AND_GRAD.trusted(raw, x, target, c_skip, c_out, weight, grad_scale)
         ctx.grad_raw, ctx.grad_scale = grad_raw, grad_scale
         ctx.save_for_backward(raw, x, target, c_skip, c_out, weight)
-        return per_sample.mean() if reduction == "mean" else per_sample.sum()
+        return reduce_samples(per_sample, reduction)
 
     @staticmethod
     def backward(ctx, grad_total):
@@ -275,10 +286,7 @@ def reduced_dsm_loss(raw, x, target, c_skip, c_out, weight, reduction: str) -> t
     only_raw = raw.requires_grad and not any(t.requires_grad for t in args[1:])
     if reduction != "none" and raw.shape[0] > 0 and only_raw and DSM_LOSS.eager_autograd(args):
         return _GradientFromForward.apply(*args, reduction)
-    per_sample = DSM_LOSS.trusted(*args)
-    if reduction == "none":
-        return per_sample
-    return per_sample.sum() if reduction == "sum" else per_sample.mean()
+    return reduce_samples(DSM_LOSS.trusted(*args), reduction)
 
 
 # ====================================================================== DMD gradient
