@@ -571,6 +571,76 @@ class FakeCuda:
             _view(grad_xs_out_ptr, (P, n), F32, "grad_xs_out", op)[:] = (overlap * slope).sum(2).astype(F32)
             _view(grad_ys_out_ptr, (P, m), F32, "grad_ys_out", op)[:] = (-(overlap * slope)).sum(1).astype(F32)
 
+    # ------------------------------------------------------------ ot: dense Sinkhorn
+
+    def sinkhorn_dense_workspace_bytes(self, B, n, m):
+        if B < 0 or n < 0 or m < 0:
+            _fail("sinkhorn_dense_workspace_bytes", "sizes must be >= 0")
+        return 4 * B * (n + m)
+
+    def sinkhorn_dense(self, M_ptr, a_ptr, b_ptr, B, n, m, reg, damping, tol, max_iter, plateau, f_out_ptr,
+                       g_out_ptr, n_iter_out_ptr, error_out_ptr, status_out_ptr, workspace_ptr, workspace_bytes,
+                       stream, device):
+        """cuda/ot/sinkhorn_dense.cuh: per problem, from f = g = 0, alternate f~ = -reg damping
+        LSE_j(log b + g / reg - M / reg), error = sum a |1 - exp(min((f - f~) / reg, 60))| / sum a,
+        g = -reg damping LSE_i(log a + f / reg - M / reg), until error <= tol (status 0), no new
+        best error for `plateau` iterations (2) or max_iter (1); float32 values, float64 error."""
+        op = "sinkhorn_dense"
+        self.calls[op] += 1
+        if B < 0:
+            _fail(op, f"B must be >= 0, got {B}")
+        if not (reg > 0.0 and math.isfinite(reg)):
+            _fail(op, f"reg must be finite and > 0, got {reg}")
+        if not 0.0 < damping <= 1.0:
+            _fail(op, f"damping must be in (0, 1], got {damping}")
+        if not tol >= 0.0:
+            _fail(op, f"tol must be >= 0, got {tol}")
+        if max_iter < 1 or plateau < 1:
+            _fail(op, "max_iter and plateau must be >= 1")
+        self._workspace(op, workspace_ptr, workspace_bytes, 4 * B * (n + m))
+        if B == 0:
+            return
+        if n < 1 or m < 1:
+            _fail(op, f"both measures need at least one point, got n={n}, m={m}")
+        _require(op, M_ptr, a_ptr, b_ptr, f_out_ptr, g_out_ptr, n_iter_out_ptr, error_out_ptr, status_out_ptr)
+        self._enter(op, device, stream)
+        cost = _view(M_ptr, (B, n, m), F32, "M", op)
+        a, b = _view(a_ptr, (B, n), F32, "a", op), _view(b_ptr, (B, m), F32, "b", op)
+        f_out, g_out = _view(f_out_ptr, (B, n), F32, "f_out", op), _view(g_out_ptr, (B, m), F32, "g_out", op)
+        n_iter_out = _view(n_iter_out_ptr, (B,), np.int64, "n_iter_out", op)
+        error_out = _view(error_out_ptr, (B,), F64, "error_out", op)
+        status_out = _view(status_out_ptr, (B,), np.int64, "status_out", op)
+        inv_reg, scale = F32(1.0 / reg), F32(-reg * damping)
+
+        def lse(v, axis):   # -inf terms (no mass) drop out
+            top = v.max(axis=axis, keepdims=True)
+            return (np.squeeze(top, axis) + np.log(np.exp(v - top).sum(axis=axis, dtype=F64))).astype(F32)
+
+        with np.errstate(divide="ignore"):
+            log_a, log_b = np.log(a), np.log(b)
+        for k in range(B):
+            f, g = np.zeros(n, F32), np.zeros(m, F32)
+            best, since_best, it, state, err = math.inf, 0, 0, 1, math.inf
+            scaled = cost[k] * inv_reg
+            while it < max_iter:
+                f_new = scale * lse((log_b[k] + g * inv_reg)[None, :] - scaled, 1)
+                change = np.minimum((f - f_new).astype(F64) / reg, 60.0)
+                err = float((a[k].astype(F64) * np.abs(1.0 - np.exp(change))).sum() / a[k].astype(F64).sum())
+                f = f_new
+                g = scale * lse((log_a[k] + f * inv_reg)[:, None] - scaled, 0)
+                it += 1
+                if err <= tol:
+                    state = 0
+                    break
+                if err < best:
+                    best, since_best = err, 0
+                else:
+                    since_best += 1
+                    if since_best >= plateau:
+                        state = 2
+                        break
+            f_out[k], g_out[k], n_iter_out[k], error_out[k], status_out[k] = f, g, it, err, state
+
     # ------------------------------------------------------------ score: DSM loss, DMD gradient
 
     def dsm_loss_workspace_bytes(self, B: int, M: int) -> int:

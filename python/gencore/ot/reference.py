@@ -93,6 +93,66 @@ def sinkhorn_softmin_dense(x: torch.Tensor, y: torch.Tensor, log_weights: torch.
 # Exact OT (network simplex), sliced Wasserstein
 # ---------------------------------------------------------------------------
 
+#: Dense Sinkhorn status codes (the native kernel's, csrc/ot/sinkhorn_dense.h).
+DENSE_CONVERGED, DENSE_MAX_ITER, DENSE_PLATEAU = 0, 1, 2
+DENSE_STATUS_NAMES = {DENSE_CONVERGED: "converged", DENSE_MAX_ITER: "max_iter", DENSE_PLATEAU: "plateau"}
+_ERROR_MAX_EXPONENT = 60.0   # exp((f - f~) / reg) is clamped here in the error: huge, never inf
+
+
+def sinkhorn_dense(M: torch.Tensor, a: torch.Tensor, b: torch.Tensor, reg: float, damping: float, tol: float,
+                   max_iter: int, plateau: int):
+    """Log-domain Sinkhorn on B given cost matrices, each problem stopping on its own.
+
+    M [B, n, m], a [B, n], b [B, m] (weights >= 0, some positive per problem);
+    from f = g = 0, each iteration is
+
+        f~_i  = -reg damping log sum_j exp(log b_j + g_j / reg - M_ij / reg)
+        error = sum_i a_i |1 - exp(min((f_i - f~_i) / reg, 60))| / sum_i a_i,   f = f~
+        g_j   = -reg damping log sum_i exp(log a_i + f_i / reg - M_ij / reg)
+
+    (POT's sinkhorn_log alternation; damping = 1 / (1 + reg / rho) for KL-relaxed
+    marginals, 1 balanced). A problem stops once error <= tol (status 0), when
+    its error has not improved on its best for ``plateau`` iterations (2: the
+    rounding floor of the dtype), or after max_iter iterations (1).
+
+    Returns (f [B, n], g [B, m], n_iter [B] int64, error [B], status [B] int64), f, g
+    and error in ``compute_dtype(M.dtype)`` (the error is summed in float64).
+    """
+    dtype = compute_dtype(M.dtype)
+    cost, a, b = M.to(dtype), a.to(dtype), b.to(dtype)
+    B, n, m = cost.shape
+    log_a, log_b = torch.log(a), torch.log(b)
+    scaled = cost / reg
+    f = cost.new_zeros(B, n)
+    g = cost.new_zeros(B, m)
+    n_iter = torch.zeros(B, dtype=torch.int64, device=M.device)
+    error = torch.full((B,), math.inf, dtype=torch.float64, device=M.device)
+    status = torch.full((B,), DENSE_MAX_ITER, dtype=torch.int64, device=M.device)
+    best = torch.full((B,), math.inf, dtype=torch.float64, device=M.device)
+    since_best = torch.zeros(B, dtype=torch.int64, device=M.device)
+    active = torch.ones(B, dtype=torch.bool, device=M.device)
+    for _ in range(max_iter):
+        if not bool(active.any()):
+            break
+        f_new = -reg * damping * torch.logsumexp(log_b[:, None, :] + g[:, None, :] / reg - scaled, dim=2)
+        ratio = torch.exp(((f - f_new) / reg).clamp(max=_ERROR_MAX_EXPONENT)).double()
+        err = (a.double() * (1 - ratio).abs()).sum(-1) / a.double().sum(-1)
+        f = torch.where(active[:, None], f_new, f)
+        g_new = -reg * damping * torch.logsumexp(log_a[:, :, None] + f[:, :, None] / reg - scaled, dim=1)
+        g = torch.where(active[:, None], g_new, g)
+        error = torch.where(active, err, error)
+        n_iter = n_iter + active
+        converged = active & (err <= tol)
+        improved = active & ~converged & (err < best)
+        stalled = active & ~converged & ~improved
+        best = torch.where(improved, err, best)
+        since_best = torch.where(improved, 0, since_best + stalled)
+        plateaued = stalled & (since_best >= plateau)
+        status = torch.where(converged, DENSE_CONVERGED, torch.where(plateaued, DENSE_PLATEAU, status))
+        active = active & ~converged & ~plateaued
+    return f, g, n_iter, error.to(dtype), status
+
+
 #: EMD status codes (the native kernel's, csrc/ot/emd.h).
 EMD_OPTIMAL, EMD_ITERATION_LIMIT, EMD_INFEASIBLE = 0, 1, 2
 EMD_STATUS_NAMES = {EMD_OPTIMAL: "optimal", EMD_ITERATION_LIMIT: "iteration limit", EMD_INFEASIBLE: "infeasible"}
