@@ -15,9 +15,10 @@
 // OT), 1 balanced. Each problem stops on its own. Specification:
 // gencore.ot.reference.sinkhorn_dense (python/gencore/ot/reference.py).
 //
-// Every log-sum-exp is two passes over the matrix (the max, then the sum of
-// exponentials against it): no exponential can overflow at any reg, and the
-// column sums run along rows, so C is always read in memory order.
+// One iteration reads C once, in memory order: each row's log-sum-exp is two
+// passes over that row (the max, then the exponentials: nothing can overflow
+// at any reg), and the columns' log-sum-exps are running ones fed row by row
+// (see DenseProblem in sinkhorn_dense.cpp).
 #pragma once
 #include <cstdint>
 
@@ -49,8 +50,8 @@ struct DenseSinkhornOutputs {
 };
 
 // Runs every problem; threads go to whole problems when there are enough of
-// them, else to the rows / columns of each update. Extra memory: 3 (n + m)
-// values per problem in flight. Throws std::invalid_argument on bad sizes or
+// them, else to blocks of rows of each problem. Extra memory per problem in
+// flight: 2 n + (3 + 2 blocks) m values. Throws std::invalid_argument on bad sizes or
 // parameters (reg <= 0, max_iter < 1, ...).
 template <typename T>
 void sinkhorn_dense(const DenseSinkhornProblems<T>& problems, const DenseSinkhornParams& params,
@@ -66,10 +67,10 @@ struct SinkhornRowOps {
   T (*shifted_max)(const T* c, const T* h, T inv_reg, int64_t n);
   // sum_j exp(v_j - shift), in double.
   double (*shifted_exp_sum)(const T* c, const T* h, T inv_reg, T shift, int64_t n);
-  // column pass 1, one row: col_max[j] = max(col_max[j], h_i - c[j] * inv_reg).
-  void (*column_max)(const T* c, T h_i, T inv_reg, T* col_max, int64_t n);
-  // column pass 2, one row: col_sum[j] += exp(h_i - c[j] * inv_reg - col_max[j]).
-  void (*column_exp_sum)(const T* c, T h_i, T inv_reg, const T* col_max, T* col_sum, int64_t n);
+  // One row's terms v_j = h_i - c[j] * inv_reg into running column log-sum-exps:
+  // col_max[j] = max(col_max[j], v_j) (col_sum[j] rescaled to it first), then
+  // col_sum[j] += exp(v_j - col_max[j]).
+  void (*column_accumulate)(const T* c, T h_i, T inv_reg, T* col_max, T* col_sum, int64_t n);
 };
 
 SinkhornRowOps<float> sinkhorn_row_ops_avx2();

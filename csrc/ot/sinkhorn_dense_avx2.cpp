@@ -51,36 +51,40 @@ double shifted_exp_sum(const float* c, const float* h, float inv_reg, float shif
   return hsum(_mm256_add_pd(a0, a1));
 }
 
-void column_max(const float* c, float h_i, float inv_reg, float* col_max, int64_t n) {
-  const __m256 vr = _mm256_set1_ps(inv_reg), vh = _mm256_set1_ps(h_i);
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    _mm256_storeu_ps(col_max + j, _mm256_max_ps(_mm256_loadu_ps(col_max + j), shifted(_mm256_loadu_ps(c + j), vh, vr)));
-  if (j < n) {
-    const __m256i lanes = tail_lanes(n - j);
-    const __m256 v = shifted(_mm256_maskload_ps(c + j, lanes), vh, vr);
-    _mm256_maskstore_ps(col_max + j, lanes, _mm256_max_ps(_mm256_maskload_ps(col_max + j, lanes), v));
+// Running column log-sum-exps; a vector rescales only when one of its lanes
+// sets a new max (rare once the max is seeded from the previous iteration).
+inline void accumulate(__m256 v, float* col_max, float* col_sum, __m256i lanes, bool tail) {
+  const auto load = [&](const float* p) { return tail ? _mm256_maskload_ps(p, lanes) : _mm256_loadu_ps(p); };
+  __m256 mx = load(col_max), sum = load(col_sum);
+  if (_mm256_movemask_ps(_mm256_cmp_ps(v, mx, _CMP_GT_OQ))) {
+    const __m256 top = _mm256_max_ps(mx, v);
+    sum = _mm256_mul_ps(sum, exp_nonpositive(_mm256_sub_ps(mx, top)));   // -inf - top: exactly 0
+    mx = top;
+    if (tail) _mm256_maskstore_ps(col_max, lanes, mx);
+    else _mm256_storeu_ps(col_max, mx);
   }
+  sum = _mm256_add_ps(sum, exp_nonpositive(_mm256_sub_ps(v, mx)));
+  if (tail) _mm256_maskstore_ps(col_sum, lanes, sum);
+  else _mm256_storeu_ps(col_sum, sum);
 }
 
-void column_exp_sum(const float* c, float h_i, float inv_reg, const float* col_max, float* col_sum, int64_t n) {
+void column_accumulate(const float* c, float h_i, float inv_reg, float* col_max, float* col_sum, int64_t n) {
   const __m256 vr = _mm256_set1_ps(inv_reg), vh = _mm256_set1_ps(h_i);
+  const __m256i all = _mm256_set1_epi32(-1);
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const __m256 e = exp_nonpositive(_mm256_sub_ps(shifted(_mm256_loadu_ps(c + j), vh, vr), _mm256_loadu_ps(col_max + j)));
-    _mm256_storeu_ps(col_sum + j, _mm256_add_ps(_mm256_loadu_ps(col_sum + j), e));
-  }
+  for (; j + 8 <= n; j += 8) accumulate(shifted(_mm256_loadu_ps(c + j), vh, vr), col_max + j, col_sum + j, all, false);
   if (j < n) {
     const __m256i lanes = tail_lanes(n - j);
-    const __m256 v = shifted(_mm256_maskload_ps(c + j, lanes), vh, vr);
-    const __m256 e = exp_nonpositive(_mm256_sub_ps(v, _mm256_maskload_ps(col_max + j, lanes)));
-    _mm256_maskstore_ps(col_sum + j, lanes, _mm256_add_ps(_mm256_maskload_ps(col_sum + j, lanes), e));
+    // unused lanes: v = -inf never sets a max (and is not stored)
+    const __m256 v = _mm256_blendv_ps(_mm256_set1_ps(-std::numeric_limits<float>::infinity()),
+                                      shifted(_mm256_maskload_ps(c + j, lanes), vh, vr), _mm256_castsi256_ps(lanes));
+    accumulate(v, col_max + j, col_sum + j, lanes, true);
   }
 }
 
 }  // namespace
 
-SinkhornRowOps<float> sinkhorn_row_ops_avx2() { return {shifted_max, shifted_exp_sum, column_max, column_exp_sum}; }
+SinkhornRowOps<float> sinkhorn_row_ops_avx2() { return {shifted_max, shifted_exp_sum, column_accumulate}; }
 
 }  // namespace gencore::ot
 #include "gencore/isa_end.h"

@@ -49,36 +49,33 @@ double shifted_exp_sum(const float* c, const float* h, float inv_reg, float shif
   return _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
 }
 
-void column_max(const float* c, float h_i, float inv_reg, float* col_max, int64_t n) {
-  const __m512 vr = _mm512_set1_ps(inv_reg), vh = _mm512_set1_ps(h_i);
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16)
-    _mm512_storeu_ps(col_max + j, _mm512_max_ps(_mm512_loadu_ps(col_max + j), shifted(_mm512_loadu_ps(c + j), vh, vr)));
-  if (j < n) {
-    const __mmask16 k = tail_mask(n - j);
-    const __m512 v = shifted(_mm512_maskz_loadu_ps(k, c + j), vh, vr);
-    _mm512_mask_storeu_ps(col_max + j, k, _mm512_max_ps(_mm512_maskz_loadu_ps(k, col_max + j), v));
+// Running column log-sum-exps; a vector rescales only when one of its lanes
+// sets a new max (rare once the max is seeded from the previous iteration).
+inline void accumulate(__m512 v, float* col_max, float* col_sum, __mmask16 k) {
+  __m512 mx = _mm512_maskz_loadu_ps(k, col_max), sum = _mm512_maskz_loadu_ps(k, col_sum);
+  const __mmask16 up = _mm512_mask_cmp_ps_mask(k, v, mx, _CMP_GT_OQ);
+  if (up) {
+    const __m512 top = _mm512_mask_max_ps(mx, up, mx, v);
+    sum = _mm512_mul_ps(sum, exp_nonpositive(_mm512_sub_ps(mx, top)));   // -inf - top: exactly 0
+    mx = top;
+    _mm512_mask_storeu_ps(col_max, k, mx);
   }
+  _mm512_mask_storeu_ps(col_sum, k, _mm512_add_ps(sum, exp_nonpositive(_mm512_sub_ps(v, mx))));
 }
 
-void column_exp_sum(const float* c, float h_i, float inv_reg, const float* col_max, float* col_sum, int64_t n) {
+void column_accumulate(const float* c, float h_i, float inv_reg, float* col_max, float* col_sum, int64_t n) {
   const __m512 vr = _mm512_set1_ps(inv_reg), vh = _mm512_set1_ps(h_i);
   int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
-    const __m512 e = exp_nonpositive(_mm512_sub_ps(shifted(_mm512_loadu_ps(c + j), vh, vr), _mm512_loadu_ps(col_max + j)));
-    _mm512_storeu_ps(col_sum + j, _mm512_add_ps(_mm512_loadu_ps(col_sum + j), e));
-  }
+  for (; j + 16 <= n; j += 16) accumulate(shifted(_mm512_loadu_ps(c + j), vh, vr), col_max + j, col_sum + j, 0xffff);
   if (j < n) {
     const __mmask16 k = tail_mask(n - j);
-    const __m512 v = shifted(_mm512_maskz_loadu_ps(k, c + j), vh, vr);
-    const __m512 e = exp_nonpositive(_mm512_sub_ps(v, _mm512_maskz_loadu_ps(k, col_max + j)));
-    _mm512_mask_storeu_ps(col_sum + j, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, col_sum + j), e));
+    accumulate(shifted(_mm512_maskz_loadu_ps(k, c + j), vh, vr), col_max + j, col_sum + j, k);
   }
 }
 
 }  // namespace
 
-SinkhornRowOps<float> sinkhorn_row_ops_avx512() { return {shifted_max, shifted_exp_sum, column_max, column_exp_sum}; }
+SinkhornRowOps<float> sinkhorn_row_ops_avx512() { return {shifted_max, shifted_exp_sum, column_accumulate}; }
 
 }  // namespace gencore::ot
 #include "gencore/isa_end.h"

@@ -201,3 +201,34 @@ def test_cuda_matches_the_cpu_kernel(rng, shape):
         torch.testing.assert_close(x.cpu(), y, rtol=1e-5, atol=2e-6)
     res = got.sinkhorn_cost_matrix(cost.cuda(), a.cuda(), b.cuda(), reg=0.02, tol=1e-5)
     assert res.converged and res.plan.is_cuda
+
+
+@pytest.mark.parametrize("reg", [1e-3, 1e-4])
+def test_small_reg_in_float32_stays_finite_and_right(rng, simd_level, num_threads, reg):
+    # At reg 1e-4 of a cost in [0, 1] the potentials move by thousands of reg in the first
+    # iterations: the column sums accumulated against the previous iteration's log-sum-exp
+    # underflow, and those columns must be summed again exactly (never 0, never -inf).
+    num_threads(2)
+    cost, a, b = problem(rng, 1, 150, 130, dtype=torch.float32)
+    args = (cost, a, b, reg, 1.0, 0.0, 12, 40)
+    f, g, *_ = native(*args)
+    f64, g64, *_ = reference.sinkhorn_dense(cost.double(), a.double(), b.double(), reg, 1.0, 0.0, 12, 40)
+    assert bool(torch.isfinite(f).all() and torch.isfinite(g).all())
+    torch.testing.assert_close(f.double(), f64, rtol=0, atol=2e-5)
+    torch.testing.assert_close(g.double(), g64, rtol=0, atol=2e-5)
+
+
+def test_collapsing_column_sums_are_recomputed_exactly(rng, simd_level, num_threads):
+    # Unbalanced (damping 0.5) with costs 10 + U[0, 1) at reg 1e-3: each column's log-sum-exp
+    # falls by ~1250, 310, 80, ... in the first iterations, so the running sums seeded with the
+    # previous one underflow (float32 flushes below e^-87) and those columns are summed again
+    # exactly.
+    num_threads(2)
+    cost, a, b = problem(rng, 1, 150, 130, dtype=torch.float32)
+    cost = cost + 10.0
+    args = (cost, a, b, 1e-3, 0.5, 0.0, 8, 40)
+    f, g, *_ = native(*args)
+    f64, g64, *_ = reference.sinkhorn_dense(cost.double(), a.double(), b.double(), 1e-3, 0.5, 0.0, 8, 40)
+    assert bool(torch.isfinite(f).all() and torch.isfinite(g).all())
+    torch.testing.assert_close(f.double(), f64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g.double(), g64, rtol=1e-5, atol=1e-5)
