@@ -64,6 +64,34 @@ def _call(name, rank):
     return out if isinstance(out, torch.Tensor) else dict(vars(out))
 
 
+#: Cases whose gradients are checked: every local input that can have one requires grad.
+GRADIENT_CASES = ("uneven-weights-float64", "whitened-float64", "divergence-float64",
+                  "divergence-unbalanced-float64", "euclidean-divergence-float64", "divergence-float32")
+
+
+def gradient_inputs(name, rank=None):
+    """(x, y, a, b, kwargs) requiring grad: rank's shards, or (rank None) the concatenated clouds."""
+    xs, ys, a_s, b_s, kwargs = case_data(name)
+    pick = (lambda parts: torch.cat(parts)) if rank is None else (lambda parts: parts[rank])
+    x, y = pick(xs).clone().requires_grad_(), pick(ys).clone().requires_grad_()
+    balanced = "reach" not in kwargs
+    a = None if a_s is None else pick(a_s).clone().requires_grad_(balanced)
+    b = None if b_s is None else pick(b_s).clone().requires_grad_(balanced)
+    if "whitening" in kwargs:
+        kwargs["whitening"] = kwargs["whitening"].clone().requires_grad_()
+    return x, y, a, b, kwargs
+
+
+def _gradients(name, rank):
+    x, y, a, b, kwargs = gradient_inputs(name, rank)
+    fn = distributed.sinkhorn_divergence if CASES[name][5].get("divergence") else distributed.sinkhorn
+    out = fn(x, y, a, b, **kwargs)
+    (out if isinstance(out, torch.Tensor) else out.cost).backward()
+    w = kwargs.get("whitening")
+    return {"x": x.grad, "y": y.grad, "a": None if a is None else a.grad, "b": None if b is None else b.grad,
+            "whitening": None if w is None else w.grad}
+
+
 def _error(fn) -> str:
     try:
         fn()
@@ -75,6 +103,7 @@ def _error(fn) -> str:
 def run(rank, init_file, out_dir):
     with gloo_group(rank, init_file):
         results = {name: _call(name, rank) for name in CASES}
+        results["gradients"] = {name: _gradients(name, rank) for name in GRADIENT_CASES}
         xs, ys, _, _, kwargs = case_data("even-float32")
         x, y = xs[rank], ys[rank]
         errors = {
@@ -90,6 +119,9 @@ def run(rank, init_file, out_dir):
             # masses differ: a sums to 2
             "unbalanced-mass": _error(lambda: distributed.sinkhorn(x, y, torch.full((x.shape[0],), 1.0 / 40),
                                                                    torch.full((y.shape[0],), 1.0 / 60))),
+            # a gradient to the weights of unbalanced OT (rank 0 asks for it)
+            "unbalanced-weight-grad": _error(lambda: distributed.sinkhorn(
+                x, y, torch.full((x.shape[0],), 1.0 / 80).requires_grad_(rank == 0), reach=1.0)),
         }
         # streaming: every softmin the rank runs sees one visiting shard, never a whole cloud
         seen = []

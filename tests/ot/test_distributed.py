@@ -22,7 +22,7 @@ from gencore.ot import distributed
 
 from tests._distributed import spawn
 
-from ._dist_worker import CASES, WORLD, case_data
+from ._dist_worker import CASES, GRADIENT_CASES, WORLD, case_data, gradient_inputs
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
@@ -86,6 +86,31 @@ def test_sharded_divergence_equals_single_process(rank_results, name):
         _close(rank_results[rank][name], expected, _tolerance(CASES[name][4]), f"divergence on rank {rank}")
 
 
+@pytest.mark.parametrize("name", GRADIENT_CASES)
+def test_gradients_equal_single_process(rank_results, name):
+    # Each rank's backward() gives the gradient to its own shard; a shared whitening matrix gets
+    # one share per rank, summing to the single-process gradient.
+    x, y, a, b, kwargs = gradient_inputs(name)
+    fn = gencore.ot.sinkhorn_divergence if CASES[name][5].get("divergence") else gencore.ot.sinkhorn
+    out = fn(x, y, a, b, **kwargs)
+    (out if isinstance(out, torch.Tensor) else out.cost).backward()
+    nx0, _, ny0, _, dtype, _ = CASES[name]
+    rtol = 1e-4 if dtype == torch.float32 else 1e-9
+    rows = {"x": (slice(0, nx0), slice(nx0, None)), "y": (slice(0, ny0), slice(ny0, None))}
+    rows.update(a=rows["x"], b=rows["y"])
+    expected = {"x": x.grad, "y": y.grad, "a": None if a is None else a.grad, "b": None if b is None else b.grad}
+    for key, want in expected.items():
+        for rank in range(WORLD):
+            got = rank_results[rank]["gradients"][name][key]
+            if want is None:
+                assert got is None, (key, rank)
+            else:
+                _close(got, want[rows[key][rank]], rtol, f"d/d{key} on rank {rank}")
+    if "whitening" in kwargs:
+        shares = [rank_results[rank]["gradients"][name]["whitening"] for rank in range(WORLD)]
+        _close(shares[0] + shares[1], kwargs["whitening"].grad, rtol, "d/dW summed over the ranks")
+
+
 def test_default_weights_are_global_uniform(rank_results):
     # "uneven-float32" passes no weights; shards of 7 and 61 points: 1/68 each, not 1/7 and 1/61.
     nx0, nx1, ny0, ny1, _, _ = CASES["uneven-float32"]
@@ -102,6 +127,7 @@ def test_default_weights_are_global_uniform(rank_results):
     ("weights-on-one-rank", "a_local (given or None) must be the same on every rank"),
     ("empty", "x_local is empty on every rank"),
     ("unbalanced-mass", "balanced OT needs sum(a) == sum(b) over all ranks"),
+    ("unbalanced-weight-grad", "rank 0: ValueError: no gradient with respect to the weights of unbalanced OT"),
 ])
 def test_bad_input_raises_on_every_rank(rank_results, case, message):
     for rank in range(WORLD):

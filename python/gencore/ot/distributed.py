@@ -30,8 +30,9 @@ import torch
 from .. import _checks
 from .._op import checks_values_of
 from . import reference
-from .sinkhorn import (SinkhornResult, _bounds, _check_loop, _check_p, _check_reach, _diameter, _divergence_value,
-                       _pair_value, _positive, _sides, _softmin, _solve, _start, _weights, _whiten, epsilon_schedule)
+from .sinkhorn import (SinkhornResult, _bounds, _check_loop, _check_p, _check_reach, _diameter, _divergence_envelope,
+                       _divergence_value, _pair_envelope, _pair_value, _positive, _sides, _softmin, _solve, _start,
+                       _weights, _whiten, epsilon_schedule)
 
 __all__ = ["sinkhorn", "sinkhorn_divergence"]
 
@@ -53,12 +54,13 @@ class _Shards:
         self.rank = dist.get_rank(group)
 
     def softmin(self, points, other, log_w, eps, p, gradient=False):
-        """``_softmin(points, cat(every rank's other), cat(every rank's log_w), eps, p)``, streamed:
-        rank r broadcasts [other_r | log_w_r] in turn (the visiting shard), merged online."""
-        if gradient:
-            raise NotImplementedError("gencore.ot.distributed computes no gradients")
+        """``_softmin(points, cat(every rank's other), cat(every rank's log_w), eps, p, gradient)``,
+        streamed: rank r broadcasts [other_r | log_w_r] in turn (the visiting shard), merged online.
+        The derivative df/dx = sum_j P_ij dC_ij/dx merges with the shards' shares of the softmax
+        mass, exp((f - f^(r)) / eps), as the log-sum-exp does (no extra communication)."""
         d = other.shape[1]
         merged = torch.full((points.shape[0],), -math.inf, dtype=log_w.dtype, device=log_w.device)
+        derivative = torch.zeros((points.shape[0], d), dtype=log_w.dtype, device=log_w.device) if gradient else None
         for src, size in enumerate(self.sizes):
             if size == 0:
                 continue
@@ -71,9 +73,13 @@ class _Shards:
             if points.shape[0] == 0:
                 continue
             # a row-strided view of the points (the glue reads row strides), the log-weights a [m_r] copy
-            part = _softmin(points, visiting[:, :d], visiting[:, d].contiguous(), eps, p)[0]
-            merged = torch.logaddexp(merged, part / -eps)
-        return -eps * merged, None
+            part, part_derivative = _softmin(points, visiting[:, :d], visiting[:, d].contiguous(), eps, p, gradient)
+            total = torch.logaddexp(merged, part / -eps)
+            if gradient:   # shares of the mass so far and of this shard (exp(-inf) = 0 before the first)
+                derivative = (torch.exp(merged - total)[:, None] * derivative
+                              + torch.exp(part / -eps - total)[:, None] * part_derivative)
+            merged = total
+        return -eps * merged, derivative
 
     def total(self, t: torch.Tensor) -> torch.Tensor:
         t = t.clone()
@@ -83,8 +89,8 @@ class _Shards:
 
 def _prepare(what, x, y, a, b, blur, p, scaling, tol, max_iter, reach, cost, whitening, group):
     """Checks on every rank alike (a rank's bad input raises on every rank, none is left waiting):
-    (shards of x, shards of y, local points x, y (whitened), weights a, b, p, eps schedule, rho, tol,
-    max_iter, dtype)."""
+    (shards of x, shards of y, local points x, y (whitened, with their autograd graph), weights
+    a, b (likewise), p, eps schedule, rho, tol, max_iter, dtype)."""
     dist = _dist(what)
     error = None
     try:
@@ -105,7 +111,10 @@ def _prepare(what, x, y, a, b, blur, p, scaling, tol, max_iter, reach, cost, whi
         rho = _check_reach(reach)
         scaling, tol, max_iter = _check_loop(scaling, tol, max_iter)
         dtype = reference.compute_dtype(x.dtype)
-        px, py = _whiten(x.detach().to(dtype), y.detach().to(dtype), cost, whitening)
+        if rho is not None and _needs_grad(a, b):
+            raise ValueError("no gradient with respect to the weights of unbalanced OT (reach=...): pass "
+                             "a_local / b_local detached")
+        xw, yw = _whiten(x.to(dtype), y.to(dtype), cost, whitening)
         shape = (x.shape[0], y.shape[0], x.shape[1], str(x.dtype), a is not None, b is not None)
     except (TypeError, ValueError) as exc:
         error, shape = f"{type(exc).__name__}: {exc}", None
@@ -125,20 +134,24 @@ def _prepare(what, x, y, a, b, blur, p, scaling, tol, max_iter, reach, cost, whi
         if sum(sizes) == 0:
             raise ValueError(f"{what}: {name} is empty on every rank; a point cloud needs at least one point")
     rho = None if rho is None else rho ** p
-    wa = _weights(a, "a_local", x.shape[0], x, dtype, total=sum(sizes_x), need_mass=False).detach()
-    wb = _weights(b, "b_local", y.shape[0], y, dtype, total=sum(sizes_y), need_mass=False).detach()
+    wa = _weights(a, "a_local", x.shape[0], x, dtype, total=sum(sizes_x), need_mass=False)
+    wb = _weights(b, "b_local", y.shape[0], y, dtype, total=sum(sizes_y), need_mass=False)
     xs, ys = _Shards(dist, group, sizes_x), _Shards(dist, group, sizes_y)
-    masses = xs.total(torch.stack([wa.sum(), wb.sum()]).to(torch.float64)).tolist()
+    masses = xs.total(torch.stack([wa.detach().sum(), wb.detach().sum()]).to(torch.float64)).tolist()
     for mass, name in zip(masses, ("a_local", "b_local")):
         if not mass > 0:
             raise ValueError(f"{what}: {name} are all zero on every rank: the measure has no mass")
     if rho is None and abs(masses[0] - masses[1]) > 1e-4 * max(masses):
         raise ValueError(f"{what}: balanced OT needs sum(a) == sum(b) over all ranks, got {masses[0]:.6g} and "
                          f"{masses[1]:.6g} (normalise the weights, or pass reach= for unbalanced OT)")
-    bounds = _bounds(px, py)
+    bounds = _bounds(xw.detach(), yw.detach())
     dist.all_reduce(bounds, op=dist.ReduceOp.MAX, group=group)
-    eps_list = epsilon_schedule(p, max(_diameter(px, py, bounds), blur), blur, scaling)
-    return xs, ys, px, py, wa, wb, p, eps_list, rho, tol, max_iter, dtype
+    eps_list = epsilon_schedule(p, max(_diameter(xw.detach(), yw.detach(), bounds), blur), blur, scaling)
+    return xs, ys, xw, yw, wa, wb, p, eps_list, rho, tol, max_iter, dtype
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def sinkhorn(x_local: torch.Tensor, y_local: torch.Tensor, a_local: Optional[torch.Tensor] = None,
@@ -169,16 +182,28 @@ def sinkhorn(x_local: torch.Tensor, y_local: torch.Tensor, a_local: Optional[tor
     Bad input on any rank raises ValueError on every rank (the message names the
     rank and the argument). Communication per softmin: every shard of the other
     cloud is broadcast once ([m_r, d + 1]); per measured iteration, one
-    all-reduce of 2 numbers per potential. No gradients: the result is detached.
+    all-reduce of 2 numbers per potential.
+
+    Gradients (envelope theorem, as ``gencore.ot.sinkhorn``): ``cost.backward()``
+    on every rank gives each rank d cost / d its x_local, y_local (and a_local,
+    b_local when balanced); a ``whitening`` W that requires grad gets this
+    rank's share (sum it over the ranks, as data-parallel training does). They
+    come from the merged softmin derivatives of the last step: no extra
+    communication.
     """
     what = "gencore.ot.distributed.sinkhorn"
-    xs, ys, px, py, wa, wb, p, eps_list, rho, tol, max_iter, dtype = _prepare(
+    xs, ys, xw, yw, wa, wb, p, eps_list, rho, tol, max_iter, dtype = _prepare(
         what, x_local, y_local, a_local, b_local, blur, p, scaling, tol, max_iter, reach, cost, whitening, group)
-    sides = _sides(px, py, wa, wb, p, over_x=xs.softmin, over_y=ys.softmin, total=xs.total)
+    wa_d, wb_d = wa.detach(), wb.detach()
+    sides = _sides(xw.detach(), yw.detach(), wa_d, wb_d, p, over_x=xs.softmin, over_y=ys.softmin, total=xs.total)
     _start(sides, eps_list[0], rho)
-    n_iter, error, status, eps, _ = _solve(what, sides, eps_list, rho, tol, max_iter, dtype, gradient=False)
+    need_grad = _needs_grad(xw, yw, a_local, b_local)
+    n_iter, error, status, eps, (df_x, dg_y) = _solve(what, sides, eps_list, rho, tol, max_iter, dtype,
+                                                      gradient=need_grad)
     f, g = sides[0].value, sides[1].value
-    value = xs.total(_pair_value(wa, f, wb, g, rho, eps))
+    value = xs.total(_pair_value(wa_d, f, wb_d, g, rho, eps))
+    if need_grad:
+        value = _pair_envelope(xw, yw, wa, wb, value, f, g, df_x, dg_y, rho)
     return SinkhornResult(value, f, g, n_iter, error, status == "converged", status, eps)
 
 
@@ -190,12 +215,19 @@ def sinkhorn_divergence(x_local: torch.Tensor, y_local: torch.Tensor, a_local: O
     """``gencore.ot.sinkhorn_divergence`` on clouds sharded across the ranks of ``group``:
     S(a, b) = OT_eps(a, b) - (OT_eps(a, a) + OT_eps(b, b)) / 2, a 0-d tensor equal on every
     rank. Arguments, sharding, defaults (global uniform weights), errors and communication as
-    ``sinkhorn`` in this module (four potentials instead of two); no gradients."""
+    ``sinkhorn`` in this module (four potentials instead of two), gradients included (by
+    ``backward()`` on every rank)."""
     what = "gencore.ot.distributed.sinkhorn_divergence"
-    xs, ys, px, py, wa, wb, p, eps_list, rho, tol, max_iter, dtype = _prepare(
+    xs, ys, xw, yw, wa, wb, p, eps_list, rho, tol, max_iter, dtype = _prepare(
         what, x_local, y_local, a_local, b_local, blur, p, scaling, tol, max_iter, reach, cost, whitening, group)
-    sides = _sides(px, py, wa, wb, p, selves=True, over_x=xs.softmin, over_y=ys.softmin, total=xs.total)
+    wa_d, wb_d = wa.detach(), wb.detach()
+    sides = _sides(xw.detach(), yw.detach(), wa_d, wb_d, p, selves=True, over_x=xs.softmin, over_y=ys.softmin,
+                   total=xs.total)
     _start(sides, eps_list[0], rho)
-    _, _, _, eps, _ = _solve(what, sides, eps_list, rho, tol, max_iter, dtype, gradient=False)
+    need_grad = _needs_grad(xw, yw, a_local, b_local)
+    _, _, _, eps, derivatives = _solve(what, sides, eps_list, rho, tol, max_iter, dtype, gradient=need_grad)
     f_ab, g_ab, f_aa, g_bb = (s.value for s in sides)
-    return xs.total(_divergence_value(wa, wb, f_ab, g_ab, f_aa, g_bb, rho, eps))
+    value = xs.total(_divergence_value(wa_d, wb_d, f_ab, g_ab, f_aa, g_bb, rho, eps))
+    if not need_grad:
+        return value
+    return _divergence_envelope(xw, yw, wa, wb, value, sides, derivatives, rho)

@@ -432,6 +432,30 @@ class _Envelope(torch.autograd.Function):
         return out + (None,) * 5
 
 
+def _pair_envelope(xw, yw, wa, wb, value, f, g, df_x, dg_y, rho: Optional[float]) -> torch.Tensor:
+    """OT(a, b) with its envelope gradients: a_i m_i df/dx_i, b_j m_j dg/dy_j, f, g
+    (m: the plan's row masses over the weights, 1 when balanced)."""
+    grad_x = (wa.detach() * _mass_factor(f, rho))[:, None] * df_x
+    grad_y = (wb.detach() * _mass_factor(g, rho))[:, None] * dg_y
+    return _Envelope.apply(xw, yw, wa, wb, value, grad_x, grad_y, f, g)
+
+
+def _divergence_envelope(xw, yw, wa, wb, value, sides: list[_Side], derivatives, rho: Optional[float]) -> torch.Tensor:
+    """S(a, b) with its envelope gradients, from the sides [f_ab, g_ab, f_aa, g_bb] of
+    ``_sides(..., selves=True)`` and their softmins' derivatives (see sinkhorn_divergence)."""
+    f_ab, g_ab, f_aa, g_bb = (s.value for s in sides)
+    d_ab, d_ba, d_aa, d_bb = derivatives
+
+    def point_grad(w, f_cross, d_cross, f_self, d_self):
+        # OT(a, b) pulls x along -df_ab/dx; -OT(a, a) / 2 (x on both sides: twice) pushes it along df_aa/dx.
+        m_cross, m_self = _mass_factor(f_cross, rho), _mass_factor(f_self, rho)
+        return w[:, None] * (m_cross * d_cross.T).T - w[:, None] * (m_self * d_self.T).T
+
+    grad_x = point_grad(wa.detach(), f_ab, d_ab, f_aa, d_aa)
+    grad_y = point_grad(wb.detach(), g_ab, d_ba, g_bb, d_bb)
+    return _Envelope.apply(xw, yw, wa, wb, value, grad_x, grad_y, f_ab - f_aa, g_ab - g_bb)
+
+
 def _mass_factor(f: torch.Tensor, rho: Optional[float]) -> torch.Tensor | float:
     """Row masses of the plan over the weights, at the fixed point: 1 (balanced) or exp(-f / rho)."""
     return 1.0 if rho is None else torch.exp(-f / rho)
@@ -511,9 +535,7 @@ def _sinkhorn_arrays(x, y, a, b, blur, p, scaling, tol, max_iter, reach, cost, w
     f, g = sides[0].value, sides[1].value
     value = _pair_value(wa_d, f, wb_d, g, rho, eps)
     if need_grad:
-        grad_x = (wa_d * _mass_factor(f, rho))[:, None] * df_x
-        grad_y = (wb_d * _mass_factor(g, rho))[:, None] * dg_y
-        value = _Envelope.apply(xw, yw, wa, wb, value, grad_x, grad_y, f, g)
+        value = _pair_envelope(xw, yw, wa, wb, value, f, g, df_x, dg_y, rho)
     return value, f, g, n_iter, error, status == "converged", status, eps
 
 
@@ -632,15 +654,7 @@ def sinkhorn_divergence(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tens
     value = _divergence_value(wa_d, wb_d, f_ab, g_ab, f_aa, g_bb, rho, eps)
     if not need_grad:
         return value
-
-    def point_grad(w, f_cross, d_cross, f_self, d_self):
-        # OT(a, b) pulls x along -df_ab/dx; -OT(a, a) / 2 (x on both sides: twice) pushes it along df_aa/dx.
-        m_cross, m_self = _mass_factor(f_cross, rho), _mass_factor(f_self, rho)
-        return w[:, None] * (m_cross * d_cross.T).T - w[:, None] * (m_self * d_self.T).T
-
-    grad_x = point_grad(wa_d, f_ab, d_ab, f_aa, d_aa)
-    grad_y = point_grad(wb_d, g_ab, d_ba, g_bb, d_bb)
-    return _Envelope.apply(xw, yw, wa, wb, value, grad_x, grad_y, f_ab - f_aa, g_ab - g_bb)
+    return _divergence_envelope(xw, yw, wa, wb, value, sides, (d_ab, d_ba, d_aa, d_bb), rho)
 
 
 # ====================================================================== public: a given cost matrix
