@@ -134,9 +134,10 @@ void plane_rows(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64
       const int64_t byte = Codes::byte_of(k);
       // The next NR weight rows, swept linearly while these NR are read (NR x 32 bytes a block; the
       // rows of a packed weight are contiguous): one stream ahead of the loads, where one prefetch
-      // per row (NR streams 2 KB apart) measured slower than none.
+      // per row (NR streams 2 KB apart) measured slower than none. Into L2 (T1): 4096 x 4096,
+      // 1 thread, AVX512-VNNI, int8 0.95 ms against 1.26 into L1, int4 0.84 against 0.91 (AVX2: even).
       for (int j = 0; j < NR * 32; j += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(w.data + NR * w.data_stride + byte * NR + j), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w.data + NR * w.data_stride + byte * NR + j), _MM_HINT_T1);
       Operands wv[NR];
       for (int r = 0; r < NR; ++r) wv[r] = Codes::template weights<Dot, P>(load32(w.data + r * w.data_stride + byte));
       for (int b = 0; b < NB; ++b)
