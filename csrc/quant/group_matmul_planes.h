@@ -42,7 +42,8 @@ void group_matmul_split_activations(MatrixView<const float> x, const PackedWeigh
 constexpr int digit_bits(int weight_bits) { return weight_bits == 4 ? 8 : 7; }
 
 // Layout of one plane of one activation row (K codes), the order the kernels
-// read. int8 weights: natural order. int4 weights: 64-element blocks hold their 32 even elements, then their 32 odd ones
+// read. int8 weights: natural order. int4 weights: 64-element blocks hold
+// their 32 even elements, then their 32 odd ones
 // (the order of the low, then high nibbles of 32 weight bytes). Groups of 32
 // are taken in pairs: every whole 64-element block of the row is laid out (its
 // first half of 32 weight bytes belongs to group 2i, its second to group 2i + 1:

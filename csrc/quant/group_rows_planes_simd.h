@@ -158,11 +158,12 @@ void plane_rows(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64
     for (int r = 0; r < NR; ++r)
       for (int b = 0; b < NB; ++b)
         tail_total[r][b] += w.scales[r * w.scale_stride + g] * x.scales[b * x.ldg + g] *
-                            float(dot_natural_all_planes<Codes::kBits>(x.codes + b * x.ld, K, P, w.data + r * w.data_stride,
-                                                                  k0, k1, offset));
+                            float(dot_natural_all_planes<Codes::kBits>(x.codes + b * x.ld, K, P,
+                                                                      w.data + r * w.data_stride, k0, k1, offset));
   };
   __m256 scale[NR][NB];
-  if (Codes::kGroupPairs && group == kPairGroup) {  // each 64-element block: group g in the low lane, g + 1 in the high one
+  // int4 at groups of 32: each 64-element block holds group g in the low lane, g + 1 in the high one
+  if (Codes::kGroupPairs && group == kPairGroup) {
     int64_t k = 0;
     for (; k + 64 <= K; k += 64) {
       const int64_t g = k / 32;

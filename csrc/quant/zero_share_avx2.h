@@ -1,6 +1,7 @@
 // The zero points' share of a row's result, 8 groups per step (a scalar
-// loop costs as much as the weights themselves at groups of 32). Include INSIDE an avx2 (or higher) target region, as gencore/vec_avx2.h:
-// internal linkage, compiled with the unit's ISA.
+// loop costs as much as the weights themselves at groups of 32). Include
+// INSIDE an avx2 (or higher) target region, as gencore/vec_avx2.h: internal
+// linkage, compiled with the unit's ISA.
 #pragma once
 #if !defined(GENCORE_ISA_REGION_OPEN)
 #error "include quant/zero_share_avx2.h inside an ISA target region (after gencore/isa_begin.h)"

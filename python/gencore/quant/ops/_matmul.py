@@ -91,16 +91,22 @@ def _cpu_matmul(x, data, scales, zeros, bias, bits, group_size, in_features, int
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
-def _cuda_matmul(x, data, scales, zeros, bias, bits, group_size, in_features):
+def _cuda_operands(x, data, scales, zeros, bias):
+    """The CUDA kernels' inputs (float32, contiguous) and a float32 output [M, N]."""
     rows = _native_call.cuda_input(x)
-    m, n = rows.shape[0], data.shape[0]
     codes = data.detach().contiguous()
     s, z = _native_call.cuda_input(scales), _native_call.cuda_input(zeros)
     b = None if bias is None else _native_call.cuda_input(bias)
-    y = _native_call.output((m, n), torch.float32, rows.device)
-    _native.cuda.group_matmul(rows.data_ptr(), m, in_features, codes.data_ptr(), n, s.data_ptr(), z.data_ptr(),
-                              group_size, bits, 0 if b is None else b.data_ptr(), y.data_ptr(),
-                              _native_call.cuda_stream(rows.device), _native_call.device_index(rows.device))
+    y = _native_call.output((rows.shape[0], data.shape[0]), torch.float32, rows.device)
+    return rows, codes, s, z, b, y
+
+
+def _cuda_matmul(x, data, scales, zeros, bias, bits, group_size, in_features):
+    rows, codes, s, z, b, y = _cuda_operands(x, data, scales, zeros, bias)
+    _native.cuda.group_matmul(rows.data_ptr(), rows.shape[0], in_features, codes.data_ptr(), codes.shape[0],
+                              s.data_ptr(), z.data_ptr(), group_size, bits, 0 if b is None else b.data_ptr(),
+                              y.data_ptr(), _native_call.cuda_stream(rows.device),
+                              _native_call.device_index(rows.device))
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
@@ -174,6 +180,18 @@ def _cpu_matmul_int8(x, data, scales, zeros, bias, bits, group_size, in_features
     return _cpu_matmul(x, data, scales, zeros, bias, bits, group_size, in_features, int8_activations=True)
 
 
+def _cuda_matmul_int8(x, data, scales, zeros, bias, bits, group_size, in_features):
+    rows, codes, s, z, b, y = _cuda_operands(x, data, scales, zeros, bias)
+    m = rows.shape[0]
+    workspace = _native_call.cuda_workspace(_native.cuda.group_matmul_int8_workspace_bytes(m, in_features, group_size),
+                                            rows.device)
+    _native.cuda.group_matmul_int8(rows.data_ptr(), m, in_features, codes.data_ptr(), codes.shape[0], s.data_ptr(),
+                                   z.data_ptr(), group_size, bits, 0 if b is None else b.data_ptr(), y.data_ptr(),
+                                   workspace.data_ptr(), workspace.numel(), _native_call.cuda_stream(rows.device),
+                                   _native_call.device_index(rows.device))
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
 def _samples_matmul_int8(gen):
     def randn(*shape):
         return torch.randn(*shape, generator=gen)
@@ -193,7 +211,7 @@ GROUP_MATMUL_INT8 = Op(
     "(Tensor x, Tensor data, Tensor scales, Tensor zeros, Tensor? bias, int bits, int group_size, "
     "int in_features) -> Tensor",
     check=_check_matmul, fake=_fake_matmul, reference=reference.group_matmul_int8, cpu=_cpu_matmul_int8,
-    cpu_dtypes=_FLOAT16_32, finite=("x", "scales", "zeros", "bias"), cpu_kernel_checks=("x", "scales", "zeros"),
+    cuda=_cuda_matmul_int8, cpu_dtypes=_FLOAT16_32, finite=("x", "scales", "zeros", "bias"), cpu_kernel_checks=("x", "scales", "zeros"),
     check_values=_check_integral_zeros,
     empty=lambda x, data, *rest: x.shape[0] * data.shape[0] == 0,
     # the straight-through gradient: the activation rounding is treated as the identity
