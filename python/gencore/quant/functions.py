@@ -120,8 +120,10 @@ def group_matmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tens
     (float32 dequantize, then matmul) to ~2e-7 of max(|x| @ |W|^T) (float32
     level; an element far below its group's largest keeps fewer bits). More rows
     dequantize tiles of 64 weight rows once and run SciPy's sgemm on them. CUDA (float path): one warp per output row,
-    dequantizing in registers, up to 64 rows; more rows, or the int8 path, run
-    the reference (dequantize + torch matmul) with a one-time warning.
+    dequantizing in registers, up to 64 rows; more rows run the reference
+    (dequantize + torch matmul) with a one-time warning. CUDA int8 path: a warp
+    per (row, group) quantizes x, a warp per output row sums the integer group
+    dots (any batch).
 
     Gradients flow to ``x`` (grad @ dequant(W)) and ``bias``; asking for the
     gradient of the quantized parameters raises NotImplementedError. NaN/inf in
