@@ -10,6 +10,8 @@
 #define GENCORE_ISA avx2
 #include "gencore/isa_begin.h"
 
+#include "quant/codes32_sse.h"
+
 namespace gencore::quant {
 namespace {
 
@@ -21,23 +23,13 @@ inline __m256 widen(__m128i bytes8) {  // the low 8 bytes as floats
 
 void dequantize_row_avx2(const uint8_t* q, const float* s, const float* z, int64_t K, int64_t group, int bits,
                          float* out) {
-  const __m128i low_nibbles = _mm_set1_epi8(0x0F);
   for (int64_t k0 = 0, g = 0; k0 < K; k0 += group, ++g) {
     const int64_t k1 = k0 + group < K ? k0 + group : K;
     const int64_t whole = blocks_end(k0, k1);
     const __m256 zero = _mm256_set1_ps(z[g]), scale = _mm256_set1_ps(s[g]);
     for (int64_t k = k0; k < whole; k += kBlock) {
       __m128i first, second;  // elements k..k+15 and k+16..k+31, natural order
-      if (bits == 4) {
-        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + k / 2));
-        const __m128i lo = _mm_and_si128(bytes, low_nibbles);
-        const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low_nibbles);
-        first = _mm_unpacklo_epi8(lo, hi);
-        second = _mm_unpackhi_epi8(lo, hi);
-      } else {
-        first = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + k));
-        second = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + k + 16));
-      }
+      load_codes32(q, k, bits, first, second);
       const __m128i parts[4] = {first, _mm_unpackhi_epi64(first, first), second, _mm_unpackhi_epi64(second, second)};
       for (int i = 0; i < 4; ++i)
         _mm256_storeu_ps(out + k + 8 * i, _mm256_mul_ps(_mm256_sub_ps(widen(parts[i]), zero), scale));
