@@ -838,6 +838,48 @@ class FakeCuda:
             y = y + _view(bias_ptr, (N,), F32, "bias", op).astype(F64)
         _view(out_ptr, (M, N), F32, "out", op)[:] = y.astype(F32)
 
+    def group_matmul_int8_workspace_bytes(self, M: int, K: int, group_size: int) -> int:
+        """cuda/quant/group_matmul_int8.cu: codes [M, K] int8, then scales [M, G] float32 (aligned)."""
+        if M < 0 or K < 0 or group_size < 1:
+            _fail("group_matmul_int8_workspace_bytes", "need M, K >= 0 and group >= 1")
+        G = -(-K // group_size) if K else 0
+        return _round_up(M * K, WORKSPACE_ALIGN) + 4 * M * G
+
+    def group_matmul_int8(self, x_ptr, M, K, data_ptr, N, scales_ptr, zeros_ptr, group_size, bits, bias_ptr,
+                          out_ptr, workspace_ptr, workspace_bytes, stream, device):
+        """cuda/quant/group_matmul_int8.cuh: x quantized per row and group to int8 codes in the
+        workspace (float32 division, ties to even), then the integer group dots (here exact in
+        int64), each group scaled by s * sx (float64 here)."""
+        op = "group_matmul_int8"
+        self.calls[op] += 1
+        if bits not in (4, 8):
+            _fail(op, f"bits must be 4 or 8, got {bits}")
+        if M < 0 or K < 0 or group_size < 1:
+            _fail(op, "need M, K >= 0 and group >= 1")
+        self._workspace(op, workspace_ptr, workspace_bytes, self.group_matmul_int8_workspace_bytes(M, K, group_size))
+        if M == 0 or N == 0:
+            return
+        self._enter(op, device, stream)
+        G = -(-K // group_size) if K else 0
+        x = np.zeros((M, G * group_size), F32)
+        x[:, :K] = _view(x_ptr, (M, K), F32, "x", op)
+        grouped = x.reshape(M, G, group_size)
+        sx = (np.abs(grouped).max(2) / F32(127)).astype(F32)
+        sx[sx == 0] = 1
+        codes = np.clip(np.rint(grouped / sx[..., None]), -127, 127).astype(np.int64)  # [M, G, S]
+        _view(workspace_ptr, (M, K), np.int8, "workspace", op)[:] = codes.reshape(M, -1)[:, :K]
+        q = np.zeros((N, G * group_size), np.int64)
+        q[:, :K] = _weight_codes(op, data_ptr, N, K, bits)
+        q = q.reshape(N, G, group_size)
+        dots = np.einsum("mgs,ngs->mng", codes, q)                    # exact integers
+        sums = codes.sum(2)                                            # [M, G]
+        s = _view(scales_ptr, (N, G), F32, "scales", op).astype(F64)
+        z = _view(zeros_ptr, (N, G), F32, "zeros", op).astype(F64)
+        y = ((dots - z[None] * sums[:, None, :]) * s[None] * sx.astype(F64)[:, None, :]).sum(2)
+        if bias_ptr:
+            y = y + _view(bias_ptr, (N,), F32, "bias", op).astype(F64)
+        _view(out_ptr, (M, N), F32, "out", op)[:] = y.astype(F32)
+
     def quant_quantize(self, weight_ptr, N, K, bits, group_size, symmetric, clip_steps, data_out_ptr,
                        scales_out_ptr, zeros_out_ptr, stream, device):
         """cuda/quant/quantize.cuh: per (row, group) the range, the clipping search (float32
@@ -908,11 +950,16 @@ class FakeCuda:
                                                                  group_size)
 
 
-def _dequantized(op, data_ptr, scales_ptr, zeros_ptr, N, K, bits, group_size) -> np.ndarray:
-    """W [N, K] float32 = (q - zero) * scale from the packed codes (int4 low nibble first)."""
-    G = -(-K // group_size) if K else 0
+def _weight_codes(op, data_ptr, N, K, bits) -> np.ndarray:
+    """The codes q [N, K] uint8 of the packed weight (int4 low nibble first)."""
     data = _view(data_ptr, (N, (K + 1) // 2 if bits == 4 else K), np.uint8, "data", op)
-    codes = np.stack([data & 0x0F, data >> 4], axis=2).reshape(N, -1)[:, :K] if bits == 4 else data
+    return np.stack([data & 0x0F, data >> 4], axis=2).reshape(N, -1)[:, :K] if bits == 4 else data
+
+
+def _dequantized(op, data_ptr, scales_ptr, zeros_ptr, N, K, bits, group_size) -> np.ndarray:
+    """W [N, K] float32 = (q - zero) * scale from the packed codes."""
+    G = -(-K // group_size) if K else 0
+    codes = _weight_codes(op, data_ptr, N, K, bits)
     per_column = np.arange(K) // group_size
     s = _view(scales_ptr, (N, G), F32, "scales", op)[:, per_column]
     z = _view(zeros_ptr, (N, G), F32, "zeros", op)[:, per_column]

@@ -1,18 +1,12 @@
 // group_matmul driver (group_matmul.h). Two paths:
-//   rows: few activation rows (memory bound). int4 weights: the integer-activation
-//         kernels at 24 bits (group_matmul_planes.h). int8 weights: the activations
-//         are checked for NaN/inf and summed per group once, then threads take
-//         blocks of kRowBlock weight rows and each weight row is streamed from
-//         memory once, dequantized in registers and multiplied into all
-//         activation rows (kMaxKernelRows per kernel call; further calls find
-//         the row in L1).
+//   rows: few activation rows (memory bound): the integer-activation kernels at
+//         21-23 bits (group_matmul_planes.h), each weight row streamed from memory once.
 //   blas: many activation rows (compute bound). Each thread dequantizes a tile
 //         of kTileRows weight rows into a float buffer once and runs SciPy's
 //         sgemm on it against all activation rows.
 // Outputs of different threads are blocks of at least 16 columns of y (64
 // bytes), so threads share a cache line only where a block edge is not aligned.
-// Peak extra memory: M x G floats (rows, int8), group_matmul_planes.cpp's (rows, int4)
-// or threads x kTileRows x K floats (blas).
+// Peak extra memory: group_matmul_planes.cpp's (rows) or threads x kTileRows x K floats (blas).
 #include "quant/group_matmul.h"
 #include "quant/group_matmul_planes.h"
 #include "quant/group_tail.h"
@@ -29,16 +23,19 @@
 namespace gencore::quant {
 namespace {
 
-constexpr int64_t kRowBlock = 16;   // weight rows per work item of the rows path
 constexpr int64_t kTileRows = 64;  // weight rows per dequantized tile of the blas path
 // From this many activation rows on, dequantize + sgemm beats the fused
-// kernels (measured, bench/quant/bench_group_matmul.py). int8 weights: the float
-// kernel redoes the int -> float conversion for every 8 rows and has no register
-// blocking over N. int4 weights with a SIMD integer kernel: 2 x 3 rows per call
-// (AVX512-VNNI), 32 x 4096 x 11008 took 42 ms against sgemm's 56 (dequantize +
-// sgemm: 70); they meet at about 96 rows (avx2: at about 64).
+// kernels (measured, bench/quant/bench_group_matmul.py). The portable kernel: 16.
+// int4 weights with a SIMD integer kernel: 2 x 3 rows per call (AVX512-VNNI),
+// 32 x 4096 x 11008 took 42 ms against sgemm's 56 (dequantize + sgemm: 70); they
+// meet at about 96 rows (avx2: at about 64). int8 weights (twice the integer
+// work per weight byte), 11008 x 4096, 1 thread: AVX512-VNNI 48 rows 75 ms against
+// dequantize + sgemm's 81, 64 rows 103 against 96; AVX2 16 rows 38 against 54,
+// 32 rows 75 against 69.
 constexpr int64_t kBlasMinRows = 16;
 constexpr int64_t kBlasMinRowsInt4Simd = 64;
+constexpr int64_t kBlasMinRowsInt8Vnni = 56;
+constexpr int64_t kBlasMinRowsInt8Avx2 = 32;
 
 thread_local const char* last_path = "none";
 
@@ -84,22 +81,6 @@ void dequantize_row(DequantRowFn fn, const PackedWeight& w, int64_t n, float* ou
      w.bits, out);
 }
 
-// x [M, K] -> xs [M, G], its per-group sums (summed in natural order); refuses NaN/inf rows.
-void sum_activations(MatrixView<const float> x, const PackedWeight& w, float* xs, int threads) {
-  const int64_t groups = groups_of(w);
-  const int64_t K = x.cols;
-  parallel_for(x.rows, threads, Schedule::fixed, [&](int64_t m) {
-    const float* src = x.row(m);
-    require_finite_row(src, K, "x", m);
-    for (int64_t k0 = 0, g = 0; k0 < K; k0 += w.group, ++g) {
-      const int64_t k1 = std::min(K, k0 + w.group);
-      float sum = 0.0f;
-      for (int64_t k = k0; k < k1; ++k) sum += src[k];
-      xs[m * groups + g] = sum;
-    }
-  });
-}
-
 void check_activations(MatrixView<const float> x, int threads) {
   parallel_for(x.rows, threads, Schedule::fixed, [&](int64_t m) {
     const float* src = x.row(m);
@@ -111,31 +92,6 @@ void add_bias(const float* bias, int64_t M, int64_t N, int64_t n0, int64_t n1, f
   if (!bias) return;
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = n0; n < n1; ++n) y[m * N + n] += bias[n];
-}
-
-// int8 weights, few activation rows.
-void rows_path(MatrixView<const float> x, const PackedWeight& w, const float* bias, float* y, int threads) {
-  const int64_t M = x.rows, N = w.rows, K = w.cols, groups = groups_of(w);
-  std::vector<float> xs(static_cast<size_t>(M * groups));
-  sum_activations(x, w, xs.data(), threads);
-  const RowKernel kernel = pick_isa<RowKernel>(group_rows_portable, GENCORE_ISA_FN(group_rows_avx2),
-                                               GENCORE_ISA_FN(group_rows_avx512));
-  const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
-  // Dynamic: on a shared machine a descheduled thread would otherwise hold the whole call back.
-  parallel_for(blocks, threads, Schedule::dynamic, [&](int64_t block) {
-    const int64_t n0 = block * kRowBlock, n1 = std::min(N, n0 + kRowBlock);
-    for (int64_t n = n0; n < n1; ++n) {
-      check_row_params(w, n, groups);
-      const uint8_t* q = w.data + n * w.data_stride;
-      const float* s = w.scales + n * w.scale_stride;
-      const float* z = w.zeros + n * w.scale_stride;
-      for (int64_t m0 = 0; m0 < M; m0 += kMaxKernelRows) {
-        const int nb = static_cast<int>(std::min<int64_t>(kMaxKernelRows, M - m0));
-        kernel(x.row(m0), x.row_stride, xs.data() + m0 * groups, groups, nb, q, s, z, K, w.group, y + m0 * N + n, N);
-      }
-    }
-    add_bias(bias, M, N, n0, n1, y);
-  });
 }
 
 void blas_path(MatrixView<const float> x, const PackedWeight& w, const float* bias, float* y, int threads) {
@@ -165,7 +121,11 @@ void blas_path(MatrixView<const float> x, const PackedWeight& w, const float* bi
 const char* last_group_matmul_path() { return last_path; }
 
 int64_t group_matmul_blas_min_rows(int bits) {
-  return bits == 4 && simd_level() >= SimdLevel::avx2 ? kBlasMinRowsInt4Simd : kBlasMinRows;
+  const SimdLevel level = simd_level();
+  if (level < SimdLevel::avx2) return kBlasMinRows;
+  if (bits == 4) return kBlasMinRowsInt4Simd;
+  // the kernel pick_isa chooses in group_matmul_planes.cpp
+  return level >= SimdLevel::avx512 && cpu_has_avx512_vnni() ? kBlasMinRowsInt8Vnni : kBlasMinRowsInt8Avx2;
 }
 
 void group_matmul(MatrixView<const float> x, const PackedWeight& w, const float* bias, float* y, int threads) {
@@ -184,10 +144,7 @@ void group_matmul(MatrixView<const float> x, const PackedWeight& w, const float*
     blas_path(x, w, bias, y, threads);
   } else {
     last_path = "rows";
-    if (w.bits == 4)
-      group_matmul_split_activations(x, w, bias, y, threads);
-    else
-      rows_path(x, w, bias, y, threads);
+    group_matmul_split_activations(x, w, bias, y, threads);
   }
 }
 

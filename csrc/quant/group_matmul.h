@@ -41,31 +41,13 @@ void check_row_params(const PackedWeight& w, int64_t n, int64_t groups);
 int useful_threads(int threads, int64_t work);
 
 // Which path the calling thread's last group_matmul took: "rows" (the fused
-// kernels, weights streamed once: integer activations for int4, dequant-dot for int8)
+// integer-activation kernels, weights streamed once, group_matmul_planes.h)
 // or "blas" (dequantized tiles and sgemm).
 const char* last_group_matmul_path();
 
 // The fewest activation rows for which group_matmul takes the BLAS path, for `bits`-bit
 // weights at the SIMD level in use.
 int64_t group_matmul_blas_min_rows(int bits);
-
-// The fused row kernel of int8 weights (int4 weights take the integer-activation
-// path, group_matmul_planes.h): for b < nb (nb <= kMaxKernelRows),
-//   out[b * ldo] = sum_g s[g] * sum_{k in group g} x[b * ldx + k] * (q[k] - z[g])
-//               = sum_g s[g] * (sum_{k in g} x[b * ldx + k] * q[k] - z[g] * xs[b * ldxs + g])
-// with xs the per-group sums of each activation row (the SIMD kernels use the
-// second form: the zero point leaves the inner loop, one subtraction per element less).
-// One implementation per SIMD level; accumulation is float32 with FMA where
-// the ISA has it, one partial sum per group.
-constexpr int kMaxKernelRows = 8;
-using RowKernel = void (*)(const float* x, int64_t ldx, const float* xs, int64_t ldxs, int nb, const uint8_t* w, const float* s, const float* z,
-                           int64_t K, int64_t group, float* out, int64_t ldo);
-void group_rows_portable(const float* x, int64_t ldx, const float* xs, int64_t ldxs, int nb, const uint8_t* w, const float* s, const float* z,
-                         int64_t K, int64_t group, float* out, int64_t ldo);
-void group_rows_avx2(const float* x, int64_t ldx, const float* xs, int64_t ldxs, int nb, const uint8_t* w, const float* s, const float* z,
-                     int64_t K, int64_t group, float* out, int64_t ldo);
-void group_rows_avx512(const float* x, int64_t ldx, const float* xs, int64_t ldxs, int nb, const uint8_t* w, const float* s, const float* z,
-                       int64_t K, int64_t group, float* out, int64_t ldo);
 
 // One weight row in natural order: out[k] = (q[k] - z[g]) * s[g] for k < K, in
 // float32 (exact subtraction, one rounding: bit-exact with the reference).

@@ -20,8 +20,8 @@ namespace {
 
 constexpr int64_t kRowBlock = 16;  // weight rows per work item
 
-// The kernels' layout of one plane of one row (group_matmul_planes.h): natural -> laid out.
-void lay_out(const int8_t* natural, int64_t K, int64_t group, int8_t* dst) {
+// The kernels' layout of one plane of one row for int4 weights (group_matmul_planes.h): natural -> laid out.
+void lay_out_int4(const int8_t* __restrict natural, int64_t K, int64_t group, int8_t* __restrict dst) {
   auto deinterleave = [&](int64_t k) {  // one 64-element block: 32 even elements, then 32 odd
     for (int64_t j = 0; j < 32; ++j) {
       dst[k + j] = natural[k + 2 * j];
@@ -39,15 +39,32 @@ void lay_out(const int8_t* natural, int64_t K, int64_t group, int8_t* dst) {
   }
 }
 
-// The largest code L_P (group_matmul_planes.h): every code's top plane stays within [-127, 127],
-// and |c| <= 2^22 keeps the rounding below exact.
-float code_limit(int planes) { return planes == 1 ? 127.0f : 64.0f * 65536.0f; }
+// code [K] -> its least significant balanced base-2^D digit at digit [K] (the top plane: what is left
+// of the code), the rest of the code kept in `code`. Restrict pointers: the int8 stores may
+// otherwise alias the codes, and the loop would not vectorise.
+void next_digit(int32_t* __restrict code, int64_t K, int digit, bool top, int8_t* __restrict dst) {
+  const int32_t half = 1 << (digit - 1), mask = (1 << digit) - 1;
+  if (top) {
+    for (int64_t k = 0; k < K; ++k) dst[k] = static_cast<int8_t>(code[k]);
+    return;
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const int32_t low = ((code[k] & mask) ^ half) - half;  // the low D bits, sign-extended
+    dst[k] = static_cast<int8_t>(low);
+    code[k] = (code[k] - low) >> digit;  // exact: c - low is a multiple of 2^D
+  }
+}
+
+// The largest code L_P (group_matmul_planes.h): one plane within [-127, 127], or a top plane
+// within [-64, 64] (L_3 = 64 * 2^(2D) <= 2^22 keeps the rounding below exact).
+float code_limit(int planes, int digit) { return planes == 1 ? 127.0f : std::ldexp(64.0f, 2 * digit); }
 
 // x [M, K] -> planes [M, P, K] laid out, scales sx and group sums xz [M, G]; refuses NaN/inf rows.
 void quantize_activations(MatrixView<const float> x, const PackedWeight& w, int planes, int8_t* codes, float* sx,
                           float* xz, int threads) {
   const int64_t K = x.cols, G = (K + w.group - 1) / w.group;
-  const float limit = code_limit(planes);
+  const int digit = digit_bits(w.bits);
+  const float limit = code_limit(planes, digit);
   struct Scratch {
     std::vector<int32_t> code;
     std::vector<int8_t> plane;
@@ -78,14 +95,16 @@ void quantize_activations(MatrixView<const float> x, const PackedWeight& w, int 
       sx[m * G + g] = scale;
       xz[m * G + g] = static_cast<float>(double(scale) * double(sum));
     }
-    // Balanced base-256 digits, least significant plane last: c = (p0 * 256 + p1) * 256 + p2.
+    // Balanced base-2^D digits, least significant plane last: c = (p0 * 2^D + p1) * 2^D + p2.
+    // The top plane is what is left of c (within [-127, 127] or [-64, 64]).
     for (int p = planes - 1; p >= 0; --p) {
-      for (int64_t k = 0; k < K; ++k) {
-        const int8_t digit = static_cast<int8_t>(code[k]);  // the low byte, sign-extended (the top plane: c itself)
-        plane[k] = digit;
-        code[k] = (code[k] - digit) >> 8;  // exact: c - digit is a multiple of 256
+      int8_t* const dst = codes + (m * planes + p) * K;
+      if (w.bits == 4) {
+        next_digit(code, K, digit, p == 0, plane);
+        lay_out_int4(plane, K, w.group, dst);
+      } else {
+        next_digit(code, K, digit, p == 0, dst);  // int8 weights: natural order
       }
-      lay_out(plane, K, w.group, codes + (m * planes + p) * K);
     }
   });
 }
@@ -104,7 +123,7 @@ void require_integral_zeros(const PackedWeight& w, int64_t n, int64_t groups) {
 
 void group_matmul_planes(MatrixView<const float> x, const PackedWeight& w, const float* bias, float* y, int threads,
                          int planes) {
-  GENCORE_CHECK(w.bits == 4, "integer activations need int4 weights, got bits=", w.bits);
+  GENCORE_CHECK(w.bits == 4 || w.bits == 8, "bits must be 4 or 8, got ", w.bits);
   GENCORE_CHECK(w.group >= 1 && (w.group >= w.cols || w.group % 32 == 0),
                 "group_size must be a multiple of 32 or cover all of K, got ", w.group);
   GENCORE_CHECK(x.cols == w.cols, "x has ", x.cols, " columns, the weight has K=", w.cols);
@@ -128,7 +147,7 @@ void group_matmul_planes(MatrixView<const float> x, const PackedWeight& w, const
   parallel_for(blocks, threads, Schedule::dynamic, [&](int64_t item) {
     const int64_t n0 = item * kRowBlock, n1 = std::min(N, n0 + kRowBlock);
     const WeightRows rows{w.data + n0 * w.data_stride, w.data_stride, w.scales + n0 * w.scale_stride,
-                          w.zeros + n0 * w.scale_stride, w.scale_stride, static_cast<int>(n1 - n0)};
+                          w.zeros + n0 * w.scale_stride, w.scale_stride, static_cast<int>(n1 - n0), w.bits};
     for (int64_t m0 = 0; m0 < M; m0 += kMaxKernelRows) {
       const int nb = static_cast<int>(std::min<int64_t>(kMaxKernelRows, M - m0));
       const ActivationPlanes part{codes.data() + m0 * planes * K, planes * K, planes, sx.data() + m0 * G,

@@ -1,8 +1,9 @@
 // AVX512-VNNI row kernel of the integer-activation paths (group_matmul_planes.h,
 // body in group_rows_planes_simd.h) at 256 bits (EVEX vpdpbusd on ymm: the same
 // layout as the AVX2 kernel, and on Zen 4 512-bit integer ops run at half rate
-// anyway). One block's dot product is two vpdpbusd (u8 nibbles times s8 codes,
-// four products summed into each int32 lane); the several weight rows and planes
+// anyway). One int4 block's dot product is two vpdpbusd (u8 nibbles times s8 codes,
+// four products summed into each int32 lane), an int8 block's one (u8 codes: vpdpbusd
+// sums in int32, so any s8 code is exact); the several weight rows and planes
 // in flight give enough independent accumulators.
 #include <immintrin.h>
 
@@ -27,6 +28,8 @@ struct VnniDot : Int32Lanes {
   static void add(Acc& acc, __m256i lo, __m256i hi, __m256i even, __m256i odd) {
     acc = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(acc, lo, even), hi, odd);
   }
+  template <int P>
+  static void add_bytes(Acc& acc, const Operands& w, __m256i codes) { acc = _mm256_dpbusd_epi32(acc, w.a, codes); }
 };
 
 }  // namespace

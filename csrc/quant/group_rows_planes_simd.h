@@ -1,21 +1,25 @@
 // The 256-bit row kernel of the integer-activation paths (group_matmul_planes.h),
-// shared by the AVX2 and the AVX512-VNNI units: they differ only in how one
-// 64-weight block's integer dot product is accumulated (`Dot`). Include INSIDE
-// the unit's target region (after gencore/isa_begin.h), as gencore/vec_avx2.h:
-// internal linkage, compiled with the unit's ISA.
+// shared by the AVX2 and the AVX512-VNNI units and by int4 and int8 weights:
+// the units differ only in how one block's integer dot product is accumulated
+// (`Dot`), the weight widths only in how a 32-byte block of codes meets the
+// activation codes (`Int4Codes`, `Int8Codes`). Include INSIDE the unit's target
+// region (after gencore/isa_begin.h), as gencore/vec_avx2.h: internal linkage,
+// compiled with the unit's ISA.
 //
-// Per 64 weights (32 bytes) of each of NR weight rows: the low and high
-// nibbles as two vectors of 32 unsigned bytes, multiplied with the matching 32
-// codes of every plane of each of NB activation rows. The codes are loaded
-// once for all NR weight rows (one activation row: NR > 1, the loads are what
-// limits), the weight bytes once for all NB activation rows. Per group (or pair
-// of groups of 32, one per 128-bit lane) the planes' int32 sums become one
-// float vector (c = (p0 * 256 + p1) * 256 + p2), scaled by s[r, g] * sx[b, g]
-// into a vector total with one FMA; one horizontal sum per output, minus the
-// zero points' share, at the end.
+// Per 32 bytes of each of NR weight rows (64 int4 codes as their low and high
+// nibbles, or 32 int8 codes): multiplied with the matching codes of every plane
+// of each of NB activation rows. The activation codes are loaded once for all
+// NR weight rows (one activation row: NR > 1, the loads are what limits), the
+// weight bytes once for all NB activation rows. Per group (int4 at groups of 32:
+// pair of groups, one per 128-bit lane) the planes' int32 sums become one float
+// vector (c = (p0 * 2^D + p1) * 2^D + p2), scaled by s[r, g] * sx[b, g] into a
+// vector total with one FMA; one horizontal sum per output, minus the zero
+// points' share, at the end.
 //
-// Dot provides: Acc (an accumulator of int32 lanes), zero(), add(acc, lo, hi,
-// even, odd) (the 32 even-element and 32 odd-element codes), sum(acc) -> __m256i,
+// Dot provides: Acc (an accumulator of int32 lanes), zero(), sum(acc) -> __m256i;
+// add(acc, lo, hi, even, odd) (int4: the nibbles against the 32 even-element and
+// 32 odd-element codes); bytes<P>(v) -> Operands, add_bytes<P>(acc, operands, codes)
+// and byte_offset<P>() (int8: add_bytes accumulates sum c (q - byte_offset));
 // and the register budget at 1 and 3 planes: kWeightRows1 / kWeightRows3 (weight
 // rows per call for one activation row), kBatchWeightRows1 / kBatchWeightRows3 and
 // kRowsPerCall1 / kRowsPerCall3 (weight and activation rows per call for several).
@@ -29,23 +33,89 @@
 namespace gencore::quant {
 namespace {
 
-// The accumulator both Dots use: 8 int32 lanes.
+// Two vectors: a decoded block of weight codes, or of activation codes.
+struct Operands {
+  __m256i a, b;
+};
+
+// The accumulator both Dots use: 8 int32 lanes. int8 weights by default: the codes
+// as they are (vpdpbusd takes any u8 x s8 products exactly).
 struct Int32Lanes {
   using Acc = __m256i;
   static Acc zero() { return _mm256_setzero_si256(); }
   static __m256i sum(const Acc& acc) { return acc; }
+  template <int P>
+  static Operands bytes(__m256i v) { return {v, v}; }
+  template <int P>
+  static constexpr int byte_offset() { return 0; }
 };
-
-template <class Dot, int P>
-inline __m256 planes_to_float(const typename Dot::Acc* acc) {
-  __m256 f = _mm256_cvtepi32_ps(Dot::sum(acc[0]));
-  for (int p = 1; p < P; ++p) f = _mm256_fmadd_ps(f, _mm256_set1_ps(256.0f), _mm256_cvtepi32_ps(Dot::sum(acc[p])));
-  return f;
-}
 
 inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
-template <class Dot, int NR, int NB, int P>
+// int4 weights: 64 codes per 32 bytes, the low nibbles (the block's even elements) and the
+// high ones (odd) against the activations' block laid out as 32 even, then 32 odd codes.
+struct Int4Codes {
+  static constexpr int kBits = 4;
+  static constexpr int kPerBlock = 64;
+  static constexpr bool kGroupPairs = true;  // groups of 32: two a block, one per 128-bit lane
+  static constexpr bool kExactRuns = false;  // a group's lanes cannot overflow int32 (kMaxExactRun)
+  // The next rows into L1: into L2 (T1) measured 10-15% slower (4096 x 4096 g128, 1 thread, both levels)
+  static constexpr auto kPrefetchHint = _MM_HINT_T0;
+  static int64_t byte_of(int64_t k) { return k / 2; }
+  template <class Dot, int P>
+  static Operands weights(__m256i v) {
+    const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
+    return {_mm256_and_si256(v, low_nibbles), _mm256_and_si256(_mm256_srli_epi16(v, 4), low_nibbles)};
+  }
+  static Operands activations(const int8_t* c) { return {load32(c), load32(c + 32)}; }
+  template <class Dot, int P>
+  static void add(typename Dot::Acc& acc, const Operands& w, const Operands& c) {
+    Dot::add(acc, w.a, w.b, c.a, c.b);
+  }
+  template <class Dot, int P>
+  static constexpr int offset() { return 0; }
+};
+
+// int8 weights: 32 codes per 32 bytes against 32 activation codes in natural order; the
+// Dot decodes the bytes (and may offset them: the kernel then adds offset * sum(c) back).
+struct Int8Codes {
+  static constexpr int kBits = 8;
+  static constexpr int kPerBlock = 32;
+  static constexpr bool kGroupPairs = false;  // a group of 32 is one block
+  static constexpr bool kExactRuns = true;    // long groups in runs of kMaxExactRun
+  // The next rows into L2 (T1), twice the bytes of int4 rows ahead: into L1 measured 20-35% slower
+  // at AVX512-VNNI, no faster at AVX2 (4096 x 4096 g128, 1 thread)
+  static constexpr auto kPrefetchHint = _MM_HINT_T1;
+  static int64_t byte_of(int64_t k) { return k; }
+  template <class Dot, int P>
+  static Operands weights(__m256i v) { return Dot::template bytes<P>(v); }
+  static Operands activations(const int8_t* c) {
+    const __m256i v = load32(c);
+    return {v, v};
+  }
+  template <class Dot, int P>
+  static void add(typename Dot::Acc& acc, const Operands& w, const Operands& c) {
+    Dot::template add_bytes<P>(acc, w, c.a);
+  }
+  template <class Dot, int P>
+  static constexpr int offset() { return Dot::template byte_offset<P>(); }
+};
+
+template <class Dot, class Codes, int P>
+inline __m256 planes_to_float(const typename Dot::Acc* acc) {
+  const __m256 base = _mm256_set1_ps(float(1 << digit_bits(Codes::kBits)));
+  __m256 f = _mm256_cvtepi32_ps(Dot::sum(acc[0]));
+  for (int p = 1; p < P; ++p) f = _mm256_fmadd_ps(f, base, _mm256_cvtepi32_ps(Dot::sum(acc[p])));
+  return f;
+}
+
+// int8 weights: weights per run of whole blocks summed in int32 lanes before they are scaled into
+// the float totals: the largest lane sum, 2^18 / 32 blocks of at most 4 x 255 x 128, stays below
+// 2^31 (only groups longer than this, per-channel int8 of a very wide layer, take more than one
+// run). int4 lanes take at most 8 x 15 x 128 a 64-weight block: one run up to ~8.9M weights.
+constexpr int64_t kMaxExactRun = int64_t(1) << 18;
+
+template <class Dot, class Codes, int NR, int NB, int P>
 void plane_rows(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64_t group, float* out, int64_t ldo) {
   __m256 total[NR][NB];
   float tail_total[NR][NB];
@@ -54,7 +124,7 @@ void plane_rows(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64
       total[r][b] = _mm256_setzero_ps();
       tail_total[r][b] = 0.0f;
     }
-  const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
+  constexpr int offset = Codes::template offset<Dot, P>();
   const int64_t groups = (K + group - 1) / group;
   for (int r = NR; r < 2 * NR; ++r)  // the next rows' scales and zeros, read at the end of each group
     for (int64_t g = 0; g < groups; g += 16) {
@@ -62,29 +132,27 @@ void plane_rows(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64
       _mm_prefetch(reinterpret_cast<const char*>(w.zeros + r * w.scale_stride + g), _MM_HINT_T0);
     }
   typename Dot::Acc acc[NR][NB][P];
-  // The whole 64-element blocks of [k0, k1) into fresh accumulators.
+  // The whole blocks of [k0, k1) into fresh accumulators.
   auto accumulate = [&](int64_t k0, int64_t k1) {
     for (int r = 0; r < NR; ++r)
       for (int b = 0; b < NB; ++b)
         for (int p = 0; p < P; ++p) acc[r][b][p] = Dot::zero();
-#pragma GCC unroll 2  // groups of 128: both blocks in one iteration, the group's finish overlaps the next
-    for (int64_t k = k0; k + 64 <= k1; k += 64) {
+#pragma GCC unroll 2  // groups of 128 (int4): both blocks in one iteration, the group's finish overlaps the next
+    for (int64_t k = k0; k + Codes::kPerBlock <= k1; k += Codes::kPerBlock) {
+      const int64_t byte = Codes::byte_of(k);
       // The next NR weight rows, swept linearly while these NR are read (NR x 32 bytes a block; the
       // rows of a packed weight are contiguous): one stream ahead of the loads, where one prefetch
-      // per row (NR streams 2 KB apart) measured slower than none.
+      // per row (NR streams 2 KB apart) measured slower than none. Into the cache level of
+      // Codes::kPrefetchHint.
       for (int j = 0; j < NR * 32; j += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(w.data + NR * w.data_stride + k / 2 * NR + j), _MM_HINT_T0);
-      __m256i lo[NR], hi[NR];
-      for (int r = 0; r < NR; ++r) {
-        const __m256i v = load32(w.data + r * w.data_stride + k / 2);
-        lo[r] = _mm256_and_si256(v, low_nibbles);
-        hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low_nibbles);
-      }
+        _mm_prefetch(reinterpret_cast<const char*>(w.data + NR * w.data_stride + byte * NR + j),
+                     Codes::kPrefetchHint);
+      Operands wv[NR];
+      for (int r = 0; r < NR; ++r) wv[r] = Codes::template weights<Dot, P>(load32(w.data + r * w.data_stride + byte));
       for (int b = 0; b < NB; ++b)
         for (int p = 0; p < P; ++p) {
-          const int8_t* c = x.codes + b * x.ld + p * K + k;
-          const __m256i even = load32(c), odd = load32(c + 32);
-          for (int r = 0; r < NR; ++r) Dot::add(acc[r][b][p], lo[r], hi[r], even, odd);
+          const Operands c = Codes::activations(x.codes + b * x.ld + p * K + k);
+          for (int r = 0; r < NR; ++r) Codes::template add<Dot, P>(acc[r][b][p], wv[r], c);
         }
     }
   };
@@ -93,16 +161,18 @@ void plane_rows(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64
   auto scale_in = [&](const __m256 (&scale)[NR][NB]) {
     for (int r = 0; r < NR; ++r)
       for (int b = 0; b < NB; ++b)
-        total[r][b] = _mm256_fmadd_ps(planes_to_float<Dot, P>(acc[r][b]), scale[r][b], total[r][b]);
+        total[r][b] = _mm256_fmadd_ps(planes_to_float<Dot, Codes, P>(acc[r][b]), scale[r][b], total[r][b]);
   };
   auto tail = [&](int64_t g, int64_t k0, int64_t k1) {  // natural order, scalar
     for (int r = 0; r < NR; ++r)
       for (int b = 0; b < NB; ++b)
         tail_total[r][b] += w.scales[r * w.scale_stride + g] * x.scales[b * x.ldg + g] *
-                            float(dot_natural_all_planes(x.codes + b * x.ld, K, P, w.data + r * w.data_stride, k0, k1));
+                            float(dot_natural_all_planes<Codes::kBits>(x.codes + b * x.ld, K, P,
+                                                                      w.data + r * w.data_stride, k0, k1, offset));
   };
   __m256 scale[NR][NB];
-  if (group == kPairGroup) {  // each 64-element block: group g in the low lane, g + 1 in the high one
+  // int4 at groups of 32: each 64-element block holds group g in the low lane, g + 1 in the high one
+  if (Codes::kGroupPairs && group == kPairGroup) {
     int64_t k = 0;
     for (; k + 64 <= K; k += 64) {
       const int64_t g = k / 32;
@@ -119,12 +189,19 @@ void plane_rows(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64
   } else {
     for (int64_t k0 = 0, g = 0; k0 < K; k0 += group, ++g) {
       const int64_t k1 = k0 + group < K ? k0 + group : K;
-      const int64_t whole = k0 + ((k1 - k0) & ~int64_t(63));
-      accumulate(k0, whole);
+      const int64_t whole = k0 + (k1 - k0) / Codes::kPerBlock * Codes::kPerBlock;
       for (int r = 0; r < NR; ++r)
         for (int b = 0; b < NB; ++b)
           scale[r][b] = _mm256_set1_ps(w.scales[r * w.scale_stride + g] * x.scales[b * x.ldg + g]);
-      scale_in(scale);
+      if constexpr (Codes::kExactRuns) {
+        for (int64_t run = k0; run < whole; run += kMaxExactRun) {
+          accumulate(run, whole - run < kMaxExactRun ? whole : run + kMaxExactRun);
+          scale_in(scale);
+        }
+      } else {  // straight-line code: measured 5-10% faster for int4 than the loop above
+        accumulate(k0, whole);
+        scale_in(scale);
+      }
       if (whole < k1) tail(g, whole, k1);
     }
   }
@@ -132,21 +209,21 @@ void plane_rows(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64
     for (int b = 0; b < NB; ++b)
       out[b * ldo + r] = hsum8(total[r][b]) + tail_total[r][b] -
                          zero_share_vec(w.scales + r * w.scale_stride, w.zeros + r * w.scale_stride,
-                                        x.sums + b * x.ldg, groups);
+                                        x.sums + b * x.ldg, groups, float(offset));
 }
 
 // nb (1 <= nb <= NB) activation rows, NR weight rows, in one call of plane_rows.
-template <class Dot, int P, int NR, int NB>
+template <class Dot, class Codes, int P, int NR, int NB>
 void plane_rows_upto(int nb, const ActivationPlanes& x, const WeightRows& w, int64_t K, int64_t group, float* out,
                      int64_t ldo) {
   if constexpr (NB > 1)
-    if (nb < NB) return plane_rows_upto<Dot, P, NR, NB - 1>(nb, x, w, K, group, out, ldo);
-  plane_rows<Dot, NR, NB, P>(x, w, K, group, out, ldo);
+    if (nb < NB) return plane_rows_upto<Dot, Codes, P, NR, NB - 1>(nb, x, w, K, group, out, ldo);
+  plane_rows<Dot, Codes, NR, NB, P>(x, w, K, group, out, ldo);
 }
 
 // NR weight rows against all nb activation rows, PerCall of them at a time (the weight
 // rows are read from memory once, then from L1).
-template <class Dot, int P, int NR, int PerCall>
+template <class Dot, class Codes, int P, int NR, int PerCall>
 void plane_rows_batch(const ActivationPlanes& x, int nb, const WeightRows& w, int64_t K, int64_t group, float* out,
                       int64_t ldo) {
   for (int b0 = 0; b0 < nb; b0 += PerCall) {
@@ -155,33 +232,45 @@ void plane_rows_batch(const ActivationPlanes& x, int nb, const WeightRows& w, in
     part.scales += b0 * x.ldg;
     part.sums += b0 * x.ldg;
     const int n = nb - b0 < PerCall ? nb - b0 : PerCall;
-    plane_rows_upto<Dot, P, NR, PerCall>(n, part, w, K, group, out + b0 * ldo, ldo);
+    plane_rows_upto<Dot, Codes, P, NR, PerCall>(n, part, w, K, group, out + b0 * ldo, ldo);
   }
 }
 
 // NR weight rows at a time (one activation row) or NRb (several).
-template <class Dot, int P, int NR, int NRb, int PerCall>
+template <class Dot, class Codes, int P, int NR, int NRb, int PerCall>
 void plane_rows_for(const ActivationPlanes& x, int nb, const WeightRows& w, int64_t K, int64_t group, float* out,
                     int64_t ldo) {
   if (nb == 1) {  // the loads of the activation codes, shared by NR weight rows, are what limits
     int r = 0;
-    for (; r + NR <= w.rows; r += NR) plane_rows<Dot, NR, 1, P>(x, w.from(r, NR), K, group, out + r, ldo);
-    for (; r < w.rows; ++r) plane_rows<Dot, 1, 1, P>(x, w.from(r, 1), K, group, out + r, ldo);
+    for (; r + NR <= w.rows; r += NR) plane_rows<Dot, Codes, NR, 1, P>(x, w.from(r, NR), K, group, out + r, ldo);
+    for (; r < w.rows; ++r) plane_rows<Dot, Codes, 1, 1, P>(x, w.from(r, 1), K, group, out + r, ldo);
     return;
   }
   int r = 0;
-  for (; r + NRb <= w.rows; r += NRb) plane_rows_batch<Dot, P, NRb, PerCall>(x, nb, w.from(r, NRb), K, group, out + r, ldo);
-  for (; r < w.rows; ++r) plane_rows_batch<Dot, P, 1, PerCall>(x, nb, w.from(r, 1), K, group, out + r, ldo);
+  for (; r + NRb <= w.rows; r += NRb)
+    plane_rows_batch<Dot, Codes, P, NRb, PerCall>(x, nb, w.from(r, NRb), K, group, out + r, ldo);
+  for (; r < w.rows; ++r) plane_rows_batch<Dot, Codes, P, 1, PerCall>(x, nb, w.from(r, 1), K, group, out + r, ldo);
+}
+
+template <class Dot, class Codes>
+void plane_rows_codes(const ActivationPlanes& x, int nb, const WeightRows& w, int64_t K, int64_t group, float* out,
+                      int64_t ldo) {
+  if (x.planes == 1)
+    plane_rows_for<Dot, Codes, 1, Dot::kWeightRows1, Dot::kBatchWeightRows1, Dot::kRowsPerCall1>(x, nb, w, K, group,
+                                                                                                 out, ldo);
+  else
+    plane_rows_for<Dot, Codes, 3, Dot::kWeightRows3, Dot::kBatchWeightRows3, Dot::kRowsPerCall3>(x, nb, w, K, group,
+                                                                                                 out, ldo);
 }
 
 // The entry point's body.
 template <class Dot>
 void plane_rows_all(const ActivationPlanes& x, int nb, const WeightRows& w, int64_t K, int64_t group, float* out,
                     int64_t ldo) {
-  if (x.planes == 1)
-    plane_rows_for<Dot, 1, Dot::kWeightRows1, Dot::kBatchWeightRows1, Dot::kRowsPerCall1>(x, nb, w, K, group, out, ldo);
+  if (w.bits == 4)
+    plane_rows_codes<Dot, Int4Codes>(x, nb, w, K, group, out, ldo);
   else
-    plane_rows_for<Dot, 3, Dot::kWeightRows3, Dot::kBatchWeightRows3, Dot::kRowsPerCall3>(x, nb, w, K, group, out, ldo);
+    plane_rows_codes<Dot, Int8Codes>(x, nb, w, K, group, out, ldo);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "common/handles.cuh"
 #include "quant/group_matmul.cuh"
+#include "quant/group_matmul_int8.cuh"
 #include "quant/quantize.cuh"
 
 namespace py = pybind11;
@@ -33,6 +34,26 @@ void bind_quant(py::module_& m) {
       "y [M, N] float32 = x [M, K] float32 . dequant(W)^T (+ bias [N] when bias_ptr != 0), W group-\n"
       "quantized (int4 two codes a byte, low nibble first, or int8; scales / zeros [N, ceil(K / group)]\n"
       "float32). M <= group_matmul_max_rows(). Queued on `stream`; never synchronises; no workspace.");
+  m.def("group_matmul_int8_workspace_bytes", &gpu::group_matmul_int8_workspace_bytes, py::arg("M"), py::arg("K"),
+        py::arg("group_size"), "Workspace bytes group_matmul_int8() needs (the activations' codes and scales).");
+  m.def(
+      "group_matmul_int8",
+      [](std::uintptr_t x, int64_t M, int64_t K, std::uintptr_t data, int64_t N, std::uintptr_t scales,
+         std::uintptr_t zeros, int64_t group, int bits, std::uintptr_t bias, std::uintptr_t out,
+         std::uintptr_t workspace, int64_t workspace_bytes, std::uintptr_t stream, int device) {
+        // x [M, K], data [N, ceil(K/2) | K], scales / zeros [N, G], bias [N] or 0 -> out [M, N]
+        py::gil_scoped_release release;
+        gpu::group_matmul_int8(device_ptr<const float>(x), M, K, device_ptr<const uint8_t>(data), N,
+                               device_ptr<const float>(scales), device_ptr<const float>(zeros), group, bits,
+                               device_ptr<const float>(bias), device_ptr<float>(out), device_ptr<void>(workspace),
+                               workspace_bytes, as_stream(stream), device);
+      },
+      py::arg("x_ptr"), py::arg("M"), py::arg("K"), py::arg("data_ptr"), py::arg("N"), py::arg("scales_ptr"),
+      py::arg("zeros_ptr"), py::arg("group_size"), py::arg("bits"), py::arg("bias_ptr"), py::arg("out_ptr"),
+      py::arg("workspace_ptr"), py::arg("workspace_bytes"), py::arg("stream"), py::arg("device"),
+      "y [M, N] float32 = the int8-activation product (W4A8 / W8A8, quant/group_matmul_int8.cuh): x [M, K]\n"
+      "quantized per row and group to int8, exact integer group dots with the weight codes. Any M.\n"
+      "Queued on `stream`; never synchronises; workspace of group_matmul_int8_workspace_bytes(M, K, group_size).");
   m.def(
       "quant_quantize",
       [](std::uintptr_t weight, int64_t N, int64_t K, int bits, int64_t group, bool symmetric, int clip_steps,

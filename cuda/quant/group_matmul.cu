@@ -10,44 +10,32 @@
 
 #include "common/check.cuh"
 #include "common/launch.cuh"
+#include "quant/warp_rows.cuh"
 
 namespace gencore::gpu {
 namespace {
 
-constexpr int kWarpsPerBlock = 4;
-constexpr int kRowsPerPass = 8;
+using quant_rows::kRowsPerPass;
+using quant_rows::kWarpsPerBlock;
 
 template <int BITS>
 __global__ void group_matmul_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __restrict__ data,
                                     int N, int64_t data_stride, const float* __restrict__ scales,
                                     const float* __restrict__ zeros, int G, int group,
                                     const float* __restrict__ bias, float* __restrict__ y) {
-  const int lane = threadIdx.x & 31;
-  const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (n >= N) return;
-  const uint8_t* q = data + n * data_stride;
-  const float* s = scales + int64_t(n) * G;
-  const float* z = zeros + int64_t(n) * G;
-  for (int m0 = 0; m0 < M; m0 += kRowsPerPass) {
-    const int rows = min(kRowsPerPass, M - m0);
-    float acc[kRowsPerPass];
-#pragma unroll
-    for (int b = 0; b < kRowsPerPass; ++b) acc[b] = 0.0f;
+  const auto pass = [&](int n, int lane, int m0, int rows, float (&acc)[kRowsPerPass]) {
+    const uint8_t* q = data + n * data_stride;
+    const float* s = scales + int64_t(n) * G;
+    const float* z = zeros + int64_t(n) * G;
     for (int k = lane; k < K; k += 32) {
       const int g = k / group;
-      const int code = BITS == 4 ? (q[k >> 1] >> ((k & 1) * 4)) & 0x0F : q[k];
-      const float w = (float(code) - z[g]) * s[g];
+      const float w = (float(quant_rows::weight_code<BITS>(q, k)) - z[g]) * s[g];
 #pragma unroll
       for (int b = 0; b < kRowsPerPass; ++b)
         if (b < rows) acc[b] = fmaf(x[int64_t(m0 + b) * K + k], w, acc[b]);
     }
-#pragma unroll
-    for (int b = 0; b < kRowsPerPass; ++b) {
-      float v = acc[b];
-      for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-      if (lane == 0 && b < rows) y[int64_t(m0 + b) * N + n] = v + (bias ? bias[n] : 0.0f);
-    }
-  }
+  };
+  quant_rows::warp_per_output_row(M, N, bias, y, pass);
 }
 
 }  // namespace

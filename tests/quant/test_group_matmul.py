@@ -7,6 +7,7 @@ import torch
 
 from gencore import _native, quant
 from gencore.quant import reference
+from gencore.quant.ops._matmul import GROUP_MATMUL_INT8
 
 from tests.conftest import native_cpu_only
 
@@ -54,17 +55,56 @@ def test_rows_path_for_every_batch_size_below_the_blas_path(rng, simd_level, bit
 
 
 @native_cpu_only
-def test_int4_rows_path_keeps_float32_level_accuracy(rng, simd_level):
-    # The int4 rows path rounds x per group to 23-bit fixed point (three int8 planes):
-    # ~1e-7 of the output's scale on Gaussian x, and still well inside 1e-5 when one element
-    # in 37 is 1000x larger (the others keep fewer bits against their group's maximum).
+@pytest.mark.parametrize("bits", [4, 8])
+def test_rows_path_keeps_float32_level_accuracy(rng, simd_level, bits):
+    # The rows path rounds x per group to fixed point (23 bits for int4 weights, 21 for int8: three
+    # int8 planes): ~1e-7 of the output's scale on Gaussian x, and still well inside 1e-5 when one
+    # element in 37 is 1000x larger (the others keep fewer bits against their group's maximum).
     for m, n, k, group in ((1, 64, 4096, 128), (3, 40, 1000, 32), (5, 33, 300, -1), (12, 20, 512, 64)):
-        qw = quant.quantize(torch.randn(n, k, generator=rng), 4, group)
+        qw = quant.quantize(torch.randn(n, k, generator=rng), bits, group)
         x = torch.randn(m, k, generator=rng)
         assert kernel_error(quant.group_matmul(x, qw), x, qw) < 1e-6, (m, n, k, group)
         x[:, ::37] *= 1000
         assert kernel_error(quant.group_matmul(x, qw), x, qw) < 1e-5, (m, n, k, group)
         assert _native.core.last_group_matmul_path() == "rows"
+
+
+@native_cpu_only
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_int8_rows_path_at_the_code_extremes(rng, simd_level, symmetric):
+    # Codes 0 and 255 against activations at +-max |x| (the largest products vpmaddubsw pairs: its
+    # int16 sums must not saturate), constant rows (every digit plane at its limit), and a positive
+    # mean (large zero-point shares against small results).
+    n, k = 9, 300
+    w = torch.randn(n, k, generator=rng)
+    w[0], w[1] = w[0].abs(), -w[1].abs()  # all codes at one end of the range
+    w[2, ::2], w[2, 1::2] = 5.0, -5.0
+    qw = quant.quantize(w, 8, 64, symmetric)
+    codes = quant.unpack(qw.data, 8, k)
+    assert int(codes.max()) == 255 and (symmetric or int(codes.min()) == 0)
+    for x in (torch.full((2, k), 3.0), torch.randn(3, k, generator=rng).sign() * 7, torch.rand(4, k, generator=rng) + 2,
+              torch.cat([torch.ones(1, k), -torch.ones(1, k)])):
+        assert kernel_error(quant.group_matmul(x, qw), x, qw) < 1e-6
+        want = reference.group_matmul_int8(x, qw.data, qw.scales, qw.zeros, None, *qw.layout())
+        got = quant.group_matmul(x, qw, activations="int8")
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+@native_cpu_only
+def test_int8_per_channel_groups_longer_than_one_exact_run(simd_level):
+    # One per-channel group of K = 3 x 2^18 weights, every code 255 against activation codes 127:
+    # a vpdpbusd lane would sum 24576 blocks of 4 x 255 x 127 = 3.2e9 > 2^31 in one run, so the
+    # kernels sum the group in int32 runs of 2^18 weights.
+    k = 3 << 18
+    w = torch.ones(2, k)
+    w[1] = -1.0
+    qw = quant.quantize(w, 8, -1)
+    assert bool((quant.unpack(qw.data, 8, k)[0] == 255).all())
+    x = torch.ones(2, k)
+    x[1] = -0.5
+    want = reference.group_matmul_int8(x, qw.data, qw.scales, qw.zeros, None, *qw.layout())
+    torch.testing.assert_close(quant.group_matmul(x, qw, activations="int8"), want, rtol=1e-5, atol=0)
+    assert kernel_error(quant.group_matmul(x, qw), x, qw) < 1e-6
 
 
 @native_cpu_only
@@ -196,11 +236,15 @@ def test_half_precision_scales_run_natively(rng):
 # ---------------------------------------------------------------- int8 activations (W4A8)
 
 @native_cpu_only
+@pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("group_size", [32, 64, 128, -1])
-def test_int8_activation_kernel_matches_its_reference_at_every_level(rng, simd_level, group_size):
-    for m, n, k in SHAPES:
-        qw = quant.quantize(torch.randn(n, k, generator=rng), 4, group_size)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_int8_activation_kernel_matches_its_reference_at_every_level(rng, simd_level, bits, group_size, symmetric):
+    for m, n, k in SHAPES + [(0, 5, 64), (63, 6, 96)]:
+        qw = quant.quantize(torch.randn(n, k, generator=rng), bits, group_size, symmetric)
         x = torch.randn(m, k, generator=rng) * 3
+        if m > 2:
+            x[1, ::29] *= 200  # outliers: the rest of their groups keep few levels
         bias = torch.randn(n, generator=rng)
         y = quant.group_matmul(x, qw, bias, activations="int8")
         want = reference.group_matmul_int8(x, qw.data, qw.scales, qw.zeros, bias, *qw.layout())
@@ -208,8 +252,9 @@ def test_int8_activation_kernel_matches_its_reference_at_every_level(rng, simd_l
         torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5 * scale, msg=f"{(m, n, k)}")
 
 
-def test_int8_activations_cost_a_bounded_accuracy_against_the_float_product(rng):
-    qw = quant.quantize(torch.randn(64, 512, generator=rng), 4, 128)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_int8_activations_cost_a_bounded_accuracy_against_the_float_product(rng, bits):
+    qw = quant.quantize(torch.randn(64, 512, generator=rng), bits, 128)
     x = torch.randn(16, 512, generator=rng)
     exact = x @ quant.dequantize(qw).T
     float_error = float((quant.group_matmul(x, qw) - exact).norm() / exact.norm())
@@ -218,9 +263,30 @@ def test_int8_activations_cost_a_bounded_accuracy_against_the_float_product(rng)
     assert float_error < 1e-6 < int8_error < 2e-2
 
 
-def test_int8_activations_refuse_int8_weights_and_unknown_modes(rng):
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_int8_activations_bad_input_names_the_argument(rng, monkeypatch, backend, bits):
+    if backend == "reference":
+        monkeypatch.setenv("GENCORE_BACKEND", "reference")
     x = torch.randn(2, 64, generator=rng)
-    with pytest.raises(ValueError, match="bits"):
-        quant.group_matmul(x, quant.quantize(torch.randn(4, 64, generator=rng), 8, 32), activations="int8")
+    qw = quant.quantize(torch.randn(4, 64, generator=rng), bits, 32)
     with pytest.raises(ValueError, match="activations"):
-        quant.group_matmul(x, quant.quantize(torch.randn(4, 64, generator=rng), 4, 32), activations="int4")
+        quant.group_matmul(x, qw, activations="int4")
+    with pytest.raises(ValueError, match="in_features"):
+        quant.group_matmul(torch.randn(2, 63), qw, activations="int8")
+    with pytest.raises(ValueError, match="bits"):
+        GROUP_MATMUL_INT8(x, qw.data, qw.scales, qw.zeros, None, 2, 32, 64)
+    bad_x = x.clone()
+    bad_x[1, 5] = float("inf")
+    with pytest.raises(ValueError, match="x"):
+        quant.group_matmul(bad_x, qw, activations="int8")
+    fractional = qw.zeros.clone()
+    fractional[3, 1] += 0.5  # a tinygemm-style float zero: the integer dot products cannot take it
+    bad = quant.QuantizedWeight(qw.data, qw.scales, fractional, bits, 32, qw.shape)
+    saved = [t.clone() for t in (x, qw.data, qw.scales, fractional)]
+    with pytest.raises(ValueError, match="zeros"):
+        quant.group_matmul(x, bad, activations="int8")
+    for t, before in zip((x, qw.data, qw.scales, fractional), saved):
+        assert torch.equal(t, before)
+    # the float path takes fractional zeros
+    assert kernel_error(quant.group_matmul(x, bad), x, bad) < 1e-5

@@ -1,7 +1,7 @@
-"""The quant CUDA kernels: group_matmul on a GPU (skipped without one) against the
-reference, on the caller's stream, and the fallback above its row limit;
-quantize / dequantize bit for bit with the CPU on a GPU, and their glue over
-tests/cuda_fake.py everywhere."""
+"""The quant CUDA kernels: group_matmul and group_matmul_int8 (W4A8 / W8A8) on a GPU
+(skipped without one) against the reference, on the caller's stream, and the fallback
+above group_matmul's row limit; quantize / dequantize bit for bit with the CPU on a
+GPU, and their glue over tests/cuda_fake.py everywhere."""
 from __future__ import annotations
 
 import pytest
@@ -41,6 +41,66 @@ def test_more_rows_than_the_kernel_takes_fall_back_with_a_warning(rng):
     with pytest.warns(RuntimeWarning, match="rows"):
         y = quant.group_matmul(x, qw)
     torch.testing.assert_close(y, x @ quant.dequantize(qw).T, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- int8 activations (W4A8 / W8A8)
+
+INT8_CASES = [(1, 1, 31, 4, 32), (3, 17, 129, 4, 128), (8, 33, 256, 8, 64), (9, 5, 300, 8, -1), (70, 12, 96, 4, 32)]
+
+
+def _int8_inputs(rng, m, n, k, bits, group_size):
+    qw = quant.quantize(torch.randn(n, k, generator=rng), bits, group_size)
+    x = torch.randn(m, k, generator=rng) * 3
+    x[0, ::7] *= 50  # outliers: their groups' other codes keep few levels
+    return qw, x, torch.randn(n, generator=rng)
+
+
+def _close_to_the_int8_reference(y, x, qw, bias):
+    want = reference.group_matmul_int8(x.cpu(), qw.data.cpu(), qw.scales.cpu(), qw.zeros.cpu(), bias.cpu(),
+                                       *qw.layout())
+    torch.testing.assert_close(y.cpu(), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+@cuda_only
+@pytest.mark.parametrize("m,n,k,bits,group_size", INT8_CASES)
+def test_cuda_int8_activation_kernel_matches_its_reference(rng, m, n, k, bits, group_size):
+    qw, x, bias = _int8_inputs(rng, m, n, k, bits, group_size)
+    y = quant.group_matmul(x.cuda(), qw.to("cuda"), bias.cuda(), activations="int8")
+    assert y.is_cuda
+    _close_to_the_int8_reference(y, x, qw, bias)
+
+
+@cuda_only
+def test_cuda_int8_activation_kernel_runs_on_the_callers_stream(rng):
+    qw = quant.quantize(torch.randn(64, 256, generator=rng), 8, 128).to("cuda")
+    x = torch.randn(4, 256, generator=rng).cuda()
+    direct = quant.group_matmul(x, qw, activations="int8")
+    torch.testing.assert_close(on_a_busy_side_stream(x, lambda t: quant.group_matmul(t, qw, activations="int8")),
+                               direct)
+
+
+@pytest.mark.parametrize("m,n,k,bits,group_size", INT8_CASES)
+def test_cuda_int8_activation_glue_over_the_fake(rng, monkeypatch, m, n, k, bits, group_size):
+    # The CUDA glue of group_matmul_int8 over tests/cuda_fake.py (host memory): pointers, sizes,
+    # the workspace (the fake poisons it first), bias or none, against the exact reference.
+    from gencore import _native_call
+    from gencore.quant.ops import _matmul
+
+    from tests.cuda_fake import FakeCuda
+
+    fake = FakeCuda()
+    monkeypatch.setattr(_native, "cuda", fake)
+    monkeypatch.setattr(_native_call, "cuda_stream", lambda device: 0)
+    monkeypatch.setattr(_native_call, "POISON", True)
+    qw, x, bias = _int8_inputs(rng, m, n, k, bits, group_size)
+    run = _matmul.GROUP_MATMUL_INT8.implementation("native-cuda")
+    group = k if group_size == -1 else group_size
+    for b in (bias, None):
+        y = run(x, qw.data, qw.scales, qw.zeros, b, bits, group, k)
+        _close_to_the_int8_reference(y, x, qw, torch.zeros(n) if b is None else b)
+    assert fake.calls["group_matmul_int8"] == 2
+    need = fake.group_matmul_int8_workspace_bytes(m, k, group)
+    assert fake.workspaces == [("group_matmul_int8", max(need, 1))] * 2
 
 
 # ---------------------------------------------------------------- quantize / dequantize

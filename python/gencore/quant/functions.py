@@ -97,31 +97,33 @@ def group_matmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tens
         qw: the quantized weight, shape (N, K).
         bias: optional [N] tensor of x's dtype.
         activations: ``"float"`` (default: the product of x with the float32
-            dequantized weight, to float32 rounding) or ``"int8"`` (W4A8, int4
-            weights only: x quantized symmetrically per row and weight group to
-            int8, then exact integer dot products per group (the default
-            path's kernels with one plane instead of three): about 1.5-2.5x faster
-            on the CPU and ~1e-3 relative output error from the activation
+            dequantized weight, to float32 rounding) or ``"int8"`` (W4A8 for
+            int4 weights, W8A8 for int8: x quantized symmetrically per row and
+            weight group to int8, then exact integer dot products per group (the
+            default path's kernels with one plane instead of three): faster on
+            the CPU and ~1e-3 relative output error from the activation
             rounding; ``reference.group_matmul_int8`` is its exact definition;
-            the gradient is straight-through, grad @ dequant(W)).
+            zeros must hold integers (ValueError otherwise); the gradient is
+            straight-through, grad @ dequant(W)).
 
     Returns:
         [..., N] in x's dtype.
 
-    Math and kernels (CPU): few rows stream the packed weight once. int4
-    weights (< 64 rows with AVX2 or AVX512-VNNI, < 16 otherwise): each row of x
-    is rounded per weight group to a 23-bit fixed-point code (max |x| of the
-    group = 2^22, ties to even), split into three int8 planes whose dot products
-    with the 4-bit codes are exact integers (vpmaddubsw / vpdpbusd), scaled per
+    Math and kernels (CPU): few rows stream the packed weight once (int4:
+    < 64 rows with AVX2 or AVX512-VNNI; int8: < 56 with AVX512-VNNI, < 32 with
+    AVX2; < 16 otherwise): each row of x is rounded per weight group to a
+    fixed-point code (max |x| of the group = 2^22 for int4 weights, 2^20 for
+    int8, ties to even), split into three int8 planes whose dot products with
+    the weight codes are exact integers (vpmaddubsw / vpdpbusd), scaled per
     group in float32; the zero points are folded in through the rounded
     activations' group sums. The result matches ``reference.group_matmul``
     (float32 dequantize, then matmul) to ~2e-7 of max(|x| @ |W|^T) (float32
-    level; an element far below its group's largest keeps fewer bits). int8
-    weights (< 16 rows): dequantized 32 elements at a time in registers and
-    summed as x * (q - z) in float32 per group (~1e-6 relative). More rows
+    level; an element far below its group's largest keeps fewer bits). More rows
     dequantize tiles of 64 weight rows once and run SciPy's sgemm on them. CUDA (float path): one warp per output row,
-    dequantizing in registers, up to 64 rows; more rows, or the int8 path, run
-    the reference (dequantize + torch matmul) with a one-time warning.
+    dequantizing in registers, up to 64 rows; more rows run the reference
+    (dequantize + torch matmul) with a one-time warning. CUDA int8 path: a warp
+    per (row, group) quantizes x, a warp per output row sums the integer group
+    dots (any batch).
 
     Gradients flow to ``x`` (grad @ dequant(W)) and ``bias``; asking for the
     gradient of the quantized parameters raises NotImplementedError. NaN/inf in

@@ -192,12 +192,13 @@ def quantize_activations(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor
 
 def group_matmul_int8(x: torch.Tensor, data: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                       bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int) -> torch.Tensor:
-    """The int8-activation product (W4A8), exactly as the native kernel defines it:
-    x [M, K] -> y [M, N] in x's dtype with c, sx = quantize_activations(x, group_size) and
+    """The int8-activation product (W4A8 for bits=4, W8A8 for bits=8), exactly as the native
+    kernels define it: x [M, K] -> y [M, N] in x's dtype with c, sx = quantize_activations(x, group_size) and
 
         y[m, n] = sum_g s[n, g] * sx[m, g] * (sum_{k in g} c[m, k] q[n, k] - z[n, g] * sum_{k in g} c[m, k]) + bias[n]
 
-    The integer sums are exact (float64 here); only the per-group scaling rounds."""
+    The integer sums are exact (float64 here); only the per-group scaling rounds. zeros must
+    hold integers (the op refuses others)."""
     m, k = x.shape
     n = data.shape[0]
     codes_x, sx = quantize_activations(x, group_size)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ... import _checks, _native, _native_call
+from ... import _checks, _dispatch, _native, _native_call
 from ..._op import Op
 from .. import reference
 from . import _layout
@@ -91,16 +91,22 @@ def _cpu_matmul(x, data, scales, zeros, bias, bits, group_size, in_features, int
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
-def _cuda_matmul(x, data, scales, zeros, bias, bits, group_size, in_features):
+def _cuda_operands(x, data, scales, zeros, bias):
+    """The CUDA kernels' inputs (float32, contiguous) and a float32 output [M, N]."""
     rows = _native_call.cuda_input(x)
-    m, n = rows.shape[0], data.shape[0]
     codes = data.detach().contiguous()
     s, z = _native_call.cuda_input(scales), _native_call.cuda_input(zeros)
     b = None if bias is None else _native_call.cuda_input(bias)
-    y = _native_call.output((m, n), torch.float32, rows.device)
-    _native.cuda.group_matmul(rows.data_ptr(), m, in_features, codes.data_ptr(), n, s.data_ptr(), z.data_ptr(),
-                              group_size, bits, 0 if b is None else b.data_ptr(), y.data_ptr(),
-                              _native_call.cuda_stream(rows.device), _native_call.device_index(rows.device))
+    y = _native_call.output((rows.shape[0], data.shape[0]), torch.float32, rows.device)
+    return rows, codes, s, z, b, y
+
+
+def _cuda_matmul(x, data, scales, zeros, bias, bits, group_size, in_features):
+    rows, codes, s, z, b, y = _cuda_operands(x, data, scales, zeros, bias)
+    _native.cuda.group_matmul(rows.data_ptr(), rows.shape[0], in_features, codes.data_ptr(), codes.shape[0],
+                              s.data_ptr(), z.data_ptr(), group_size, bits, 0 if b is None else b.data_ptr(),
+                              y.data_ptr(), _native_call.cuda_stream(rows.device),
+                              _native_call.device_index(rows.device))
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
@@ -160,27 +166,43 @@ GROUP_MATMUL = Op(
 )
 
 
-# ---------------------------------------------------------------- group_matmul_int8 (W4A8)
+# ---------------------------------------------------------------- group_matmul_int8 (W4A8 / W8A8)
 
-def _check_matmul_int8(x, data, scales, zeros, bias, bits, group_size, in_features):
-    args = _check_matmul(x, data, scales, zeros, bias, bits, group_size, in_features)
-    if args[5] != 4:
-        raise ValueError(f"bits must be 4 for int8 activations (W4A8), got {args[5]}")
-    return args
+def _check_integral_zeros(backend, x, data, scales, zeros, bias, bits, group_size, in_features):
+    # The integer kernels fold the zero points into integer dot products; the native CPU kernel
+    # refuses fractional ones itself, row by row, as it reads them.
+    if backend != _dispatch.NATIVE_CPU and zeros.numel() and not bool((zeros == zeros.round()).all()):
+        raise ValueError("zeros must hold integers for int8 activations (a tinygemm import's float zeros "
+                         "take activations='float')")
 
 
 def _cpu_matmul_int8(x, data, scales, zeros, bias, bits, group_size, in_features):
     return _cpu_matmul(x, data, scales, zeros, bias, bits, group_size, in_features, int8_activations=True)
 
 
+def _cuda_matmul_int8(x, data, scales, zeros, bias, bits, group_size, in_features):
+    rows, codes, s, z, b, y = _cuda_operands(x, data, scales, zeros, bias)
+    m = rows.shape[0]
+    workspace = _native_call.cuda_workspace(_native.cuda.group_matmul_int8_workspace_bytes(m, in_features, group_size),
+                                            rows.device)
+    _native.cuda.group_matmul_int8(rows.data_ptr(), m, in_features, codes.data_ptr(), codes.shape[0], s.data_ptr(),
+                                   z.data_ptr(), group_size, bits, 0 if b is None else b.data_ptr(), y.data_ptr(),
+                                   workspace.data_ptr(), workspace.numel(), _native_call.cuda_stream(rows.device),
+                                   _native_call.device_index(rows.device))
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
 def _samples_matmul_int8(gen):
     def randn(*shape):
         return torch.randn(*shape, generator=gen)
     out = []
-    for m, n, k, group, bias in ((3, 5, 70, 32, True), (1, 1, 33, 33, False), (0, 4, 64, 64, True),
-                                 (2, 7, 130, 128, True), (9, 6, 256, 64, False), (4, 3, 200, 200, True)):
-        data, scales, zeros = reference.quantize(randn(n, k), 4, group, False)
-        out.append((randn(m, k), data, scales, zeros, randn(n) if bias else None, 4, group, k))
+    for m, n, k, bits, group, symmetric, bias in (
+            (3, 5, 70, 4, 32, False, True), (1, 1, 33, 4, 33, False, False), (0, 4, 64, 4, 64, False, True),
+            (2, 7, 130, 4, 128, False, True), (9, 6, 256, 4, 64, False, False), (4, 3, 200, 4, 200, False, True),
+            (3, 5, 70, 8, 32, False, True), (1, 1, 33, 8, 33, True, False), (2, 7, 130, 8, 128, True, True),
+            (9, 6, 256, 8, 64, False, False)):
+        data, scales, zeros = reference.quantize(randn(n, k), bits, group, symmetric)
+        out.append((randn(m, k), data, scales, zeros, randn(n) if bias else None, bits, group, k))
     return out
 
 
@@ -188,8 +210,9 @@ GROUP_MATMUL_INT8 = Op(
     "quant.group_matmul_int8",
     "(Tensor x, Tensor data, Tensor scales, Tensor zeros, Tensor? bias, int bits, int group_size, "
     "int in_features) -> Tensor",
-    check=_check_matmul_int8, fake=_fake_matmul, reference=reference.group_matmul_int8, cpu=_cpu_matmul_int8,
-    cpu_dtypes=_FLOAT16_32, finite=("x", "scales", "zeros", "bias"), cpu_kernel_checks=("x", "scales", "zeros"),
+    check=_check_matmul, fake=_fake_matmul, reference=reference.group_matmul_int8, cpu=_cpu_matmul_int8,
+    cuda=_cuda_matmul_int8, cpu_dtypes=_FLOAT16_32, finite=("x", "scales", "zeros", "bias"), cpu_kernel_checks=("x", "scales", "zeros"),
+    check_values=_check_integral_zeros,
     empty=lambda x, data, *rest: x.shape[0] * data.shape[0] == 0,
     # the straight-through gradient: the activation rounding is treated as the identity
     backward=_backward, setup_context=_setup_context, samples=_samples_matmul_int8,
