@@ -51,8 +51,8 @@ struct DenseSinkhornOutputs {
 
 // Runs every problem; threads go to whole problems when there are enough of
 // them, else to blocks of rows of each problem. Extra memory per problem in
-// flight: 2 n + (3 + 2 blocks) m values. Throws std::invalid_argument on bad sizes or
-// parameters (reg <= 0, max_iter < 1, ...).
+// flight: n + (3 + 2 blocks) m values. Throws std::invalid_argument on bad
+// sizes or parameters (reg <= 0, max_iter < 1, ...).
 template <typename T>
 void sinkhorn_dense(const DenseSinkhornProblems<T>& problems, const DenseSinkhornParams& params,
                     const DenseSinkhornOutputs<T>& out, int threads);

@@ -9,8 +9,9 @@ of a float32 problem is only known to float32 rounding.)
 B independent problems, the whole alternating iteration native (see
 gencore.ot.reference.sinkhorn_dense, the specification): each problem stops on
 its own at error <= tol (status 0), max_iter (1) or a stalled error (2). CPU:
-csrc/ot/sinkhorn_dense.cpp (two-pass log-sum-exps along the rows of M, SIMD
-exp; threads over problems, or over rows / column blocks of one problem).
+csrc/ot/sinkhorn_dense.cpp (one read of M per iteration: each row's
+log-sum-exp in two L1-hot passes, its terms then fed to running column
+log-sum-exps; SIMD exp; threads over problems, or over row blocks of one).
 CUDA: cuda/ot/sinkhorn_dense.cu (one block per problem, no host sync).
 Memory: O(B (n + m)) besides M.
 """
