@@ -10,7 +10,8 @@ from gencore.ot import distributed
 from tests._distributed import WORLD, gloo_group, save  # noqa: F401 - WORLD is part of this module's interface
 
 # name -> (points of x on rank 0, on rank 1, points of y on rank 0, on rank 1, dtype, options)
-# options: "weights" (non-uniform a, b), "reach", "blur", "tol", "p", "divergence", "whitened"
+# options: "weights" (non-uniform a, b), "reach", "blur", "tol", "p", "divergence", "whitened",
+# "massless_y1" (rank 1's weights of y all zero)
 CASES = {
     "even-float32": (40, 40, 30, 30, torch.float32, {}),
     "even-float64-tol1e-7": (40, 40, 30, 30, torch.float64, {"tol": 1e-7}),
@@ -27,6 +28,8 @@ CASES = {
     "euclidean-uneven-float32": (9, 40, 33, 4, torch.float32, {"p": 1}),
     "euclidean-unbalanced-float64": (21, 17, 12, 30, torch.float64, {"p": 1, "reach": 1.0, "weights": True}),
     "euclidean-divergence-float64": (18, 22, 27, 11, torch.float64, {"p": 1, "divergence": True}),
+    # rank 1's points of y carry no mass: its shard adds no term to any softmin
+    "massless-shard-float64": (20, 15, 25, 12, torch.float64, {"weights": True, "massless_y1": True}),
 }
 
 
@@ -43,6 +46,8 @@ def case_data(name):
     if options.get("weights"):
         a = torch.rand(nx0 + nx1, generator=g, dtype=dtype) + 0.1
         b = torch.rand(ny0 + ny1, generator=g, dtype=dtype) + 0.1
+        if options.get("massless_y1"):
+            b[ny0:] = 0.0
         a, b = a / a.sum(), b / b.sum()
     kwargs = {"blur": options.get("blur", 0.2)}
     kwargs.update({k: options[k] for k in ("reach", "tol", "p") if k in options})
@@ -65,7 +70,7 @@ def _call(name, rank):
 
 
 #: Cases whose gradients are checked: every local input that can have one requires grad.
-GRADIENT_CASES = ("uneven-weights-float64", "whitened-float64", "divergence-float64",
+GRADIENT_CASES = ("uneven-weights-float64", "whitened-float64", "divergence-float64", "massless-shard-float64",
                   "divergence-unbalanced-float64", "euclidean-divergence-float64", "divergence-float32")
 
 

@@ -70,8 +70,8 @@ class _Shards:
                 visiting = torch.empty((size, d + 1), dtype=log_w.dtype, device=log_w.device)
             self.dist.broadcast(visiting, self.dist.get_global_rank(self.group, src) if self.group is not None
                                 else src, group=self.group)
-            if points.shape[0] == 0:
-                continue
+            if points.shape[0] == 0 or not bool((visiting[:, d] > -math.inf).any()):
+                continue   # nothing to update, or a shard without mass (it adds no term)
             # a row-strided view of the points (the glue reads row strides), the log-weights a [m_r] copy
             part, part_derivative = _softmin(points, visiting[:, :d], visiting[:, d].contiguous(), eps, p, gradient)
             total = torch.logaddexp(merged, part / -eps)
