@@ -55,11 +55,12 @@ def same_size(dim_name: str, **named: int) -> None:
 # either way). numpy has no bfloat16, so only these dtypes take that path.
 _NUMPY_FINITE_MAX = 1 << 16
 _NUMPY_FINITE_DTYPES = (torch.float32, torch.float64, torch.float16)
-_PLAIN = (torch.Tensor, torch.nn.Parameter)   # not fake / functional tensors: they have no data
+#: Tensors with data of their own (not fake / functional / subclass tensors).
+PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def _all_finite(x: torch.Tensor) -> bool:
-    if type(x) in _PLAIN and x.is_cpu and x.dtype in _NUMPY_FINITE_DTYPES and x.numel() <= _NUMPY_FINITE_MAX:
+    if type(x) in PLAIN_TENSOR_TYPES and x.is_cpu and x.dtype in _NUMPY_FINITE_DTYPES and x.numel() <= _NUMPY_FINITE_MAX:
         try:
             return bool(np.isfinite(x.detach().numpy()).all())
         except (RuntimeError, TypeError):   # conjugate / negative-bit views have no numpy view

@@ -88,7 +88,6 @@ def checks_values_of(t: torch.Tensor) -> bool:
 
 
 _PLAIN, _AUTOGRAD = "plain", "autograd"
-_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def _eager_function(op: "Op", backward: Callable, setup_context: Optional[Callable]):
@@ -226,7 +225,7 @@ class Op:
             t = args[i]
             if t is None:
                 continue
-            if type(t) not in _PLAIN_TYPES or not (t.is_cpu or t.is_cuda):
+            if type(t) not in _checks.PLAIN_TENSOR_TYPES or not (t.is_cpu or t.is_cuda):
                 return None
             needs_grad = needs_grad or (grad and t.requires_grad)
         if not needs_grad:

@@ -162,7 +162,7 @@ def test_bad_input_names_the_argument(bad, kind, match):
     with pytest.raises(kind, match=match):
         SINKHORN_DENSE(*args.values())
     for k, v in before.items():
-        assert torch.equal(args[k], v, ) or bool(torch.isnan(v).all())
+        assert torch.equal(args[k], v) or bool(torch.isnan(v).all())
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (3, 7, 19), (2, 64, 300)], ids=str)

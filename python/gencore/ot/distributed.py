@@ -31,7 +31,7 @@ from .. import _checks
 from .._op import checks_values_of
 from . import reference
 from .sinkhorn import (SinkhornResult, _bounds, _check_loop, _check_p, _check_reach, _diameter, _divergence_envelope,
-                       _divergence_value, _pair_envelope, _pair_value, _positive, _sides, _softmin, _solve, _start,
+                       _divergence_value, _needs_grad, _pair_envelope, _pair_value, _positive, _sides, _softmin, _solve, _start,
                        _weights, _whiten, epsilon_schedule)
 
 __all__ = ["sinkhorn", "sinkhorn_divergence"]
@@ -148,10 +148,6 @@ def _prepare(what, x, y, a, b, blur, p, scaling, tol, max_iter, reach, cost, whi
     dist.all_reduce(bounds, op=dist.ReduceOp.MAX, group=group)
     eps_list = epsilon_schedule(p, max(_diameter(xw.detach(), yw.detach(), bounds), blur), blur, scaling)
     return xs, ys, xw, yw, wa, wb, p, eps_list, rho, tol, max_iter, dtype
-
-
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def sinkhorn(x_local: torch.Tensor, y_local: torch.Tensor, a_local: Optional[torch.Tensor] = None,

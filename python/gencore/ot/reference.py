@@ -96,7 +96,8 @@ def sinkhorn_softmin_dense(x: torch.Tensor, y: torch.Tensor, log_weights: torch.
 #: Dense Sinkhorn status codes (the native kernel's, csrc/ot/sinkhorn_dense.h).
 DENSE_CONVERGED, DENSE_MAX_ITER, DENSE_PLATEAU = 0, 1, 2
 DENSE_STATUS_NAMES = {DENSE_CONVERGED: "converged", DENSE_MAX_ITER: "max_iter", DENSE_PLATEAU: "plateau"}
-_ERROR_MAX_EXPONENT = 60.0   # exp((f - f~) / reg) is clamped here in the error: huge, never inf
+#: exp((f - f~) / eps) is clamped here in the marginal error: a huge error, never inf * 0.
+ERROR_MAX_EXPONENT = 60.0
 
 
 def sinkhorn_dense(M: torch.Tensor, a: torch.Tensor, b: torch.Tensor, reg: float, damping: float, tol: float,
@@ -135,7 +136,7 @@ def sinkhorn_dense(M: torch.Tensor, a: torch.Tensor, b: torch.Tensor, reg: float
         if not bool(active.any()):
             break
         f_new = -reg * damping * torch.logsumexp(log_b[:, None, :] + g[:, None, :] / reg - scaled, dim=2)
-        ratio = torch.exp(((f - f_new) / reg).clamp(max=_ERROR_MAX_EXPONENT)).double()
+        ratio = torch.exp(((f - f_new) / reg).clamp(max=ERROR_MAX_EXPONENT)).double()
         err = (a.double() * (1 - ratio).abs()).sum(-1) / a.double().sum(-1)
         f = torch.where(active[:, None], f_new, f)
         g_new = -reg * damping * torch.logsumexp(log_a[:, :, None] + f[:, :, None] / reg - scaled, dim=1)

@@ -32,7 +32,6 @@ __all__ = ["SinkhornResult", "sinkhorn", "sinkhorn_divergence", "sinkhorn_cost_m
 #: but real linear convergence (which keeps setting new minima) is never mistaken for it.
 PLATEAU_ITERATIONS = 40
 _CUDA_CHECK_EVERY = 5  # iterations between marginal-error checks on CUDA (each one is a host sync)
-_MAX_EXPONENT = 60.0   # exp((f - f~) / eps) is clamped here in the error: a huge error, never inf * 0
 _OMEGA_PROBE = 6       # plain iterations over which a pair's convergence rate is measured
 _OMEGA_MAX = 1.9       # over-relaxation cap (the optimum approaches 2 as plain Sinkhorn slows down)
 _OMEGA_RETREATS = 3    # error blow-ups after which a pair gives over-relaxation up
@@ -200,7 +199,7 @@ def _residual(a: torch.Tensor, f: torch.Tensor, target: torch.Tensor, eps: float
     """sum_i a_i |1 - exp((f_i - f~_i) / eps)| / sum_i a_i: the balanced row-marginal error of
     the plan of (f, g) when f~ = softmin(g), the fixed-point residual in mass terms otherwise.
     ``total`` sums the two sums over every shard of the points."""
-    ratio = torch.exp(((f - target) / eps).clamp(max=_MAX_EXPONENT))
+    ratio = torch.exp(((f - target) / eps).clamp(max=reference.ERROR_MAX_EXPONENT))
     sums = total(torch.stack([(a * (1 - ratio).abs()).sum(), a.sum()]))
     return sums[0] / sums[1]
 
@@ -432,6 +431,11 @@ class _Envelope(torch.autograd.Function):
         return out + (None,) * 5
 
 
+def _needs_grad(*tensors) -> bool:
+    """Whether autograd records a gradient to any of ``tensors`` (None entries allowed)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _pair_envelope(xw, yw, wa, wb, value, f, g, df_x, dg_y, rho: Optional[float]) -> torch.Tensor:
     """OT(a, b) with its envelope gradients: a_i m_i df/dx_i, b_j m_j dg/dy_j, f, g
     (m: the plan's row masses over the weights, 1 when balanced)."""
@@ -529,7 +533,7 @@ def _sinkhorn_arrays(x, y, a, b, blur, p, scaling, tol, max_iter, reach, cost, w
         sides[0].value, sides[1].value = f0.detach().to(dtype).clone(), g0.detach().to(dtype).clone()
     else:
         _start(sides, eps_list[0], rho)
-    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xw, yw, a_in, b_in))
+    need_grad = _needs_grad(xw, yw, a_in, b_in)
     n_iter, error, status, eps, (df_x, dg_y) = _solve("gencore.ot.sinkhorn", sides, eps_list, rho, tol, max_iter,
                                                       dtype, gradient=need_grad)
     f, g = sides[0].value, sides[1].value
@@ -647,7 +651,7 @@ def sinkhorn_divergence(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tens
     eps_list = epsilon_schedule(p, max(_diameter(px, py), blur), blur, scaling)
     sides = _sides(px, py, wa_d, wb_d, p, selves=True)
     _start(sides, eps_list[0], rho)
-    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xw, yw, a_in, b_in))
+    need_grad = _needs_grad(xw, yw, a_in, b_in)
     _, _, _, eps, (d_ab, d_ba, d_aa, d_bb) = _solve("gencore.ot.sinkhorn_divergence", sides, eps_list, rho, tol,
                                                     max_iter, dtype, gradient=need_grad)
     f_ab, g_ab, f_aa, g_bb = (s.value for s in sides)
