@@ -47,7 +47,9 @@ def _dist(what: str):
 
 
 class _Shards:
-    """The process group's view of one sharded cloud: sizes per rank, the streamed softmin over it."""
+    """The process group's view of one sharded cloud: the points each rank's shard streams to
+    the others (0 for an empty shard or one without mass: it adds no term to any softmin, so it
+    is never sent), the streamed softmin over them."""
 
     def __init__(self, dist, group, sizes: list[int]):
         self.dist, self.group, self.sizes = dist, group, sizes
@@ -70,8 +72,8 @@ class _Shards:
                 visiting = torch.empty((size, d + 1), dtype=log_w.dtype, device=log_w.device)
             self.dist.broadcast(visiting, self.dist.get_global_rank(self.group, src) if self.group is not None
                                 else src, group=self.group)
-            if points.shape[0] == 0 or not bool((visiting[:, d] > -math.inf).any()):
-                continue   # nothing to update, or a shard without mass (it adds no term)
+            if points.shape[0] == 0:
+                continue
             # a row-strided view of the points (the glue reads row strides), the log-weights a [m_r] copy
             part, part_derivative = _softmin(points, visiting[:, :d], visiting[:, d].contiguous(), eps, p, gradient)
             total = torch.logaddexp(merged, part / -eps)
@@ -115,7 +117,9 @@ def _prepare(what, x, y, a, b, blur, p, scaling, tol, max_iter, reach, cost, whi
             raise ValueError("no gradient with respect to the weights of unbalanced OT (reach=...): pass "
                              "a_local / b_local detached")
         xw, yw = _whiten(x.to(dtype), y.to(dtype), cost, whitening)
-        shape = (x.shape[0], y.shape[0], x.shape[1], str(x.dtype), a is not None, b is not None)
+        # points a shard streams: none when its weights are all zero (the default weights are positive)
+        streamed = [n if w is None or bool((w > 0).any()) else 0 for w, n in ((a, x.shape[0]), (b, y.shape[0]))]
+        shape = (x.shape[0], y.shape[0], x.shape[1], str(x.dtype), a is not None, b is not None, *streamed)
     except (TypeError, ValueError) as exc:
         error, shape = f"{type(exc).__name__}: {exc}", None
     metas = [None] * dist.get_world_size(group)
@@ -136,7 +140,7 @@ def _prepare(what, x, y, a, b, blur, p, scaling, tol, max_iter, reach, cost, whi
     rho = None if rho is None else rho ** p
     wa = _weights(a, "a_local", x.shape[0], x, dtype, total=sum(sizes_x), need_mass=False)
     wb = _weights(b, "b_local", y.shape[0], y, dtype, total=sum(sizes_y), need_mass=False)
-    xs, ys = _Shards(dist, group, sizes_x), _Shards(dist, group, sizes_y)
+    xs, ys = _Shards(dist, group, [s[6] for s in shapes]), _Shards(dist, group, [s[7] for s in shapes])
     masses = xs.total(torch.stack([wa.detach().sum(), wb.detach().sum()]).to(torch.float64)).tolist()
     for mass, name in zip(masses, ("a_local", "b_local")):
         if not mass > 0:
