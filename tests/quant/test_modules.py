@@ -1,7 +1,9 @@
 """QuantLinear and quantize_model."""
 from __future__ import annotations
 
+import gc
 import io
+import weakref
 
 import pytest
 import torch
@@ -37,6 +39,29 @@ def test_state_dict_round_trip_as_plain_tensors(rng):
     assert torch.equal(fresh(x), q(x))
     with pytest.raises(RuntimeError, match="size mismatch"):
         quant.QuantLinear(70, 9, bits=4, group_size=64).load_state_dict(state)
+
+
+def test_the_weight_is_built_once_per_set_of_buffers_and_follows_every_change(rng):
+    # QuantLinear keeps one QuantizedWeight over its buffers; every way of changing them is seen.
+    torch.manual_seed(3)
+    q = quant.QuantLinear.from_linear(nn.Linear(96, 7), bits=4, group_size=32)
+    x = torch.randn(2, 96, generator=rng)
+    assert q.weight is q.weight
+    other = quant.quantize(torch.randn(7, 96, generator=rng), 4, 32)
+    with torch.no_grad():
+        q.load_state_dict({**q.state_dict(), "data": other.data, "scales": other.scales, "zeros": other.zeros})
+    torch.testing.assert_close(q(x), quant.group_matmul(x, other, q.bias.detach()), rtol=0, atol=0)  # copied in place
+    old = weakref.ref(q.data)
+    third = quant.quantize(torch.randn(7, 96, generator=rng), 4, 32)
+    q.set_weight(third)
+    gc.collect()
+    assert old() is None  # the replaced buffer is not kept alive by a cached weight
+    torch.testing.assert_close(q(x), quant.group_matmul(x, third, q.bias.detach()), rtol=0, atol=0)
+    q.scales = q.scales * 2  # assignment
+    torch.testing.assert_close(q(x) - q.bias.detach(), 2 * (quant.group_matmul(x, third)), rtol=1e-6, atol=1e-5)
+    before = q.weight
+    q.to(torch.bfloat16)  # _apply replaces the float buffers
+    assert q.weight is not before and q.weight.scales.dtype == torch.bfloat16
 
 
 def test_quantize_model_replaces_linears_except_skipped(rng):

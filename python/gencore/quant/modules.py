@@ -11,6 +11,9 @@ from .functions import group_matmul, quantize
 from .weight import QuantizedWeight
 
 
+_WEIGHT_BUFFERS = ("data", "scales", "zeros", "perm")
+
+
 class QuantLinear(nn.Module):
     """y = x @ dequant(W)^T + bias with W [out_features, in_features] group-quantized.
 
@@ -89,9 +92,32 @@ class QuantLinear(nn.Module):
 
     @property
     def weight(self) -> QuantizedWeight:
-        """The quantized weight as a QuantizedWeight over this module's buffers (no copy)."""
-        return QuantizedWeight(self.data, self.scales, self.zeros, self.bits, self.group_size,
-                               (self.out_features, self.in_features), self.perm)
+        """The quantized weight as a QuantizedWeight over this module's buffers (no copy).
+
+        Built once per set of buffer tensors (rebuilding and re-checking it cost ~5 us of a
+        ~45 us call at 256 x 256): replacing a buffer (``set_weight``, ``.to()``, assignment)
+        drops it, so no replaced weight stays alive; the op checks the layout of every call anyway."""
+        buffers = self._buffers
+        data, scales, zeros, perm = buffers["data"], buffers["scales"], buffers["zeros"], buffers["perm"]
+        if torch.compiler.is_compiling():  # traced: no module state read or written
+            return self._make_weight(data, scales, zeros, perm)
+        qw = self.__dict__.get("_weight_cache")
+        if qw is None or qw.data is not data or qw.scales is not scales or qw.zeros is not zeros or qw.perm is not perm:
+            qw = self.__dict__["_weight_cache"] = self._make_weight(data, scales, zeros, perm)
+        return qw
+
+    def _make_weight(self, data, scales, zeros, perm) -> QuantizedWeight:
+        return QuantizedWeight(data, scales, zeros, self.bits, self.group_size, (self.out_features, self.in_features),
+                               perm)
+
+    def __setattr__(self, name, value):
+        if name in _WEIGHT_BUFFERS:
+            self.__dict__.pop("_weight_cache", None)
+        super().__setattr__(name, value)
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__.pop("_weight_cache", None)  # .to() / .cuda() / .half() replace the buffers
+        return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias if self.bias is None or self.bias.dtype == x.dtype else self.bias.to(x.dtype)
