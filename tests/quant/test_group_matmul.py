@@ -212,6 +212,24 @@ def test_gradients_flow_to_x_and_bias_only(rng):
         quant.group_matmul(x32.detach(), qs).sum().backward()
 
 
+def test_a_bias_alone_needing_its_gradient_gets_it_with_the_ops_checks(rng):
+    # float32 x without grad, a bias that needs one (a layer outside no_grad): torch adds the bias
+    # after the kernel; the same result, the bias's gradient, and the op's checks of the bias.
+    qw = quant.quantize(torch.randn(6, 64, generator=rng), 4, 32)
+    x = torch.randn(3, 64, generator=rng)
+    bias = torch.randn(6, generator=rng, requires_grad=True)
+    y = quant.group_matmul(x, qw, bias)
+    assert torch.equal(y, quant.group_matmul(x, qw, bias.detach()))
+    y.square().sum().backward()
+    torch.testing.assert_close(bias.grad, 2 * y.detach().sum(0))
+    for bad, error, match in ((torch.full((6,), float("nan")), ValueError, "bias contains NaN"),
+                              (torch.randn(1), ValueError, "out_features"),
+                              (torch.randn(6, 1), ValueError, "bias must be 1-D"),
+                              (torch.randn(6, dtype=torch.float64), TypeError, "bias must have the dtype of x")):
+        with pytest.raises(error, match=match):
+            quant.group_matmul(x, qw, bad.requires_grad_())
+
+
 def test_torch_compile_through_the_fake_kernel(rng):
     qw = quant.quantize(torch.randn(9, 64, generator=rng), 4, 32)
     x = torch.randn(2, 4, 64, generator=rng)
