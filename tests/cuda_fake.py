@@ -814,21 +814,22 @@ class FakeCuda:
 
     # ------------------------------------------------------------ quant: group-quantized matmul
 
-    def group_matmul_max_rows(self) -> int:
-        return 64
+    def group_matmul_tile_rows(self) -> int:
+        """cuda/quant/group_matmul.cuh: from this many rows on, the tensor-core tiles run."""
+        return 16
 
     def group_matmul(self, x_ptr, M, K, data_ptr, N, scales_ptr, zeros_ptr, group_size, bits, bias_ptr, out_ptr,
                      stream, device):
-        """y [M, N] float32 = x [M, K] . dequant(W)^T (+ bias), as cuda/quant/group_matmul.cu: each
-        weight dequantized as (q - z) * s in float32, products summed per output (here in float64)."""
+        """y [M, N] float32 = x [M, K] . dequant(W)^T (+ bias), any M, as cuda/quant/group_matmul.cu
+        (a warp per output row below group_matmul_tile_rows() rows, 3xTF32 tensor-core tiles from
+        there): each weight dequantized as (q - z) * s in float32, products summed per output (here
+        in float64)."""
         op = "group_matmul"
         self.calls[op] += 1
         if bits not in (4, 8):
             _fail(op, f"bits must be 4 or 8, got {bits}")
         if M < 0 or N < 0 or K < 0 or group_size < 1:
             _fail(op, "need M, N, K >= 0 and group >= 1")
-        if M > 64:
-            _fail(op, f"M = {M} exceeds the kernel's 64 rows")
         if M == 0 or N == 0:
             return
         self._enter(op, device, stream)

@@ -779,6 +779,12 @@ def test_fake_workspace_sizes_are_the_real_ones():
 
 
 @real_cuda
+def test_fake_group_matmul_tile_rows_is_the_real_one():
+    # the row count where the glue tests over the fake put their boundary cases
+    assert FakeCuda().group_matmul_tile_rows() == _native.cuda.group_matmul_tile_rows()
+
+
+@real_cuda
 def test_real_module_without_gpu_says_so():
     if _native.cuda.device_count() > 0:
         pytest.skip("a GPU is present")

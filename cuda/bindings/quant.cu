@@ -15,8 +15,9 @@ namespace py = pybind11;
 namespace gencore::gpu::bindings {
 
 void bind_quant(py::module_& m) {
-  m.def("group_matmul_max_rows", [] { return kGroupMatmulMaxRows; },
-        "The most activation rows group_matmul() takes in one launch.");
+  m.def("group_matmul_tile_rows", [] { return kGroupMatmulTileRows; },
+        "The fewest activation rows group_matmul() runs on tensor cores (64 x 64 tiles, 3xTF32,\n"
+        "sm_80 and later); fewer rows take one warp per output row.");
   m.def(
       "group_matmul",
       [](std::uintptr_t x, int64_t M, int64_t K, std::uintptr_t data, int64_t N, std::uintptr_t scales,
@@ -33,7 +34,8 @@ void bind_quant(py::module_& m) {
       py::arg("stream"), py::arg("device"),
       "y [M, N] float32 = x [M, K] float32 . dequant(W)^T (+ bias [N] when bias_ptr != 0), W group-\n"
       "quantized (int4 two codes a byte, low nibble first, or int8; scales / zeros [N, ceil(K / group)]\n"
-      "float32). M <= group_matmul_max_rows(). Queued on `stream`; never synchronises; no workspace.");
+      "float32). Any M: from group_matmul_tile_rows() rows on tensor cores at float32 accuracy (3xTF32).\n"
+      "Queued on `stream`; never synchronises; no workspace.");
   m.def("group_matmul_int8_workspace_bytes", &gpu::group_matmul_int8_workspace_bytes, py::arg("M"), py::arg("K"),
         py::arg("group_size"), "Workspace bytes group_matmul_int8() needs (the activations' codes and scales).");
   m.def(

@@ -10,9 +10,9 @@
 
 namespace gencore::gpu {
 
-// The most activation rows one launch takes (the Python layer runs larger
-// batches through the reference, dequantize + a cuBLAS matmul in torch).
-constexpr int64_t kGroupMatmulMaxRows = 64;
+// The fewest activation rows that run on tensor cores (group_matmul_tiles.cuh: 64 x 64
+// tiles, 3xTF32, float32 accuracy); fewer rows take one warp per output row. Any M.
+constexpr int64_t kGroupMatmulTileRows = 16;
 
 void group_matmul(const float* x, int64_t M, int64_t K, const uint8_t* data, int64_t N, const float* scales,
                   const float* zeros, int64_t group, int bits, const float* bias, float* y, cudaStream_t stream,

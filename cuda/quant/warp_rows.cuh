@@ -1,6 +1,8 @@
 // The skeleton both group matmul kernels share (group_matmul.cu, group_matmul_int8.cu):
 // one warp per output row n of y [M, N], activation rows in passes of kRowsPerPass
-// (the weight row is re-read from L1/L2 once per pass), one warp reduction per output.
+// (the weight row is re-read from L1/L2 once per pass), one warp reduction per output;
+// and the weight codes and their dequantization, which the tensor-core tiles
+// (group_matmul_tiles.cu) read the same way.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -15,6 +17,13 @@ constexpr int kRowsPerPass = 8;
 template <int BITS>
 __device__ __forceinline__ int weight_code(const uint8_t* __restrict__ q, int k) {
   return BITS == 4 ? (q[k >> 1] >> ((k & 1) * 4)) & 0x0F : q[k];
+}
+
+// dequant(W)[n, k] = (q - z) * s of code k of the weight row q, rounded as the CPU kernel
+// and quant_dequantize round it (two float32 operations, never contracted).
+template <int BITS>
+__device__ __forceinline__ float dequantized(const uint8_t* __restrict__ q, int k, float z, float s) {
+  return __fmul_rn(__fsub_rn(float(weight_code<BITS>(q, k)), z), s);
 }
 
 // For the warp's output row n: pass(n, lane, m0, rows, acc) adds this lane's share of

@@ -120,9 +120,15 @@ def group_matmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tens
     activations' group sums. The result matches ``reference.group_matmul``
     (float32 dequantize, then matmul) to ~2e-7 of max(|x| @ |W|^T) (float32
     level; an element far below its group's largest keeps fewer bits). More rows
-    dequantize tiles of 64 weight rows once and run SciPy's sgemm on them. CUDA (float path): one warp per output row,
-    dequantizing in registers, up to 64 rows; more rows run the reference
-    (dequantize + torch matmul) with a one-time warning. CUDA int8 path: a warp
+    dequantize tiles of 64 weight rows once and run SciPy's sgemm on them.
+    CUDA (float path), any batch: below 16 rows one warp per output row
+    dequantizes in registers; from 16 rows a block owns a 64 x 64 output tile,
+    dequantizes the weight tile into shared memory with the CPU's rounding and
+    multiplies on tensor cores in 3xTF32 (each operand a TF32 part plus a TF32
+    remainder, three products into float32 sums), keeping float32 accuracy
+    rather than TF32's; GPUs before sm_80 keep the warp kernel. Non-finite
+    inputs are not checked on CUDA and give non-finite outputs (an inf may
+    become NaN). CUDA int8 path: a warp
     per (row, group) quantizes x, a warp per output row sums the integer group
     dots (any batch).
 

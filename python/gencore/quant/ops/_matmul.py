@@ -110,12 +110,6 @@ def _cuda_matmul(x, data, scales, zeros, bias, bits, group_size, in_features):
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
-def _cuda_limit(x, data, scales, zeros, bias, bits, group_size, in_features):
-    limit = _native.cuda.group_matmul_max_rows()
-    return (f"{x.shape[0]} activation rows exceed the CUDA kernel's {limit} (dequantize + matmul in torch runs)"
-            if x.shape[0] > limit else None)
-
-
 def _setup_context(ctx, inputs, output):
     x, data, scales, zeros, bias, bits, group_size, in_features = inputs
     ctx.save_for_backward(data, scales, zeros)
@@ -159,7 +153,7 @@ GROUP_MATMUL = Op(
     "(Tensor x, Tensor data, Tensor scales, Tensor zeros, Tensor? bias, int bits, int group_size, "
     "int in_features) -> Tensor",
     check=_check_matmul, fake=_fake_matmul, reference=reference.group_matmul, cpu=_cpu_matmul, cuda=_cuda_matmul,
-    cpu_dtypes=_FLOAT16_32, cuda_limit=_cuda_limit, finite=("x", "scales", "zeros", "bias"),
+    cpu_dtypes=_FLOAT16_32, finite=("x", "scales", "zeros", "bias"),
     cpu_kernel_checks=("x", "scales", "zeros"),
     empty=lambda x, data, *rest: x.shape[0] * data.shape[0] == 0,
     backward=_backward, setup_context=_setup_context, samples=_samples_matmul,
