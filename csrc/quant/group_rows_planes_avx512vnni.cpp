@@ -25,7 +25,7 @@ struct VnniDot : Int32Lanes {
   static constexpr int kWeightRows1 = 2, kWeightRows3 = 2;
   static constexpr int kBatchWeightRows1 = 2, kBatchWeightRows3 = 2;
   static constexpr int kRowsPerCall1 = 4, kRowsPerCall3 = 3;
-  // int4_row_whole_groups: at 3 planes 12 accumulators, 4 totals, 8 nibble and 2 code vectors (4 rows
+  // row_whole_groups: at 3 planes 12 accumulators, 4 totals, 8 nibble and 2 code vectors (4 rows
   // measured 1.06x 2 rows at 3 planes, 1.8x at 1: 256 x 4096 g128 in L2).
   static constexpr int kWholeGroupRows1 = 4, kWholeGroupRows3 = 4;
   static void add(Acc& acc, __m256i lo, __m256i hi, __m256i even, __m256i odd) {

@@ -22,7 +22,7 @@
 // and byte_offset<P>() (int8: add_bytes accumulates sum c (q - byte_offset));
 // and the register budget at 1 and 3 planes: kWeightRows1 / kWeightRows3 (weight
 // rows per call for one activation row), kWholeGroupRows1 / kWholeGroupRows3 (the
-// same in int4_row_whole_groups), kBatchWeightRows1 / kBatchWeightRows3 and
+// same in row_whole_groups), kBatchWeightRows1 / kBatchWeightRows3 and
 // kRowsPerCall1 / kRowsPerCall3 (weight and activation rows per call for several).
 #pragma once
 #if !defined(GENCORE_ISA_REGION_OPEN)
@@ -218,20 +218,21 @@ void plane_rows(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64
                                         x.sums + b * x.ldg, groups, float(offset));
 }
 
-// One activation row against NR int4 weight rows whose groups are whole 64-element blocks
-// (group % 64 == 0 and K % group == 0: GPTQ / AWQ's groups of 64 and 128 on layers of any usual
-// width, and per-channel rows of such K) or pairs of groups of 32 (K % 64 == 0): the batch-1
-// path's time is spent here. plane_rows in a tight form: pointers advance instead of being
-// recomputed from k, the loads stay in registers (keep_in_register), and a group of one or two
-// blocks is straight-line code with fresh accumulators (GCC otherwise keeps a loop of unknown
-// trip count and copies every accumulator through it). Same sums in the same order as plane_rows.
-// Measured against it on 256 x 4096 weights in L2, 1 thread: 1.5x (VNNI) and 1.3x (AVX2) at 3
-// planes, g128; 1.8x / 1.5x at 1 plane. FixedBlocks: blocks a step when known (0: group / 64);
-// Pairs: groups of 32, two a block (one per 128-bit lane).
-template <class Dot, int NR, int P, int FixedBlocks, bool Pairs>
-__attribute__((noinline)) void int4_row_whole_groups(  // not inlined: one copy a configuration
+// One activation row against NR weight rows whose groups are whole blocks (int4: 64-element
+// blocks, or pairs of groups of 32; int8: 32-element blocks, groups within one exact run), with
+// K a whole number of groups: GPTQ / AWQ's groups of 32 to 128 on layers of any usual width,
+// and per-channel rows of such K. The batch-1 path's time is spent here. plane_rows in a tight
+// form: pointers advance instead of being recomputed from k, the loads stay in registers
+// (keep_in_register), and groups of up to four blocks are straight-line code with fresh
+// accumulators (GCC otherwise keeps a loop of unknown trip count and copies every accumulator
+// through it). Same sums in the same order as plane_rows. Measured against it on 256 x 4096
+// int4 weights in L2, 1 thread: 1.5x (VNNI) and 1.3x (AVX2) at 3 planes, g128; 1.8x / 1.5x at
+// 1 plane. FixedBlocks: blocks a step when known (0: group / block); Pairs: int4 groups of 32,
+// two a block (one per 128-bit lane).
+template <class Dot, class Codes, int NR, int P, int FixedBlocks, bool Pairs>
+__attribute__((noinline)) void row_whole_groups(  // not inlined: one copy a configuration
     const ActivationPlanes& x, const WeightRows& w, int64_t K, int64_t group, float* out) {
-  using Codes = Int4Codes;
+  constexpr int offset = Codes::template offset<Dot, P>();
   const int64_t blocks = FixedBlocks > 0 ? FixedBlocks : group / Codes::kPerBlock;
   const int64_t groups = K / group, steps = Pairs ? groups / 2 : groups;
   const uint8_t* rows[NR];
@@ -257,13 +258,13 @@ __attribute__((noinline)) void int4_row_whole_groups(  // not inlined: one copy 
     for (int r = 0; r < NR; ++r) {
       __m256i bytes = load32(rows[r]);
       keep_in_register(bytes);
-      wv[r] = Codes::weights<Dot, P>(bytes);
+      wv[r] = Codes::template weights<Dot, P>(bytes);
     }
     for (int p = 0; p < P; ++p) {
       Operands c = Codes::activations(codes + p * K);
       keep_in_register(c.a);
       keep_in_register(c.b);
-      for (int r = 0; r < NR; ++r) Codes::add<Dot, P>(acc[r][p], wv[r], c);
+      for (int r = 0; r < NR; ++r) Codes::template add<Dot, P>(acc[r][p], wv[r], c);
     }
     for (int r = 0; r < NR; ++r) rows[r] += 32;
     ahead += NR * 32;
@@ -290,26 +291,31 @@ __attribute__((noinline)) void int4_row_whole_groups(  // not inlined: one copy 
     }
   }
   for (int r = 0; r < NR; ++r)
-    out[r] = hsum8(total[r]) - zero_share_vec(scales[r], w.zeros + r * w.scale_stride, x.sums, groups, 0.0f);
+    out[r] = hsum8(total[r]) - zero_share_vec(scales[r], w.zeros + r * w.scale_stride, x.sums, groups, float(offset));
 }
 
-// Whether int4_row_whole_groups takes rows of K codes in groups of `group`.
-inline bool whole_group_rows(int64_t K, int64_t group) {
-  return group == kPairGroup ? K % (2 * kPairGroup) == 0 : group % Int4Codes::kPerBlock == 0 && K % group == 0;
+// Whether row_whole_groups takes rows of K codes in groups of `group`.
+template <class Codes>
+bool whole_group_rows(int64_t K, int64_t group) {
+  if (Codes::kGroupPairs && group == kPairGroup) return K % (2 * kPairGroup) == 0;
+  return group % Codes::kPerBlock == 0 && K % group == 0 && (!Codes::kExactRuns || group <= kMaxExactRun);
 }
 
-// int4_row_whole_groups' configurations: steps of one (g32 pairs, g64) or two (g128) blocks unrolled,
-// longer groups in a loop.
-template <class Dot, int NR, int P>
-void int4_row_whole_groups_for(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64_t group, float* out) {
-  if (group == kPairGroup)
-    int4_row_whole_groups<Dot, NR, P, 1, true>(x, w, K, group, out);
-  else if (group == Int4Codes::kPerBlock)
-    int4_row_whole_groups<Dot, NR, P, 1, false>(x, w, K, group, out);
-  else if (group == 2 * Int4Codes::kPerBlock)
-    int4_row_whole_groups<Dot, NR, P, 2, false>(x, w, K, group, out);
+// row_whole_groups' configurations: groups of one to four blocks unrolled (int4 g32 pairs, g64,
+// g128; int8 g32, g64, g128), longer groups in a loop.
+template <class Dot, class Codes, int NR, int P>
+void row_whole_groups_for(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64_t group, float* out) {
+  constexpr int64_t block = Codes::kPerBlock;
+  if (Codes::kGroupPairs && group == kPairGroup)
+    row_whole_groups<Dot, Codes, NR, P, 1, true>(x, w, K, group, out);
+  else if (group == block)
+    row_whole_groups<Dot, Codes, NR, P, 1, false>(x, w, K, group, out);
+  else if (group == 2 * block)
+    row_whole_groups<Dot, Codes, NR, P, 2, false>(x, w, K, group, out);
+  else if (group == 4 * block)
+    row_whole_groups<Dot, Codes, NR, P, 4, false>(x, w, K, group, out);
   else
-    int4_row_whole_groups<Dot, NR, P, 0, false>(x, w, K, group, out);
+    row_whole_groups<Dot, Codes, NR, P, 0, false>(x, w, K, group, out);
 }
 
 // nb (1 <= nb <= NB) activation rows, NR weight rows, in one call of plane_rows.
@@ -341,15 +347,14 @@ template <class Dot, class Codes, int P, int NR, int NRb, int PerCall>
 void plane_rows_for(const ActivationPlanes& x, int nb, const WeightRows& w, int64_t K, int64_t group, float* out,
                     int64_t ldo) {
   if (nb == 1) {  // the loads of the activation codes, shared by NR weight rows, are what limits
-    if constexpr (Codes::kBits == 4)
-      if (whole_group_rows(K, group)) {
-        constexpr int kRows = P == 1 ? Dot::kWholeGroupRows1 : Dot::kWholeGroupRows3;
-        int r = 0;
-        for (; r + kRows <= w.rows; r += kRows)
-          int4_row_whole_groups_for<Dot, kRows, P>(x, w.from(r, kRows), K, group, out + r);
-        for (; r < w.rows; ++r) int4_row_whole_groups_for<Dot, 1, P>(x, w.from(r, 1), K, group, out + r);
-        return;
-      }
+    if (whole_group_rows<Codes>(K, group)) {
+      constexpr int kRows = P == 1 ? Dot::kWholeGroupRows1 : Dot::kWholeGroupRows3;
+      int r = 0;
+      for (; r + kRows <= w.rows; r += kRows)
+        row_whole_groups_for<Dot, Codes, kRows, P>(x, w.from(r, kRows), K, group, out + r);
+      for (; r < w.rows; ++r) row_whole_groups_for<Dot, Codes, 1, P>(x, w.from(r, 1), K, group, out + r);
+      return;
+    }
     int r = 0;
     for (; r + NR <= w.rows; r += NR) plane_rows<Dot, Codes, NR, 1, P>(x, w.from(r, NR), K, group, out + r, ldo);
     for (; r < w.rows; ++r) plane_rows<Dot, Codes, 1, 1, P>(x, w.from(r, 1), K, group, out + r, ldo);

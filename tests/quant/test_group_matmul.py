@@ -72,12 +72,13 @@ def test_rows_path_keeps_float32_level_accuracy(rng, simd_level, bits):
 @native_cpu_only
 @pytest.mark.parametrize("activations", ["float", "int8"])
 @pytest.mark.parametrize("group_size", [32, 64, 128, -1])
-def test_int4_single_rows_of_whole_groups(rng, simd_level, group_size, activations):
-    # One activation row against int4 weights whose K is a whole number of groups (of 64-element
-    # blocks, or pairs of 32) has its own kernel: rows 4 or 2 at a time with the 1-3 left over one
-    # by one (N), M = 9 ending on a single-row call, outliers; against the reference of each path.
+@pytest.mark.parametrize("bits", [4, 8])
+def test_single_rows_of_whole_groups(rng, simd_level, bits, group_size, activations):
+    # One activation row against weights whose K is a whole number of groups (of whole blocks, or
+    # int4 pairs of 32) has its own kernel: rows 4 or 2 at a time with the 1-3 left over one by
+    # one (N), M = 9 ending on a single-row call, outliers; against the reference of each path.
     for m, n, k in ((1, 1, 384), (1, 7, 384), (9, 23, 768), (1, 6, 1536), (2, 5, 384)):
-        qw = quant.quantize(torch.randn(n, k, generator=rng), 4, group_size)
+        qw = quant.quantize(torch.randn(n, k, generator=rng), bits, group_size)
         x = torch.randn(m, k, generator=rng)
         x[:, ::41] *= 100
         if activations == "float":
