@@ -121,6 +121,16 @@ inline __m256 planes_to_float(const typename Dot::Acc* acc) {
 // run). int4 lanes take at most 8 x 15 x 128 a 64-weight block: one run up to ~8.9M weights.
 constexpr int64_t kMaxExactRun = int64_t(1) << 18;
 
+// The scales and zeros of the `rows` weight rows after w's first `rows`, into L1: they are read at
+// the end of each group, while those rows' codes stream.
+inline void prefetch_next_params(const WeightRows& w, int rows, int64_t groups) {
+  for (int r = rows; r < 2 * rows; ++r)
+    for (int64_t g = 0; g < groups; g += 16) {
+      _mm_prefetch(reinterpret_cast<const char*>(w.scales + r * w.scale_stride + g), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w.zeros + r * w.scale_stride + g), _MM_HINT_T0);
+    }
+}
+
 template <class Dot, class Codes, int NR, int NB, int P>
 void plane_rows(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64_t group, float* out, int64_t ldo) {
   __m256 total[NR][NB];
@@ -132,11 +142,7 @@ void plane_rows(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64
     }
   constexpr int offset = Codes::template offset<Dot, P>();
   const int64_t groups = (K + group - 1) / group;
-  for (int r = NR; r < 2 * NR; ++r)  // the next rows' scales and zeros, read at the end of each group
-    for (int64_t g = 0; g < groups; g += 16) {
-      _mm_prefetch(reinterpret_cast<const char*>(w.scales + r * w.scale_stride + g), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(w.zeros + r * w.scale_stride + g), _MM_HINT_T0);
-    }
+  prefetch_next_params(w, NR, groups);
   typename Dot::Acc acc[NR][NB][P];
   // The whole blocks of [k0, k1) into fresh accumulators.
   auto accumulate = [&](int64_t k0, int64_t k1) {
@@ -245,11 +251,7 @@ __attribute__((noinline)) void row_whole_groups(  // not inlined: one copy a con
   }
   // The next NR rows (contiguous in a packed weight), swept linearly ahead of the loads, as in plane_rows.
   const uint8_t* ahead = w.data + NR * w.data_stride;
-  for (int r = NR; r < 2 * NR; ++r)
-    for (int64_t g = 0; g < groups; g += 16) {
-      _mm_prefetch(reinterpret_cast<const char*>(w.scales + r * w.scale_stride + g), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(w.zeros + r * w.scale_stride + g), _MM_HINT_T0);
-    }
+  prefetch_next_params(w, NR, groups);
   const int8_t* codes = x.codes;  // plane p of block k at codes + p * K
   typename Dot::Acc acc[NR][P];
   auto add_block = [&] {

@@ -60,7 +60,8 @@ PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def _all_finite(x: torch.Tensor) -> bool:
-    if type(x) in PLAIN_TENSOR_TYPES and x.is_cpu and x.dtype in _NUMPY_FINITE_DTYPES and x.numel() <= _NUMPY_FINITE_MAX:
+    if (type(x) in PLAIN_TENSOR_TYPES and x.is_cpu and x.dtype in _NUMPY_FINITE_DTYPES
+            and x.numel() <= _NUMPY_FINITE_MAX):
         try:
             return bool(np.isfinite(x.detach().numpy()).all())
         except (RuntimeError, TypeError):   # conjugate / negative-bit views have no numpy view

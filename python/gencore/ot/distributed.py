@@ -31,8 +31,8 @@ from .. import _checks
 from .._op import checks_values_of
 from . import reference
 from .sinkhorn import (SinkhornResult, _bounds, _check_loop, _check_p, _check_reach, _diameter, _divergence_envelope,
-                       _divergence_value, _needs_grad, _pair_envelope, _pair_value, _positive, _sides, _softmin, _solve, _start,
-                       _weights, _whiten, epsilon_schedule)
+                       _divergence_value, _needs_grad, _pair_envelope, _pair_value, _positive, _sides, _softmin,
+                       _solve, _start, _weights, _whiten, epsilon_schedule)
 
 __all__ = ["sinkhorn", "sinkhorn_divergence"]
 
