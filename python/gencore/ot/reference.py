@@ -55,12 +55,28 @@ def sinkhorn_softmin(x: torch.Tensor, y: torch.Tensor, log_weights: torch.Tensor
     eps > 0, p 1 or 2. An online log-sum-exp over tiles of y with distances
     computed directly (no expansion), so memory is O(N tile).
     """
+    return _streamed_softmax(x, y, log_weights, eps, p, "gradient" if gradient else None)
+
+
+def barycentric_projection(x: torch.Tensor, y: torch.Tensor, log_weights: torch.Tensor, eps: float,
+                           p: int) -> torch.Tensor:
+    """T [N, d]: T(x_i) = sum_j P_ij y_j, P_ij = softmax_j(h_j - C_ij / eps) (arguments as
+    ``sinkhorn_softmin``): with h = log b + g / eps the plan's conditional mean of y given
+    x_i, the barycentric map of the entropic plan, defined for any x (p = 2: x - df/dx).
+    Streamed like the softmin, O(N tile) memory."""
+    return _streamed_softmax(x, y, log_weights, eps, p, "barycentre")[1]
+
+
+def _streamed_softmax(x, y, log_weights, eps, p, moment):
+    """(f, M): f the softmin, M a mean under P_ij = softmax_j(h_j - C_ij / eps) by one online
+    pass over tiles of y: "gradient" sum_j w_ij (x_i - y_j) (w = P for p = 2, P / |x_i - y_j|
+    for p = 1, 0 at distance 0), "barycentre" sum_j P_ij y_j, None an [N, 0] tensor."""
     dtype = compute_dtype(x.dtype)
     x, y, h = x.to(dtype), y.to(dtype), log_weights.to(dtype)
     n, d = x.shape
     running_max = torch.full((n,), -math.inf, dtype=dtype, device=x.device)
     total = torch.zeros(n, dtype=dtype, device=x.device)
-    acc = torch.zeros(n, d if gradient else 0, dtype=dtype, device=x.device)   # sum_j P_ij dC_ij/dx_i, unnormalised
+    acc = torch.zeros(n, 0 if moment is None else d, dtype=dtype, device=x.device)   # unnormalised
     for start in range(0, y.shape[0], _SOFTMIN_TILE):
         tile = y[start:start + _SOFTMIN_TILE]
         cost = ground_cost(x, tile, p)
@@ -70,13 +86,14 @@ def sinkhorn_softmin(x: torch.Tensor, y: torch.Tensor, log_weights: torch.Tensor
         numer = torch.exp(logits - shift[:, None])
         rescale = torch.exp(running_max - shift)
         total = total * rescale + numer.sum(1)
-        if gradient:
-            # sum_j w_ij (x_i - y_j) with w = P (p = 2) or P / |x_i - y_j| (p = 1, 0 at distance 0)
+        if moment == "gradient":
             w = numer if p == 2 else torch.where(cost > 0, numer / cost, torch.zeros_like(numer))
             acc = acc * rescale[:, None] + w.sum(1)[:, None] * x - w @ tile
+        elif moment == "barycentre":
+            acc = acc * rescale[:, None] + numer @ tile
         running_max = new_max
     f = -eps * (running_max + torch.log(total))
-    return f, (acc / total[:, None] if gradient else acc)
+    return f, (acc if moment is None else acc / total[:, None])
 
 
 def sinkhorn_softmin_dense(x: torch.Tensor, y: torch.Tensor, log_weights: torch.Tensor, eps: float,

@@ -22,10 +22,10 @@ import torch
 from .. import _arrays, _checks
 from .._op import checks_values_of
 from . import reference
-from .ops._sinkhorn import SINKHORN_SOFTMIN
+from .ops._sinkhorn import BARYCENTRIC_PROJECTION, SINKHORN_SOFTMIN
 from .ops._sinkhorn_dense import SINKHORN_DENSE, check_dense_weights
 
-__all__ = ["SinkhornResult", "sinkhorn", "sinkhorn_divergence", "sinkhorn_cost_matrix"]
+__all__ = ["SinkhornResult", "sinkhorn", "sinkhorn_divergence", "sinkhorn_cost_matrix", "barycentric_projection"]
 
 #: Iterations at the final epsilon without a new smallest marginal error after which the
 #: error counts as stalled (a float32 rounding floor above tol): long enough that a slow
@@ -129,11 +129,18 @@ def _check_balanced(a: torch.Tensor, b: torch.Tensor) -> None:
 def _whiten(x: torch.Tensor, y: torch.Tensor, cost: str, whitening) -> tuple[torch.Tensor, torch.Tensor]:
     """Points in the coordinates where the whitened distance ((x - y)^T W (x - y))^(1/2) is |x - y|
     (so either p's cost of it is the plain one)."""
+    factor = _whitening_factor(x, cost, whitening)
+    return (x, y) if factor is None else (x @ factor, y @ factor)
+
+
+def _whitening_factor(x: torch.Tensor, cost: str, whitening) -> Optional[torch.Tensor]:
+    """L with W = L L^T (checked) for cost="whitened", so (x - y)^T W (x - y) = |(x - y) L|^2; None
+    for the plain cost."""
     cost = _checks.choice(cost, "cost", ("sqeuclidean", "whitened"))
     if cost == "sqeuclidean":
         if whitening is not None:
             raise ValueError('whitening is only used with cost="whitened"')
-        return x, y
+        return None
     if whitening is None:
         raise ValueError('cost="whitened" needs whitening=W, a [d, d] symmetric positive definite matrix')
     d = x.shape[1]
@@ -146,7 +153,7 @@ def _whiten(x: torch.Tensor, y: torch.Tensor, cost: str, whitening) -> tuple[tor
     factor, info = torch.linalg.cholesky_ex(w)
     if int(info) != 0 or not torch.allclose(w.detach(), w.detach().T, rtol=1e-5, atol=1e-6 * float(w.detach().abs().max())):
         raise ValueError("whitening must be symmetric positive definite (its Cholesky factorisation failed)")
-    return x @ factor, y @ factor
+    return factor
 
 
 # ====================================================================== the loop
@@ -659,6 +666,63 @@ def sinkhorn_divergence(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tens
     if not need_grad:
         return value
     return _divergence_envelope(xw, yw, wa, wb, value, sides, (d_ab, d_ba, d_aa, d_bb), rho)
+
+
+# ====================================================================== public: the plan's map
+
+@_arrays.accepts_arrays
+def barycentric_projection(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, b: Optional[torch.Tensor] = None,
+                           blur: float = 0.05, p: int = 2, cost: str = "sqeuclidean",
+                           whitening: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The barycentric map of an entropic plan, without the plan: T [N, d] with
+
+        T(x_i) = sum_j pi_ij y_j / sum_j pi_ij = sum_j softmax_j(log b_j + (g_j - C(x_i, y_j)) / eps) y_j
+
+    for the potential ``g`` of y (``sinkhorn(x, y, ...).g``; f cancels out). At the points x
+    of the solve it maps each to where its mass goes (domain adaptation's mapping, the OT
+    displacement x -> T(x)); any other x extends the map out of sample (the softmin's
+    smooth extension, as GeomLoss's potentials). For p = 2, x - T(x) is the gradient of
+    the potential f (the envelope gradient's df/dx). Unbalanced plans (reach) have the
+    same conditional, so their g works unchanged.
+
+    Args:
+        x: [N, d] query points (N = 0 gives [0, d]), float, or a numpy / CuPy array.
+        y: [M, d] points of the target, same dtype and device; M >= 1.
+        g: [M] the potential on y, finite.
+        b: [M] weights of y >= 0 with some mass (default uniform 1 / M), as in the solve.
+        blur, p, cost, whitening: as in ``sinkhorn`` (eps = blur^p; use the solve's values).
+
+    Returns T in float64 for float64 input, else float32. Streamed by the Sinkhorn
+    softmin's kernel (its weighted-mean output, ``gencore::ot_barycentric_projection``):
+    memory O((N + M) d), never N x M. Not differentiable (refused when an input requires
+    grad); inputs are never modified.
+    """
+    _checks.tensor(x, "x", ndim=2)
+    if x.shape[1] == 0:
+        raise ValueError("x has dimension d = 0")
+    y = _cloud(y, "y")
+    _checks.same_device(x=x, y=y)
+    _checks.same_dtype("x", x, y=y)
+    _checks.same_size("feature dimension", **{"x.shape[1]": x.shape[1], "y.shape[1]": y.shape[1]})
+    _checks.tensor(g, "g", ndim=1)
+    if g.shape[0] != y.shape[0]:
+        raise ValueError(f"g must hold one potential per point of y: shape [{y.shape[0]}], got {tuple(g.shape)}")
+    _checks.same_device(y=y, g=g)
+    if checks_values_of(g):
+        _checks.finite(g, "g")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, y, g, b, whitening)):
+        raise NotImplementedError("gencore.ot.barycentric_projection is not differentiable; pass detached tensors")
+    p = _check_p(p)
+    eps = _positive(blur, "blur") ** p
+    dtype = reference.compute_dtype(x.dtype)
+    wb = _weights(b, "b", y.shape[0], y, dtype)
+    points_x, points_y = x.to(dtype), y.to(dtype)
+    factor = _whitening_factor(points_x, cost, whitening)
+    xw, yw = (points_x, points_y) if factor is None else (points_x @ factor, points_y @ factor)
+    mapped = BARYCENTRIC_PROJECTION(xw, yw, _log(wb) + g.to(dtype) / eps, eps, p)
+    if factor is None:
+        return mapped
+    return torch.linalg.solve_triangular(factor, mapped, upper=False, left=False)   # back from x L coordinates
 
 
 # ====================================================================== public: a given cost matrix

@@ -66,12 +66,18 @@ def _fake(x, y, log_weights, eps, p, gradient):
     return x.new_empty((n,), dtype=dtype), x.new_empty((n, d if gradient else 0), dtype=dtype)
 
 
+def _stream_scales(x, eps, p, dtype):
+    """(sigma, alpha) [N] of gencore._softmin for the cost of exponent p at this eps."""
+    n = x.shape[0]
+    sigma = torch.full((n,), math.sqrt(eps) if p == 2 else eps, dtype=dtype, device=x.device)
+    return sigma, torch.ones(n, dtype=dtype, device=x.device)
+
+
 def _softmin_by(stream, x, eps, p, gradient, dtype):
     """(f, df/dx) from ``stream(sigma, alpha, cost, with_denoised) -> (D or None, log_z)``, the
     CPU or CUDA glue of gencore._softmin on this call's x, y and log-weights."""
     n = x.shape[0]
-    sigma = torch.full((n,), math.sqrt(eps) if p == 2 else eps, dtype=dtype, device=x.device)
-    alpha = torch.ones(n, dtype=dtype, device=x.device)
+    sigma, alpha = _stream_scales(x, eps, p, dtype)
     points = x.to(dtype)
     if p == 2:
         barycentre, log_z = stream(sigma, alpha, _softmin.SQUARED, gradient)
@@ -128,4 +134,50 @@ SINKHORN_SOFTMIN = Op(
     check=_check, fake=_fake, reference=reference.sinkhorn_softmin, cpu=_cpu, cuda=_cuda,
     finite=("x", "y"), cpu_kernel_checks=("x",), check_values=_check_values,
     empty=lambda x, *rest: x.shape[0] == 0, samples=_samples,
+)
+
+
+# ---------------------------------------------------------------------------------- T(x)
+# gencore::ot_barycentric_projection(x [N, d], y [M, d], log_weights [M], eps, p) -> T [N, d]
+#     T(x_i) = sum_j P_ij y_j,  P_ij = softmax_j(h_j - C_ij / eps)
+# the same streamed pass as the softmin with the data-set kernel's weighted mean D as the
+# output (the denoiser's D, under the squared or the euclidean logits): with h = log b + g / eps
+# the entropic plan's conditional mean of y given x_i, for any x; never N x M.
+
+def _check_projection(x, y, log_weights, eps, p):
+    return _check(x, y, log_weights, eps, p, False)[:5]
+
+
+def _check_projection_values(backend, x, y, log_weights, eps, p):
+    _check_values(backend, x, y, log_weights, eps, p, False)
+
+
+def _fake_projection(x, y, log_weights, eps, p):
+    return x.new_empty(tuple(x.shape), dtype=reference.compute_dtype(x.dtype))
+
+
+def _projection_by(stream, x, eps, p, dtype):
+    sigma, alpha = _stream_scales(x, eps, p, dtype)
+    barycentre, _ = stream(sigma, alpha, _softmin.SQUARED if p == 2 else _softmin.EUCLIDEAN, True)
+    return barycentre
+
+
+def _projection_cpu(x, y, log_weights, eps, p):
+    dtype = reference.compute_dtype(x.dtype)
+    return _projection_by(lambda sigma, alpha, cost, with_denoised: _softmin.cpu(
+        x, y, sigma, alpha, log_weights, dtype, with_denoised=with_denoised, cost=cost), x, eps, p, dtype)
+
+
+def _projection_cuda(x, y, log_weights, eps, p):
+    return _projection_by(lambda sigma, alpha, cost, with_denoised: _softmin.cuda(
+        x, y, sigma, alpha, log_weights, with_denoised=with_denoised, cost=cost), x, eps, p, torch.float32)
+
+
+BARYCENTRIC_PROJECTION = Op(
+    "ot.barycentric_projection",
+    "(Tensor x, Tensor y, Tensor log_weights, float eps, int p) -> Tensor",
+    check=_check_projection, fake=_fake_projection, reference=reference.barycentric_projection,
+    cpu=_projection_cpu, cuda=_projection_cuda, finite=("x", "y"), cpu_kernel_checks=("x",),
+    check_values=_check_projection_values, empty=lambda x, *rest: x.shape[0] == 0,
+    samples=lambda gen: [sample[:5] for sample in _samples(gen)],
 )
