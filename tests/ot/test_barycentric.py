@@ -153,3 +153,33 @@ def test_bad_input_names_the_argument(rng):
         bp(x, y.double(), g)
     with pytest.raises(NotImplementedError, match="not differentiable"):
         bp(x.requires_grad_(), y, g)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_cuda_glue_streams_the_map_over_the_fake(rng, monkeypatch, p):
+    from gencore import _native, _native_call, _softmin
+
+    from tests.cuda_fake import FakeCuda
+
+    fake = FakeCuda()
+    monkeypatch.setattr(_native, "cuda", fake)
+    monkeypatch.setattr(_native_call, "cuda_stream", lambda device: 0)
+    monkeypatch.setattr(_softmin, "_CUDA_TILE", 7)
+    x, y = rand(rng, 9, 4, dtype=torch.float32), rand(rng, 45, 4, dtype=torch.float32)
+    b = simplex(rng, 45, torch.float32)
+    b[:14] = 0   # the first two tiles have no mass
+    g = torch.randn(45, generator=rng) * 0.01
+    h = torch.log(b) + g / 0.05 ** p
+    out = BARYCENTRIC_PROJECTION.implementation("native-cuda")(x, y, h, 0.05 ** p, p)
+    assert fake.calls["dataset_denoise_tile"] == 7   # ceil(45 / 7) tiles, one pass
+    torch.testing.assert_close(out.double(), dense_map(x, y, b, g, 0.05 ** p, p), rtol=0, atol=2e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the glue is tested over the fake above)")
+@pytest.mark.parametrize("p", [1, 2])
+def test_cuda_matches_the_cpu_kernel(rng, p):
+    x, y = rand(rng, 300, 16, dtype=torch.float32), rand(rng, 5000, 16, dtype=torch.float32)
+    g, b = torch.randn(5000, generator=rng) * 0.01, simplex(rng, 5000, torch.float32)
+    cpu = got.barycentric_projection(x, y, g, b, blur=0.1, p=p)
+    gpu = got.barycentric_projection(x.cuda(), y.cuda(), g.cuda(), b.cuda(), blur=0.1, p=p)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=5e-5)
