@@ -156,15 +156,8 @@ def test_bad_input_names_the_argument(rng):
 
 
 @pytest.mark.parametrize("p", [1, 2])
-def test_cuda_glue_streams_the_map_over_the_fake(rng, monkeypatch, p):
-    from gencore import _native, _native_call, _softmin
-
-    from tests.cuda_fake import FakeCuda
-
-    fake = FakeCuda()
-    monkeypatch.setattr(_native, "cuda", fake)
-    monkeypatch.setattr(_native_call, "cuda_stream", lambda device: 0)
-    monkeypatch.setattr(_softmin, "_CUDA_TILE", 7)
+def test_cuda_glue_streams_the_map_over_the_fake(rng, fake_cuda_tiles, p):
+    fake = fake_cuda_tiles
     x, y = rand(rng, 9, 4, dtype=torch.float32), rand(rng, 45, 4, dtype=torch.float32)
     b = simplex(rng, 45, torch.float32)
     b[:14] = 0   # the first two tiles have no mass

@@ -143,15 +143,8 @@ def test_log_z_only_mode_gives_the_same_potential_on_every_kernel_plan(rng, num_
 
 
 @pytest.mark.parametrize("p", [1, 2])
-def test_cuda_glue_streams_the_softmin_over_the_fake(rng, monkeypatch, p):
-    from gencore import _native, _native_call, _softmin
-
-    from tests.cuda_fake import FakeCuda
-
-    fake = FakeCuda()
-    monkeypatch.setattr(_native, "cuda", fake)
-    monkeypatch.setattr(_native_call, "cuda_stream", lambda device: 0)
-    monkeypatch.setattr(_softmin, "_CUDA_TILE", 7)
+def test_cuda_glue_streams_the_softmin_over_the_fake(rng, fake_cuda_tiles, p):
+    fake = fake_cuda_tiles
     x, y = rand(rng, 9, 4, dtype=torch.float32), rand(rng, 45, 4, dtype=torch.float32)
     x[0] = y[20]   # a coincident pair: zero subgradient
     h = torch.randn(45, generator=rng)
