@@ -670,10 +670,10 @@ def test_ode_error_norm_matches_reference(rng, shape, tols):
 def test_ode_error_norm_nan_and_checks():
     y = torch.tensor([[1.0, float("nan")], [1.0, 2.0]])
     err = torch.ones(2, 2)
+    y_new = torch.zeros(2, 2)   # held: a temporary's pointer would dangle before the fake reads it
     out = poisoned(2)
     fake = FakeCuda()
-    fake.ode_error_norm(err.data_ptr(), y.data_ptr(), torch.zeros(2, 2).data_ptr(), 2, 2, 1e-3, 1e-3, out.data_ptr(),
-                        0, 0)
+    fake.ode_error_norm(err.data_ptr(), y.data_ptr(), y_new.data_ptr(), 2, 2, 1e-3, 1e-3, out.data_ptr(), 0, 0)
     assert torch.isnan(out[0]) and torch.isfinite(out[1])  # a NaN y is not hidden by the max
     with pytest.raises(ValueError, match="atol and rtol must be >= 0 and not both 0"):
         fake.ode_error_norm(1, 1, 1, 1, 1, 0.0, 0.0, 1, 0, 0)
