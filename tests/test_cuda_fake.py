@@ -579,8 +579,8 @@ def test_loss_argument_checks(rng):
 def fake_step(fake, x, d_cond, d_uncond=None, h=(None, None, None, None), coeffs=None, guidance=None, rescale=0.0,
               threshold=0.0, threshold_max=float("inf")):
     b, m = x.shape
-    tensors = [x, d_cond, d_uncond, *h]
-    ptrs = [0 if t is None else t.contiguous().data_ptr() for t in tensors]
+    held = [None if t is None else t.contiguous() for t in (x, d_cond, d_uncond, *h)]   # alive until the call
+    ptrs = [0 if t is None else t.data_ptr() for t in held]
     c = coeffs.double().contiguous()
     g = None if guidance is None else guidance.double().contiguous()
     x_next, d = poisoned(b, m), poisoned(b, m)
