@@ -87,13 +87,14 @@ def _check_reach(reach) -> Optional[float]:
     return None if reach is None else _positive(reach, "reach")
 
 
-def _cloud(t, name: str) -> torch.Tensor:
+def _cloud(t, name: str, finite: bool = True) -> torch.Tensor:
+    """t checked as a point cloud: [n >= 1, d >= 1] and (``finite``) free of NaN/inf."""
     _checks.tensor(t, name, ndim=2)
     if t.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); a point cloud needs at least one point")
     if t.shape[1] == 0:
         raise ValueError(f"{name} has dimension d = 0")
-    if checks_values_of(t):
+    if finite and checks_values_of(t):
         _checks.finite(t, name)
     return t
 
@@ -700,7 +701,7 @@ def barycentric_projection(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, b:
     _checks.tensor(x, "x", ndim=2)
     if x.shape[1] == 0:
         raise ValueError("x has dimension d = 0")
-    y = _cloud(y, "y")
+    y = _cloud(y, "y", finite=False)   # the op checks y's values
     _checks.same_device(x=x, y=y)
     _checks.same_dtype("x", x, y=y)
     _checks.same_size("feature dimension", **{"x.shape[1]": x.shape[1], "y.shape[1]": y.shape[1]})

@@ -93,15 +93,27 @@ def _softmin_by(stream, x, eps, p, gradient, dtype):
     return log_z.mul_(-eps), grad if gradient else x.new_empty((n, 0), dtype=dtype)
 
 
-def _cpu(x, y, log_weights, eps, p, gradient):
+def _cpu_stream(x, y, log_weights):
+    """(stream, dtype) for ``_softmin_by`` / ``_projection_by``: the CPU glue on this call's data."""
     dtype = reference.compute_dtype(x.dtype)
-    return _softmin_by(lambda sigma, alpha, cost, with_denoised: _softmin.cpu(
-        x, y, sigma, alpha, log_weights, dtype, with_denoised=with_denoised, cost=cost), x, eps, p, gradient, dtype)
+    return (lambda sigma, alpha, cost, with_denoised: _softmin.cpu(
+        x, y, sigma, alpha, log_weights, dtype, with_denoised=with_denoised, cost=cost)), dtype
+
+
+def _cuda_stream(x, y, log_weights):
+    """The same on CUDA (float32)."""
+    return (lambda sigma, alpha, cost, with_denoised: _softmin.cuda(
+        x, y, sigma, alpha, log_weights, with_denoised=with_denoised, cost=cost)), torch.float32
+
+
+def _cpu(x, y, log_weights, eps, p, gradient):
+    stream, dtype = _cpu_stream(x, y, log_weights)
+    return _softmin_by(stream, x, eps, p, gradient, dtype)
 
 
 def _cuda(x, y, log_weights, eps, p, gradient):
-    return _softmin_by(lambda sigma, alpha, cost, with_denoised: _softmin.cuda(
-        x, y, sigma, alpha, log_weights, with_denoised=with_denoised, cost=cost), x, eps, p, gradient, torch.float32)
+    stream, dtype = _cuda_stream(x, y, log_weights)
+    return _softmin_by(stream, x, eps, p, gradient, dtype)
 
 
 def _samples(gen):
@@ -163,14 +175,13 @@ def _projection_by(stream, x, eps, p, dtype):
 
 
 def _projection_cpu(x, y, log_weights, eps, p):
-    dtype = reference.compute_dtype(x.dtype)
-    return _projection_by(lambda sigma, alpha, cost, with_denoised: _softmin.cpu(
-        x, y, sigma, alpha, log_weights, dtype, with_denoised=with_denoised, cost=cost), x, eps, p, dtype)
+    stream, dtype = _cpu_stream(x, y, log_weights)
+    return _projection_by(stream, x, eps, p, dtype)
 
 
 def _projection_cuda(x, y, log_weights, eps, p):
-    return _projection_by(lambda sigma, alpha, cost, with_denoised: _softmin.cuda(
-        x, y, sigma, alpha, log_weights, with_denoised=with_denoised, cost=cost), x, eps, p, torch.float32)
+    stream, dtype = _cuda_stream(x, y, log_weights)
+    return _projection_by(stream, x, eps, p, dtype)
 
 
 BARYCENTRIC_PROJECTION = Op(
