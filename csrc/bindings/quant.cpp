@@ -1,8 +1,11 @@
 // Bindings of the quant family's CPU kernels: group_matmul and dequantize over
 // the packed layout of csrc/quant/group_matmul.h. Shapes are checked here,
 // arrays viewed without copying, the GIL released around the kernel.
+#include <vector>
+
 #include "bindings/arrays.h"
 #include "gencore/check.h"
+#include "quant/activation_planes.h"
 #include "quant/group_matmul.h"
 #include "quant/group_matmul_planes.h"
 #include "quant/quantize.h"
@@ -79,6 +82,23 @@ void quantize(const py::array& weight, int bits, int64_t group, bool symmetric, 
   quant::quantize(w, bits, group, symmetric, clip_steps, q, bytes, s, z, threads);
 }
 
+// Test hook: x [K] float32 (finite) -> planes [P, K] int8 (the kernels' layout), sx and xz [G],
+// by the SIMD level in use (csrc/quant/activation_planes.h).
+void activation_planes(const py::array& x, int bits, int64_t group, int planes, py::array& codes, py::array& sx,
+                       py::array& xz) {
+  GENCORE_CHECK(bits == 4 || bits == 8, "bits must be 4 or 8, got ", bits);
+  GENCORE_CHECK(planes == 1 || planes == quant::kMaxPlanes, "planes must be 1 or ", quant::kMaxPlanes);
+  const auto row = matrix_in<float>(x, "x");
+  GENCORE_CHECK(row.rows == 1 && group >= 1, "x: expected one row and group_size >= 1");
+  const int64_t K = row.cols, G = (K + group - 1) / group;
+  int8_t* dst = output<int8_t>(codes, "codes", planes, K);
+  float* scales = output<float>(sx, "sx", 1, G);
+  float* sums = output<float>(xz, "xz", 1, G);
+  std::vector<int32_t> scratch(static_cast<size_t>(K));
+  quant::activation_row_quantizer()(row.row(0), quant::activation_row_shape(K, group, planes, bits), scratch.data(),
+                                    dst, scales, sums);
+}
+
 }  // namespace
 
 void bind_quant(py::module_& m) {
@@ -96,6 +116,9 @@ void bind_quant(py::module_& m) {
         "MSE-optimal clipping over that many shrunken ranges.");
   m.def("last_group_matmul_path", [] { return std::string(quant::last_group_matmul_path()); },
         "The path the calling thread's last group_matmul took: 'rows' or 'blas'.");
+  m.def("_test_activation_planes", &activation_planes, py::arg("x"), py::arg("bits"), py::arg("group_size"),
+        py::arg("planes"), py::arg("codes"), py::arg("sx"), py::arg("xz"),
+        "Test hook: one activation row [1, K] quantized into the integer paths' planes [P, K], sx and xz [1, G].");
   m.def("group_matmul_blas_min_rows", &quant::group_matmul_blas_min_rows, py::arg("bits"),
         "The fewest activation rows for which group_matmul takes the BLAS path (bits-bit weights, SIMD level in use).");
 }

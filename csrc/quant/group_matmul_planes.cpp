@@ -5,6 +5,7 @@
 // Peak extra memory: P x M x K bytes + 8 M x G bytes.
 #include "quant/group_matmul_planes.h"
 
+#include "quant/activation_planes.h"
 #include "quant/group_tail.h"
 
 #include <algorithm>
@@ -20,92 +21,16 @@ namespace {
 
 constexpr int64_t kRowBlock = 16;  // weight rows per work item
 
-// The kernels' layout of one plane of one row for int4 weights (group_matmul_planes.h): natural -> laid out.
-void lay_out_int4(const int8_t* __restrict natural, int64_t K, int64_t group, int8_t* __restrict dst) {
-  auto deinterleave = [&](int64_t k) {  // one 64-element block: 32 even elements, then 32 odd
-    for (int64_t j = 0; j < 32; ++j) {
-      dst[k + j] = natural[k + 2 * j];
-      dst[k + 32 + j] = natural[k + 2 * j + 1];
-    }
-  };
-  std::copy(natural, natural + K, dst);
-  if (group == kPairGroup) {
-    for (int64_t k = 0; k + 64 <= K; k += 64) deinterleave(k);
-    return;
-  }
-  for (int64_t k0 = 0; k0 < K; k0 += group) {
-    const int64_t k1 = std::min(K, k0 + group);
-    for (int64_t k = k0; k + 64 <= k1; k += 64) deinterleave(k);
-  }
-}
-
-// code [K] -> its least significant balanced base-2^D digit at digit [K] (the top plane: what is left
-// of the code), the rest of the code kept in `code`. Restrict pointers: the int8 stores may
-// otherwise alias the codes, and the loop would not vectorise.
-void next_digit(int32_t* __restrict code, int64_t K, int digit, bool top, int8_t* __restrict dst) {
-  const int32_t half = 1 << (digit - 1), mask = (1 << digit) - 1;
-  if (top) {
-    for (int64_t k = 0; k < K; ++k) dst[k] = static_cast<int8_t>(code[k]);
-    return;
-  }
-  for (int64_t k = 0; k < K; ++k) {
-    const int32_t low = ((code[k] & mask) ^ half) - half;  // the low D bits, sign-extended
-    dst[k] = static_cast<int8_t>(low);
-    code[k] = (code[k] - low) >> digit;  // exact: c - low is a multiple of 2^D
-  }
-}
-
-// The largest code L_P (group_matmul_planes.h): one plane within [-127, 127], or a top plane
-// within [-64, 64] (L_3 = 64 * 2^(2D) <= 2^22 keeps the rounding below exact).
-float code_limit(int planes, int digit) { return planes == 1 ? 127.0f : std::ldexp(64.0f, 2 * digit); }
-
 // x [M, K] -> planes [M, P, K] laid out, scales sx and group sums xz [M, G]; refuses NaN/inf rows.
 void quantize_activations(MatrixView<const float> x, const PackedWeight& w, int planes, int8_t* codes, float* sx,
                           float* xz, int threads) {
   const int64_t K = x.cols, G = (K + w.group - 1) / w.group;
-  const int digit = digit_bits(w.bits);
-  const float limit = code_limit(planes, digit);
-  struct Scratch {
-    std::vector<int32_t> code;
-    std::vector<int8_t> plane;
-  };
-  parallel_for(x.rows, threads, Schedule::fixed,
-               [&] { return Scratch{std::vector<int32_t>(size_t(K)), std::vector<int8_t>(size_t(K))}; },
-               [&](Scratch& scratch, int64_t m) {
-    const float* src = x.row(m);
-    // Raw pointers: stores through int8_t may alias anything, vectors' own pointers included.
-    int32_t* const code = scratch.code.data();
-    int8_t* const plane = scratch.plane.data();
-    require_finite_row(src, K, "x", m);
-    for (int64_t k0 = 0, g = 0; k0 < K; k0 += w.group, ++g) {
-      const int64_t k1 = std::min(K, k0 + w.group);
-      float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // independent maxima: the loop vectorises
-      for (int64_t k = k0; k < k1; ++k) part[(k - k0) & 7] = std::max(part[(k - k0) & 7], std::fabs(src[k]));
-      const float amax = *std::max_element(part, part + 8);
-      float scale = amax / limit;
-      if (scale == 0.0f) scale = 1.0f;
-      int64_t sum = 0;
-      for (int64_t k = k0; k < k1; ++k) {
-        // Rounded to nearest, ties to even, by adding and subtracting 1.5 * 2^23 (exact for
-        // |v| <= 2^22): branch-free, so the loop vectorises (lrint / nearbyint do not).
-        const float v = std::clamp(src[k] / scale, -limit, limit);
-        code[k] = static_cast<int32_t>((v + 12582912.0f) - 12582912.0f);
-        sum += code[k];
-      }
-      sx[m * G + g] = scale;
-      xz[m * G + g] = static_cast<float>(double(scale) * double(sum));
-    }
-    // Balanced base-2^D digits, least significant plane last: c = (p0 * 2^D + p1) * 2^D + p2.
-    // The top plane is what is left of c (within [-127, 127] or [-64, 64]).
-    for (int p = planes - 1; p >= 0; --p) {
-      int8_t* const dst = codes + (m * planes + p) * K;
-      if (w.bits == 4) {
-        next_digit(code, K, digit, p == 0, plane);
-        lay_out_int4(plane, K, w.group, dst);
-      } else {
-        next_digit(code, K, digit, p == 0, dst);  // int8 weights: natural order
-      }
-    }
+  const ActivationRowShape shape = activation_row_shape(K, w.group, planes, w.bits);
+  const ActivationRowQuantizer quantize_row = activation_row_quantizer();
+  parallel_for(x.rows, threads, Schedule::fixed, [&] { return std::vector<int32_t>(size_t(K)); },
+               [&](std::vector<int32_t>& code, int64_t m) {
+    require_finite_row(x.row(m), K, "x", m);
+    quantize_row(x.row(m), shape, code.data(), codes + m * planes * K, sx + m * G, xz + m * G);
   });
 }
 
