@@ -55,6 +55,7 @@ void group_matmul_planes(MatrixView<const float> x, const PackedWeight& w, const
   const int64_t M = x.rows, N = w.rows, K = w.cols;
   if (M == 0 || N == 0) return;
   if (K == 0) {
+    require_finite_bias(bias, 0, N);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < N; ++n) y[m * N + n] = bias ? bias[n] : 0.0f;
     return;
@@ -88,6 +89,7 @@ void group_matmul_planes(MatrixView<const float> x, const PackedWeight& w, const
       if (!finite) check_row_params(w, n, G);
       if (planes == 1) require_integral_zeros(w, n, G);
     }
+    require_finite_bias(bias, n0, n1);  // the kernel checks the bias: the op kit does not
     if (bias)
       for (int64_t m = 0; m < M; ++m)
         for (int64_t n = n0; n < n1; ++n) y[m * N + n] += bias[n];

@@ -241,6 +241,23 @@ def test_torch_compile_through_the_fake_kernel(rng):
 
 # ---------------------------------------------------------------- bad input
 
+@native_cpu_only
+@pytest.mark.parametrize("activations", ["float", "int8"])
+@pytest.mark.parametrize("rows, k", [(1, 64), (70, 64), (3, 0)])  # rows path, BLAS path (float), an empty sum
+def test_every_path_refuses_a_non_finite_bias_itself(rng, activations, rows, k):
+    # the native kernels check the bias (the op kit leaves it to them): any element, any row block
+    qw = quant.quantize(torch.randn(37, k, generator=rng), 4, 32)
+    x = torch.randn(rows, k, generator=rng)
+    for value in (float("nan"), float("inf"), -float("inf")):
+        for position in (0, 20, 36):
+            bias = torch.randn(37, generator=rng)
+            bias[position] = value
+            before = bias.clone()
+            with pytest.raises(ValueError, match=f"bias contains NaN or inf \\(element {position}\\)"):
+                quant.group_matmul(x, qw, bias, activations=activations)
+            assert torch.equal(bias.nan_to_num(), before.nan_to_num())
+
+
 def test_bad_input_names_the_argument(rng):
     qw = quant.quantize(torch.randn(6, 64, generator=rng), 4, 32)
     x = torch.randn(2, 64, generator=rng)

@@ -154,7 +154,7 @@ GROUP_MATMUL = Op(
     "int in_features) -> Tensor",
     check=_check_matmul, fake=_fake_matmul, reference=reference.group_matmul, cpu=_cpu_matmul, cuda=_cuda_matmul,
     cpu_dtypes=_FLOAT16_32, finite=("x", "scales", "zeros", "bias"),
-    cpu_kernel_checks=("x", "scales", "zeros"),
+    cpu_kernel_checks=("x", "scales", "zeros", "bias"),
     empty=lambda x, data, *rest: x.shape[0] * data.shape[0] == 0,
     backward=_backward, setup_context=_setup_context, samples=_samples_matmul,
 )
@@ -205,7 +205,8 @@ GROUP_MATMUL_INT8 = Op(
     "(Tensor x, Tensor data, Tensor scales, Tensor zeros, Tensor? bias, int bits, int group_size, "
     "int in_features) -> Tensor",
     check=_check_matmul, fake=_fake_matmul, reference=reference.group_matmul_int8, cpu=_cpu_matmul_int8,
-    cuda=_cuda_matmul_int8, cpu_dtypes=_FLOAT16_32, finite=("x", "scales", "zeros", "bias"), cpu_kernel_checks=("x", "scales", "zeros"),
+    cuda=_cuda_matmul_int8, cpu_dtypes=_FLOAT16_32, finite=("x", "scales", "zeros", "bias"),
+    cpu_kernel_checks=("x", "scales", "zeros", "bias"),
     check_values=_check_integral_zeros,
     empty=lambda x, data, *rest: x.shape[0] * data.shape[0] == 0,
     # the straight-through gradient: the activation rounding is treated as the identity
