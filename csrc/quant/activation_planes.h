@@ -85,9 +85,9 @@ void quantize_activation_row_with(const float* src, const ActivationRowShape& sh
   }
 }
 
-// The whole 64-element blocks that the int4 layout reorders (32 even elements, then 32 odd),
-// as [begin, end) of k: every such block of the row for groups of 32 (pairs), else those inside
-// each group. Calls fn(k) for each block start.
+// fn(k) for the start k of every whole 64-element block that the int4 layout reorders (32 even
+// elements, then 32 odd): all of the row's blocks for groups of 32 (pairs), else those inside
+// each group.
 template <class Fn>
 void for_each_int4_block(int64_t K, int64_t group, Fn&& fn) {
   if (group == kPairGroup) {
