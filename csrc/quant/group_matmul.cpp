@@ -88,14 +88,6 @@ void check_activations(MatrixView<const float> x, int threads) {
   });
 }
 
-// Refuses a non-finite bias element of [n0, n1) (the kernel checks the bias: the op kit does not).
-void add_bias(const float* bias, int64_t M, int64_t N, int64_t n0, int64_t n1, float* y) {
-  if (!bias) return;
-  require_finite_bias(bias, n0, n1);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = n0; n < n1; ++n) y[m * N + n] += bias[n];
-}
-
 void blas_path(MatrixView<const float> x, const PackedWeight& w, const float* bias, float* y, int threads) {
   const int64_t M = x.rows, N = w.rows, K = w.cols, groups = groups_of(w);
   check_activations(x, threads);

@@ -22,11 +22,15 @@ inline void require_finite_row(const float* v, int64_t n, const char* what, int6
   if (!all_finite(v, n)) fail_non_finite_row(what, row);
 }
 
-// Refuses a bias [N] holding NaN or inf among elements [n0, n1) (nullptr: no bias), naming the element.
-inline void require_finite_bias(const float* bias, int64_t n0, int64_t n1) {
-  if (!bias || all_finite(bias + n0, n1 - n0)) return;
-  for (int64_t n = n0; n < n1; ++n)
-    if (!((bias[n] - bias[n]) == 0.0f)) fail("bias contains NaN or inf (element ", n, "); inputs must be finite");
+// y[m, n] += bias[n] over columns [n0, n1) of y [M, N] (nullptr: no bias), refusing a NaN or inf
+// bias element first, named: the kernels check the bias, the op kit does not.
+inline void add_bias(const float* bias, int64_t M, int64_t N, int64_t n0, int64_t n1, float* y) {
+  if (!bias) return;
+  if (!all_finite(bias + n0, n1 - n0))
+    for (int64_t n = n0; n < n1; ++n)
+      if (!((bias[n] - bias[n]) == 0.0f)) fail("bias contains NaN or inf (element ", n, "); inputs must be finite");
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = n0; n < n1; ++n) y[m * N + n] += bias[n];
 }
 
 constexpr int64_t kBlock = 32;  // elements per block of the dequantization kernels
