@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import gencore  # noqa: E402
 from gencore import _native  # noqa: E402
 
-SIMD_LEVELS = ("scalar", "avx2", "avx512")  # each level includes the previous ones
+SIMD_LEVELS = _native.SIMD_LEVELS  # each level includes the previous ones
 
 cuda_only = pytest.mark.skipif(
     not torch.cuda.is_available() or _native.cuda is None,
@@ -47,7 +47,9 @@ def supported_simd_levels() -> list[str]:
     if _native.core is None:
         return []
     detected = _native.core.detected_simd_level()
-    return list(SIMD_LEVELS[: SIMD_LEVELS.index(detected) + 1])
+    levels = SIMD_LEVELS[: SIMD_LEVELS.index(detected) + 1]
+    # avxvnni is a level of its own only where the CPU has AVX-VNNI (elsewhere a cap there gives avx2)
+    return [level for level in levels if level != "avxvnni" or _native.core.has_avx_vnni()]
 
 
 def seed_for(nodeid: str) -> int:

@@ -46,8 +46,8 @@ def test_info_keys_and_types():
             assert isinstance(info["module_errors"][name], str) and info["module_errors"][name]
     assert isinstance(info["threads"], int) and info["threads"] >= 1
     assert isinstance(info["openmp"], bool)
-    assert set(info["simd"]) >= {"detected", "in_use", "avx512_bf16", "avx512_vnni"}
-    assert isinstance(info["simd"]["avx512_bf16"], bool) and isinstance(info["simd"]["avx512_vnni"], bool)
+    assert set(info["simd"]) >= {"detected", "in_use", "avx512_bf16", "avx512_vnni", "avx_vnni"}
+    assert all(isinstance(info["simd"][e], bool) for e in ("avx512_bf16", "avx512_vnni", "avx_vnni"))
     assert set(info["cuda"]) >= {"built", "devices", "runtime_version", "driver_version", "archs"}
     assert isinstance(info["cuda"]["devices"], int) and info["cuda"]["devices"] >= 0
     assert info["cuda"]["built"] is (_native.cuda is not None)
@@ -70,6 +70,8 @@ def test_info_native_cpu_fields():
     for extension in ("avx512_bf16", "avx512_vnni"):
         if info["simd"][extension]:
             assert info["simd"]["detected"] == "avx512", extension
+    # AVX-VNNI: the level of a CPU with it and without AVX-512, or an extra of an AVX-512 one
+    assert (info["simd"]["detected"] == "avxvnni") == (info["simd"]["avx_vnni"] and info["simd"]["detected"] != "avx512")
     # "gcc 12.2.0" / "clang 14.0.6 ...": the compiler that built _core
     assert info["compiler"].split()[0] in ("gcc", "clang") and len(info["compiler"].split()) >= 2, info["compiler"]
 
@@ -136,6 +138,8 @@ def test_set_simd_level_rejects_bad_names(bad):
 def test_set_simd_level_clamps_to_cpu(wanted):
     detected = _native.core.detected_simd_level()
     expected = SIMD_LEVELS[min(SIMD_LEVELS.index(wanted), SIMD_LEVELS.index(detected))]
+    if expected == "avxvnni" and not _native.core.has_avx_vnni():
+        expected = "avx2"  # an AVX-512 CPU without AVX-VNNI
     assert gencore.set_simd_level(wanted) == expected
     assert _native.core.simd_level() == expected
     assert gencore.info()["simd"]["in_use"] == expected

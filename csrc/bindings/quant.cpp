@@ -116,6 +116,9 @@ void bind_quant(py::module_& m) {
         "MSE-optimal clipping over that many shrunken ranges.");
   m.def("last_group_matmul_path", [] { return std::string(quant::last_group_matmul_path()); },
         "The path the calling thread's last group_matmul took: 'rows' or 'blas'.");
+  m.def("quant_row_kernel", [] { return std::string(quant::plane_row_kernel_name()); },
+        "The integer row kernel group_matmul's few-row paths run at the SIMD level in use: 'portable', 'avx2', "
+        "'avxvnni' or 'avx512vnni'.");
   m.def("_test_activation_planes", &activation_planes, py::arg("x"), py::arg("bits"), py::arg("group_size"),
         py::arg("planes"), py::arg("codes"), py::arg("sx"), py::arg("xz"),
         "Test hook: one activation row [1, K] quantized into the integer paths' planes [P, K], sx and xz [1, G].");

@@ -2,6 +2,9 @@
 
 #include <atomic>
 #include <cstdlib>
+#if defined(GENCORE_X86) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
 #include <string>
 #include <vector>
 
@@ -9,6 +12,18 @@
 
 namespace gencore {
 namespace {
+
+// AVX-VNNI (CPUID leaf 7, sub-leaf 1, EAX bit 4), read from CPUID itself: Clang's
+// __builtin_cpu_supports does not know the name in every version CI builds with.
+// Its ymm state is the one AVX2 already needs the OS to save.
+bool cpuid_has_avx_vnni() {
+#if defined(GENCORE_X86) && (defined(__GNUC__) || defined(__clang__))
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 4));
+#else
+  return false;
+#endif
+}
 
 // Each level includes the previous one, and checks exactly the features its
 // translation units are compiled for (gencore/isa_targets.h). Without the x86
@@ -20,17 +35,24 @@ SimdLevel detect() {
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
     return SimdLevel::avx512;
-  return SimdLevel::avx2;
+  return cpuid_has_avx_vnni() ? SimdLevel::avxvnni : SimdLevel::avx2;
 #endif
   return SimdLevel::scalar;
+}
+
+// The level a cap of `wanted` gives on this CPU: at most the detected one, and
+// avx2 for avxvnni where the CPU lacks AVX-VNNI (an AVX-512 CPU without it).
+SimdLevel clamp_to_cpu(SimdLevel wanted, SimdLevel best) {
+  const SimdLevel level = wanted < best ? wanted : best;
+  if (level == SimdLevel::avxvnni && !cpu_has_avx_vnni()) return SimdLevel::avx2;
+  return level;
 }
 
 SimdLevel initial_level() {
   SimdLevel best = detect();
   if (const char* env = std::getenv("GENCORE_SIMD")) {
     try {
-      SimdLevel wanted = parse_simd_level(env);
-      return wanted < best ? wanted : best;
+      return clamp_to_cpu(parse_simd_level(env), best);
     } catch (const std::invalid_argument&) {
       // An unknown value is reported by the Python layer; keep the best level.
     }
@@ -53,8 +75,7 @@ SimdLevel detected_simd_level() {
 SimdLevel simd_level() { return static_cast<SimdLevel>(level_in_use().load()); }
 
 void set_simd_level(SimdLevel level) {
-  SimdLevel best = detected_simd_level();
-  level_in_use().store(static_cast<int>(level < best ? level : best));
+  level_in_use().store(static_cast<int>(clamp_to_cpu(level, detected_simd_level())));
 }
 
 // An AVX-512 extension beyond the avx512 level's features, usable only where that level is.
@@ -76,9 +97,14 @@ bool cpu_has_avx512_vnni() {
   return has;
 }
 
+bool cpu_has_avx_vnni() {
+  static const bool has = detected_simd_level() >= SimdLevel::avx2 && cpuid_has_avx_vnni();
+  return has;
+}
+
 std::vector<std::string> compiled_isas() {
 #if defined(GENCORE_X86)
-  return {"scalar", "avx2", "avx512", "avx512bf16", "avx512vnni"};
+  return {"scalar", "avx2", "avxvnni", "avx512", "avx512bf16", "avx512vnni"};
 #else
   return {"scalar"};
 #endif
@@ -87,6 +113,7 @@ std::vector<std::string> compiled_isas() {
 const char* simd_level_name(SimdLevel level) {
   switch (level) {
     case SimdLevel::avx512: return "avx512";
+    case SimdLevel::avxvnni: return "avxvnni";
     case SimdLevel::avx2: return "avx2";
     default: return "scalar";
   }
@@ -95,8 +122,9 @@ const char* simd_level_name(SimdLevel level) {
 SimdLevel parse_simd_level(const std::string& name) {
   if (name == "scalar") return SimdLevel::scalar;
   if (name == "avx2") return SimdLevel::avx2;
+  if (name == "avxvnni") return SimdLevel::avxvnni;
   if (name == "avx512") return SimdLevel::avx512;
-  fail("simd level must be one of 'scalar', 'avx2', 'avx512'; got '", name, "'");
+  fail("simd level must be one of 'scalar', 'avx2', 'avxvnni', 'avx512'; got '", name, "'");
 }
 
 }  // namespace gencore

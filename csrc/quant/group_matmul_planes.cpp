@@ -64,9 +64,7 @@ void group_matmul_planes(MatrixView<const float> x, const PackedWeight& w, const
   std::vector<int8_t> codes(static_cast<size_t>(M * planes * K));
   std::vector<float> sx(static_cast<size_t>(M * G)), xz(static_cast<size_t>(M * G));
   quantize_activations(x, w, planes, codes.data(), sx.data(), xz.data(), threads);
-  const PlaneRowKernel kernel =
-      pick_isa<PlaneRowKernel>(group_rows_planes_portable, GENCORE_ISA_FN(group_rows_planes_avx2), nullptr, nullptr,
-                               GENCORE_ISA_FN(group_rows_planes_avx512vnni));
+  const PlaneRowKernel kernel = plane_row_kernel();
   const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
   // Dynamic: on a shared machine a descheduled thread would otherwise hold the whole call back.
   parallel_for(blocks, threads, Schedule::dynamic, [&](int64_t item) {
@@ -93,6 +91,20 @@ void group_matmul_planes(MatrixView<const float> x, const PackedWeight& w, const
 }
 
 }  // namespace
+
+PlaneRowKernel plane_row_kernel() {
+  return pick_isa<PlaneRowKernel>(group_rows_planes_portable, GENCORE_ISA_FN(group_rows_planes_avx2), nullptr, nullptr,
+                                  GENCORE_ISA_FN(group_rows_planes_avx512vnni), GENCORE_ISA_FN(group_rows_planes_avxvnni));
+}
+
+const char* plane_row_kernel_name() {
+  const PlaneRowKernel kernel = plane_row_kernel();
+  // Without the x86 units every GENCORE_ISA_FN is null, and the portable kernel is the one picked.
+  if (kernel == GENCORE_ISA_FN(group_rows_planes_avx512vnni)) return "avx512vnni";
+  if (kernel == GENCORE_ISA_FN(group_rows_planes_avxvnni)) return "avxvnni";
+  if (kernel == GENCORE_ISA_FN(group_rows_planes_avx2)) return "avx2";
+  return "portable";
+}
 
 void group_matmul_int8_activations(MatrixView<const float> x, const PackedWeight& w, const float* bias, float* y,
                                    int threads) {

@@ -91,6 +91,12 @@ void group_rows_planes_portable(const ActivationPlanes& x, int nb, const WeightR
                                 float* out, int64_t ldo);
 void group_rows_planes_avx2(const ActivationPlanes& x, int nb, const WeightRows& w, int64_t K, int64_t group,
                             float* out, int64_t ldo);
+// The row kernel the SIMD level in use picks, and its name: "portable", "avx2", "avxvnni" or
+// "avx512vnni" (a plain AVX-512 CPU takes the AVX2 kernel: 512-bit integer ops gain little there).
+PlaneRowKernel plane_row_kernel();
+const char* plane_row_kernel_name();
+void group_rows_planes_avxvnni(const ActivationPlanes& x, int nb, const WeightRows& w, int64_t K, int64_t group,
+                               float* out, int64_t ldo);
 void group_rows_planes_avx512vnni(const ActivationPlanes& x, int nb, const WeightRows& w, int64_t K, int64_t group,
                                   float* out, int64_t ldo);
 

@@ -1,5 +1,5 @@
 // The 256-bit row kernel of the integer-activation paths (group_matmul_planes.h),
-// shared by the AVX2 and the AVX512-VNNI units and by int4 and int8 weights:
+// shared by the AVX2, AVX-VNNI and AVX512-VNNI units and by int4 and int8 weights:
 // the units differ only in how one block's integer dot product is accumulated
 // (`Dot`), the weight widths only in how a 32-byte block of codes meets the
 // activation codes (`Int4Codes`, `Int8Codes`). Include INSIDE the unit's target
@@ -49,6 +49,20 @@ struct Int32Lanes {
   static Operands bytes(__m256i v) { return {v, v}; }
   template <int P>
   static constexpr int byte_offset() { return 0; }
+};
+
+// The Dot of the two VNNI units: an int4 block's dot product is two vpdpbusd (u8 nibbles
+// times s8 codes, four products summed into each int32 lane), an int8 block's one (u8 codes:
+// vpdpbusd sums in int32, so any s8 code is exact); the several weight rows and planes in flight
+// give enough independent accumulators. Dpbusd::apply is the unit's encoding of vpdpbusd on ymm
+// (EVEX or VEX); Budget holds its register budget (the constants listed above).
+template <class Dpbusd, class Budget>
+struct DpbusdDot : Int32Lanes, Budget {
+  static void add(Acc& acc, __m256i lo, __m256i hi, __m256i even, __m256i odd) {
+    acc = Dpbusd::apply(Dpbusd::apply(acc, lo, even), hi, odd);
+  }
+  template <int P>
+  static void add_bytes(Acc& acc, const Operands& w, __m256i codes) { acc = Dpbusd::apply(acc, w.a, codes); }
 };
 
 inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }

@@ -16,6 +16,14 @@ __all__ = ["core", "cuda", "runtime_info", "set_num_threads", "get_num_threads",
            "cuda_device_count", "cuda_unavailable_reason"]
 
 
+# The SIMD levels of the CPU kernels, lowest first; each includes the ones before it.
+SIMD_LEVELS = ("scalar", "avx2", "avxvnni", "avx512")
+
+
+def _quoted(names) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
 _ENV_BYTES = getattr(os.environ, "_data", None)  # CPython's bytes-keyed store behind os.environ (POSIX)
 
 
@@ -42,8 +50,8 @@ if core is not None:
 
     core.set_blas(_cython_blas.__pyx_capi__["sgemm"], _cython_blas.__pyx_capi__["dgemm"])
     _simd_env = os.environ.get("GENCORE_SIMD")
-    if _simd_env is not None and _simd_env not in ("scalar", "avx2", "avx512"):
-        raise ValueError(f"GENCORE_SIMD must be one of 'scalar', 'avx2', 'avx512'; got {_simd_env!r}")
+    if _simd_env is not None and _simd_env not in SIMD_LEVELS:
+        raise ValueError(f"GENCORE_SIMD must be one of {_quoted(SIMD_LEVELS)}; got {_simd_env!r}")
 
 _num_threads: Optional[int] = None
 
@@ -66,15 +74,17 @@ def get_num_threads() -> int:
 
 
 def set_simd_level(level: str) -> str:
-    """Cap the SIMD level of the CPU kernels ('scalar', 'avx2', 'avx512').
+    """Cap the SIMD level of the CPU kernels ('scalar', 'avx2', 'avxvnni', 'avx512').
 
     The cap is clamped to what the CPU supports; returns the level now in use.
+    'avx2' is plain AVX2 + FMA on every CPU; 'avxvnni' adds the AVX-VNNI
+    (VEX) kernels where the CPU has them, and is 'avx2' where it does not.
     Also settable at import through the GENCORE_SIMD environment variable.
     """
     if core is None:
         raise RuntimeError("the native CPU module gencore._core is not available")
-    if level not in ("scalar", "avx2", "avx512"):
-        raise ValueError(f"level must be one of 'scalar', 'avx2', 'avx512'; got {level!r}")
+    if level not in SIMD_LEVELS:
+        raise ValueError(f"level must be one of {_quoted(SIMD_LEVELS)}; got {level!r}")
     core.set_simd_level(level)
     return core.simd_level()
 
@@ -128,6 +138,7 @@ def runtime_info() -> dict:
             "in_use": core.simd_level() if core else None,
             "avx512_bf16": bool(core.has_avx512_bf16()) if core else False,
             "avx512_vnni": bool(core.has_avx512_vnni()) if core else False,
+            "avx_vnni": bool(core.has_avx_vnni()) if core else False,
         },
         "compiler": getattr(core, "compiler", None) if core else None,
         "threads": get_num_threads(),

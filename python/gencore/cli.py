@@ -129,6 +129,7 @@ def format_info(info: dict) -> str:
         + (f"   (GENCORE_SIMD={os.environ['GENCORE_SIMD']})" if os.environ.get("GENCORE_SIMD") else ""),
         f"  AVX512-BF16       {_yes_no(simd['avx512_bf16'])}",
         f"  AVX512-VNNI       {_yes_no(simd['avx512_vnni'])}",
+        f"  AVX-VNNI          {_yes_no(simd['avx_vnni'])}",
         f"  compiler          {info.get('compiler') or '-'}",
         f"  threads           {info['threads']}",
         f"  OpenMP            {_yes_no(info['openmp'])}",

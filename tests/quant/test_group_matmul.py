@@ -27,6 +27,16 @@ def kernel_error(y: torch.Tensor, x: torch.Tensor, qw) -> float:
 
 
 @native_cpu_only
+def test_each_level_runs_its_own_integer_row_kernel(simd_level):
+    # what makes the tests parametrized over simd_level cover every unit: the VEX AVX-VNNI unit at
+    # level avxvnni, the EVEX one at avx512 where the CPU has AVX512-VNNI
+    vnni512 = _native.core.has_avx512_vnni()
+    want = {"scalar": "portable", "avx2": "avx2", "avxvnni": "avxvnni",
+            "avx512": "avx512vnni" if vnni512 else "avxvnni" if _native.core.has_avx_vnni() else "avx2"}
+    assert _native.core.quant_row_kernel() == want[simd_level]
+
+
+@native_cpu_only
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("group_size", [32, 64, 128, -1])
 @pytest.mark.parametrize("bits", [4, 8])

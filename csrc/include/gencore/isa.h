@@ -31,19 +31,22 @@ struct same_type {
 //   avx512bf16  when the level is avx512 and the CPU has AVX512-BF16,
 //   avx512vnni  when the level is avx512 and the CPU has AVX512-VNNI,
 //   avx512      at level avx512,
+//   avxvnni     at level avxvnni or above when the CPU has AVX-VNNI,
 //   avx2        at level avx2 or above,
 //   scalar      otherwise.
 // `scalar` may itself be null where the caller keeps a path of its own (the
 // bf16 screen of kNN falls back to the BLAS path); callers then test the result.
 template <typename Fn>
 Fn pick_isa(Fn scalar, typename same_type<Fn>::type avx2, typename same_type<Fn>::type avx512,
-            typename same_type<Fn>::type avx512bf16 = nullptr, typename same_type<Fn>::type avx512vnni = nullptr) {
+            typename same_type<Fn>::type avx512bf16 = nullptr, typename same_type<Fn>::type avx512vnni = nullptr,
+            typename same_type<Fn>::type avxvnni = nullptr) {
   const SimdLevel level = simd_level();
   if (level >= SimdLevel::avx512) {
     if (avx512bf16 && cpu_has_avx512_bf16()) return avx512bf16;
     if (avx512vnni && cpu_has_avx512_vnni()) return avx512vnni;
     if (avx512) return avx512;
   }
+  if (level >= SimdLevel::avxvnni && avxvnni && cpu_has_avx_vnni()) return avxvnni;
   if (level >= SimdLevel::avx2 && avx2) return avx2;
   return scalar;
 }

@@ -9,6 +9,7 @@
 #pragma once
 
 #define GENCORE_TARGET_avx2 "avx2,fma"
+#define GENCORE_TARGET_avxvnni "avx2,fma,avxvnni"
 #define GENCORE_TARGET_avx512 "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl"
 #define GENCORE_TARGET_avx512bf16 "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16"
 #define GENCORE_TARGET_avx512vnni "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"

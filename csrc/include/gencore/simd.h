@@ -1,6 +1,11 @@
 // Run-time SIMD level. One dispatch per kernel call, outside hot loops.
-// GENCORE_SIMD=scalar|avx2|avx512 (read once at import) or set_simd_level()
-// caps the level so tests can exercise every path the CPU supports.
+// GENCORE_SIMD=scalar|avx2|avxvnni|avx512 (read once at import) or
+// set_simd_level() caps the level so tests can exercise every path the CPU
+// supports. avxvnni is AVX2 plus the VEX-encoded AVX-VNNI dot products of
+// CPUs without AVX-512 (Alder Lake and later client cores): a level of its
+// own, so that avx2 stays the plain AVX2 + FMA baseline on every CPU. An
+// AVX-512 CPU without AVX-VNNI (Skylake-X to Ice Lake, Zen 4) skips it: a cap
+// at avxvnni gives avx2 there.
 #pragma once
 #include <string>
 #include <vector>
@@ -9,11 +14,12 @@
 
 namespace gencore {
 
-enum class SimdLevel : int { scalar = 0, avx2 = 1, avx512 = 2 };
+enum class SimdLevel : int { scalar = 0, avx2 = 1, avxvnni = 2, avx512 = 3 };
 
 SimdLevel detected_simd_level();          // best level this CPU and this build support
 SimdLevel simd_level();                   // level in use (detected, capped by override)
-void set_simd_level(SimdLevel level);     // cap; clamped to the detected level
+void set_simd_level(SimdLevel level);     // cap; clamped to the detected level (avxvnni: to avx2 without AVX-VNNI)
+bool cpu_has_avx_vnni();                  // VEX AVX-VNNI, usable at level avxvnni and above
 bool cpu_has_avx512_bf16();               // extra feature for the bf16 screening kernel
 bool cpu_has_avx512_vnni();               // extra feature for the quant integer-activation kernel
 const char* simd_level_name(SimdLevel level);
