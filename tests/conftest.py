@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import gencore  # noqa: E402
 from gencore import _native  # noqa: E402
 
-SIMD_LEVELS = _native.SIMD_LEVELS  # each level includes the previous ones
+SIMD_LEVELS = _native.SIMD_LEVELS  # lowest first (avxvnni only where the CPU has AVX-VNNI)
 
 cuda_only = pytest.mark.skipif(
     not torch.cuda.is_available() or _native.cuda is None,

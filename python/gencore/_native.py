@@ -16,7 +16,8 @@ __all__ = ["core", "cuda", "runtime_info", "set_num_threads", "get_num_threads",
            "cuda_device_count", "cuda_unavailable_reason"]
 
 
-# The SIMD levels of the CPU kernels, lowest first; each includes the ones before it.
+# The SIMD levels of the CPU kernels, lowest first; each includes the ones before it, except
+# that avx512 includes avxvnni only on CPUs with AVX-VNNI (csrc/include/gencore/simd.h).
 SIMD_LEVELS = ("scalar", "avx2", "avxvnni", "avx512")
 
 
