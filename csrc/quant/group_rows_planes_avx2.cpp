@@ -26,7 +26,7 @@ struct MaddDot : Int32Lanes {
   static constexpr int kWeightRows1 = 2, kWeightRows3 = 2;
   static constexpr int kBatchWeightRows1 = 1, kBatchWeightRows3 = 1;
   static constexpr int kRowsPerCall1 = 4, kRowsPerCall3 = 2;
-  static constexpr int kWholeGroupRows1 = 2, kWholeGroupRows3 = 2;  // row_whole_groups: as kWeightRows
+  static constexpr int kWholeGroupRows1 = 2, kWholeGroupRows3 = 2, kPairGroupRows3 = 2;  // as kWeightRows
   static void add(Acc& acc, __m256i lo, __m256i hi, __m256i even, __m256i odd) {
     const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, even), _mm256_maddubs_epi16(hi, odd));
     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));

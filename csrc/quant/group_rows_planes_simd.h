@@ -22,7 +22,7 @@
 // and byte_offset<P>() (int8: add_bytes accumulates sum c (q - byte_offset));
 // and the register budget at 1 and 3 planes: kWeightRows1 / kWeightRows3 (weight
 // rows per call for one activation row), kWholeGroupRows1 / kWholeGroupRows3 (the
-// same in row_whole_groups), kBatchWeightRows1 / kBatchWeightRows3 and
+// same in row_whole_groups; kPairGroupRows3 for int4 groups of 32 at 3 planes), kBatchWeightRows1 / kBatchWeightRows3 and
 // kRowsPerCall1 / kRowsPerCall3 (weight and activation rows per call for several).
 #pragma once
 #if !defined(GENCORE_ISA_REGION_OPEN)
@@ -63,6 +63,34 @@ struct DpbusdDot : Int32Lanes, Budget {
   }
   template <int P>
   static void add_bytes(Acc& acc, const Operands& w, __m256i codes) { acc = Dpbusd::apply(acc, w.a, codes); }
+};
+
+// The register budgets of the two VNNI units (the constants listed above).
+// AVX512-VNNI (group_rows_planes_avx512vnni.cpp): 32 vector registers.
+struct Registers32 {
+  // At 3 planes, 2 weight x 3 activation rows hold 18 accumulators, 6 float totals, 4 nibble vectors
+  // and 2 code vectors (measured at batch 32: 4 activation rows of 1 weight row ran 2x slower).
+  static constexpr int kWeightRows1 = 2, kWeightRows3 = 2;
+  static constexpr int kBatchWeightRows1 = 2, kBatchWeightRows3 = 2;
+  static constexpr int kRowsPerCall1 = 4, kRowsPerCall3 = 3;
+  // row_whole_groups: at 3 planes 12 accumulators, 4 totals, 8 nibble and 2 code vectors (4 rows
+  // measured 1.06x 2 rows at 3 planes, 1.8x at 1: 256 x 4096 g128 in L2). int4 groups of 32, whose
+  // two scales a block per row take more registers and instructions: 2 rows measured 1.07-1.1x 4
+  // on Zen 5 (4096 x 4096, batch 1).
+  static constexpr int kWholeGroupRows1 = 4, kWholeGroupRows3 = 4, kPairGroupRows3 = 2;
+};
+
+// AVX-VNNI (group_rows_planes_avxvnni.cpp): 16 vector registers.
+struct Registers16 {
+  // At 3 planes, 2 weight rows x 1 activation row hold 6 accumulators, 2 float totals, 4 nibble
+  // vectors, 2 code vectors and the nibble mask; the same 2 x 1 for several activation rows (the
+  // AVX2 kernel's 1 x 2 loads one weight row's bytes for 12 activation-code loads: measured 1.15x
+  // slower at batch 32, and 3 x 1 no faster than 2 x 1, on Zen 5 capped at this level).
+  static constexpr int kWeightRows1 = 2, kWeightRows3 = 2;
+  static constexpr int kBatchWeightRows1 = 1, kBatchWeightRows3 = 2;
+  static constexpr int kRowsPerCall1 = 4, kRowsPerCall3 = 1;
+  // row_whole_groups: 3 rows measured 1.15x slower than 2 at 3 planes (4096 x 4096 g128, batch 1)
+  static constexpr int kWholeGroupRows1 = 2, kWholeGroupRows3 = 2, kPairGroupRows3 = 2;
 };
 
 inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
@@ -358,18 +386,24 @@ void plane_rows_batch(const ActivationPlanes& x, int nb, const WeightRows& w, in
   }
 }
 
+// One activation row against all weight rows, whose groups are whole blocks: NR at a time.
+template <class Dot, class Codes, int P, int NR>
+void whole_group_rows_all(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64_t group, float* out) {
+  int r = 0;
+  for (; r + NR <= w.rows; r += NR) row_whole_groups_for<Dot, Codes, NR, P>(x, w.from(r, NR), K, group, out + r);
+  for (; r < w.rows; ++r) row_whole_groups_for<Dot, Codes, 1, P>(x, w.from(r, 1), K, group, out + r);
+}
+
 // NR weight rows at a time (one activation row) or NRb (several).
 template <class Dot, class Codes, int P, int NR, int NRb, int PerCall>
 void plane_rows_for(const ActivationPlanes& x, int nb, const WeightRows& w, int64_t K, int64_t group, float* out,
                     int64_t ldo) {
   if (nb == 1) {  // the loads of the activation codes, shared by NR weight rows, are what limits
     if (whole_group_rows<Codes>(K, group)) {
-      constexpr int kRows = P == 1 ? Dot::kWholeGroupRows1 : Dot::kWholeGroupRows3;
-      int r = 0;
-      for (; r + kRows <= w.rows; r += kRows)
-        row_whole_groups_for<Dot, Codes, kRows, P>(x, w.from(r, kRows), K, group, out + r);
-      for (; r < w.rows; ++r) row_whole_groups_for<Dot, Codes, 1, P>(x, w.from(r, 1), K, group, out + r);
-      return;
+      if (P == 3 && Codes::kGroupPairs && group == kPairGroup)
+        return whole_group_rows_all<Dot, Codes, P, Dot::kPairGroupRows3>(x, w, K, group, out);
+      return whole_group_rows_all<Dot, Codes, P, P == 1 ? Dot::kWholeGroupRows1 : Dot::kWholeGroupRows3>(x, w, K,
+                                                                                                           group, out);
     }
     int r = 0;
     for (; r + NR <= w.rows; r += NR) plane_rows<Dot, Codes, NR, 1, P>(x, w.from(r, NR), K, group, out + r, ldo);
