@@ -87,7 +87,10 @@ def test_single_rows_of_whole_groups(rng, simd_level, bits, group_size, activati
     # One activation row against weights whose K is a whole number of groups (of whole blocks, or
     # int4 pairs of 32) has its own kernel: rows 4 or 2 at a time with the 1-3 left over one by
     # one (N), M = 9 ending on a single-row call, outliers; against the reference of each path.
-    for m, n, k in ((1, 1, 384), (1, 7, 384), (9, 23, 768), (1, 6, 1536), (2, 5, 384)):
+    # Several rows of such weights (M = 2-9: activation rows 1-4 a call, N below, at and above
+    # multiples of the weight rows a call).
+    for m, n, k in ((1, 1, 384), (1, 7, 384), (9, 23, 768), (1, 6, 1536), (2, 5, 384), (3, 4, 256), (5, 8, 640),
+                    (8, 17, 128), (7, 3, 384)):
         qw = quant.quantize(torch.randn(n, k, generator=rng), bits, group_size)
         x = torch.randn(m, k, generator=rng)
         x[:, ::41] *= 100
