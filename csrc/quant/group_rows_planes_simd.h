@@ -22,8 +22,9 @@
 // and byte_offset<P>() (int8: add_bytes accumulates sum c (q - byte_offset));
 // and the register budget at 1 and 3 planes: kWeightRows1 / kWeightRows3 (weight
 // rows per call for one activation row), kWholeGroupRows1 / kWholeGroupRows3 (the
-// same in row_whole_groups; kPairGroupRows3 for int4 groups of 32 at 3 planes), kBatchWeightRows1 / kBatchWeightRows3 and
-// kRowsPerCall1 / kRowsPerCall3 (weight and activation rows per call for several).
+// same in row_whole_groups; kPairGroupRows3 there for int4 groups of 32 at 3
+// planes), kBatchWeightRows1 / kBatchWeightRows3 and kRowsPerCall1 /
+// kRowsPerCall3 (weight and activation rows per call for several).
 #pragma once
 #if !defined(GENCORE_ISA_REGION_OPEN)
 #error "include quant/group_rows_planes_simd.h inside an ISA target region (after gencore/isa_begin.h)"
@@ -75,8 +76,8 @@ struct Registers32 {
   static constexpr int kRowsPerCall1 = 4, kRowsPerCall3 = 3;
   // row_whole_groups: at 3 planes 12 accumulators, 4 totals, 8 nibble and 2 code vectors (4 rows
   // measured 1.06x 2 rows at 3 planes, 1.8x at 1: 256 x 4096 g128 in L2). int4 groups of 32, whose
-  // two scales a block per row take more registers and instructions: 2 rows measured 1.07-1.1x 4
-  // on Zen 5 (4096 x 4096, batch 1).
+  // two scales a block per row take more registers and instructions: 2 rows measured 1.07-1.1x
+  // faster than 4 on Zen 5 (4096 x 4096, batch 1).
   static constexpr int kWholeGroupRows1 = 4, kWholeGroupRows3 = 4, kPairGroupRows3 = 2;
 };
 
