@@ -97,6 +97,21 @@ bool cpu_has_avx512_vnni() {
   return has;
 }
 
+bool cpu_has_full_width_avx512() {
+#if defined(GENCORE_X86) && (defined(__GNUC__) || defined(__clang__))
+  static const bool has = [] {
+    if (detected_simd_level() != SimdLevel::avx512 || !__builtin_cpu_is("amd")) return false;
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+    const unsigned family = ((eax >> 8) & 0xF) + (((eax >> 8) & 0xF) == 0xF ? (eax >> 20) & 0xFF : 0);
+    return family >= 0x1A;  // Zen 5
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
 bool cpu_has_avx_vnni() {
   static const bool has = detected_simd_level() >= SimdLevel::avx2 && cpuid_has_avx_vnni();
   return has;

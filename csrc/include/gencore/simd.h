@@ -20,6 +20,10 @@ SimdLevel detected_simd_level();          // best level this CPU and this build 
 SimdLevel simd_level();                   // level in use (detected, capped by override)
 void set_simd_level(SimdLevel level);     // cap; clamped to the detected level (avxvnni: to avx2 without AVX-VNNI)
 bool cpu_has_avx_vnni();                  // VEX AVX-VNNI, usable at level avxvnni and above
+// AVX-512 whose 512-bit integer ops run at the rate of 256-bit ones (AMD Zen 5 and later, where
+// measured: on Zen 4 they are split in two; on Intel they occupy two ports): kernels that gain
+// from 512-bit vectors only then take them.
+bool cpu_has_full_width_avx512();
 bool cpu_has_avx512_bf16();               // extra feature for the bf16 screening kernel
 bool cpu_has_avx512_vnni();               // extra feature for the quant integer-activation kernel
 const char* simd_level_name(SimdLevel level);
