@@ -31,6 +31,9 @@ using VnniDot = DpbusdDot<EvexDpbusd, Registers32>;
 // work of two at the ymm kernel's layout. Each half's int32 lanes receive the products the ymm
 // kernel's lanes do, and are scaled and summed in the same order, so both forms give the same
 // results. NP pairs of weight rows against NB activation rows (kPairs*, below).
+// p[0], p[1] in the low lanes.
+inline __m128 load_two(const float* p) { return _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))); }
+
 template <class Codes, int NP, int NB, int P>
 void pair_rows(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64_t group, float* out, int64_t ldo) {
   constexpr bool kInt4 = Codes::kBits == 4;
@@ -39,7 +42,9 @@ void pair_rows(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64_
   const int64_t groups = K / group;
   const __m512 base = _mm512_set1_ps(float(1 << digit_bits(Codes::kBits)));
   const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
-  const __m512i lane_of_pair = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  // int4 groups of 32: each 128-bit lane holds one group, g (even lanes) or g + 1, of one row
+  const __m512i lane_group = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
+  const __m512i lane_row_group = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   __m512 total[NP][NB];
   for (int i = 0; i < NP; ++i)
     for (int b = 0; b < NB; ++b) total[i][b] = _mm512_setzero_ps();
@@ -74,22 +79,25 @@ void pair_rows(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64_
           }
         }
     }
+    // scale[i][b] = s[r, g] * sx[b, g] in the lanes of row r and group g, as one vector product of
+    // the rows' scales (sv) and the activation rows' (sxv)
     const int64_t g = k0 / group;
+    __m512 sxv[NB];
+    for (int b = 0; b < NB; ++b) {
+      const float* sx = x.scales + b * x.ldg + g;
+      sxv[b] = pairs ? _mm512_permutexvar_ps(lane_group, _mm512_castps128_ps512(load_two(sx)))
+                     : _mm512_set1_ps(sx[0]);
+    }
     for (int i = 0; i < NP; ++i) {
-      const float* s0 = w.scales + 2 * i * w.scale_stride;
+      const float* s0 = w.scales + 2 * i * w.scale_stride + g;
       const float* s1 = s0 + w.scale_stride;
+      const __m512 sv = pairs ? _mm512_permutexvar_ps(lane_row_group, _mm512_castps128_ps512(_mm_movelh_ps(
+                                                                         load_two(s0), load_two(s1))))
+                              : _mm512_insertf32x8(_mm512_set1_ps(s0[0]), _mm256_set1_ps(s1[0]), 1);
       for (int b = 0; b < NB; ++b) {
-        const float* sx = x.scales + b * x.ldg;
-        __m512 scale;
-        if (pairs)
-          scale = _mm512_permutexvar_ps(lane_of_pair, _mm512_castps128_ps512(_mm_setr_ps(
-                                                          s0[g] * sx[g], s0[g + 1] * sx[g + 1], s1[g] * sx[g],
-                                                          s1[g + 1] * sx[g + 1])));
-        else
-          scale = _mm512_insertf32x8(_mm512_set1_ps(s0[g] * sx[g]), _mm256_set1_ps(s1[g] * sx[g]), 1);
         __m512 f = _mm512_cvtepi32_ps(acc[i][b][0]);
         for (int p = 1; p < P; ++p) f = _mm512_fmadd_ps(f, base, _mm512_cvtepi32_ps(acc[i][b][p]));
-        total[i][b] = _mm512_fmadd_ps(f, scale, total[i][b]);
+        total[i][b] = _mm512_fmadd_ps(f, _mm512_mul_ps(sv, sxv[b]), total[i][b]);
       }
     }
   }
