@@ -55,7 +55,8 @@ def test_cuda_archs_are_named_not_spelled_out():
 def _fake_info(**changes) -> dict:
     info = {
         "version": "9.9.9", "modules": {"_core": True, "_cuda": True}, "module_errors": {},
-        "simd": {"detected": "avx2", "in_use": "avx2", "avx512_bf16": False, "avx512_vnni": False, "avx_vnni": False}, "threads": 2, "openmp": True,
+        "simd": {"detected": "avx2", "in_use": "avx2", "avx512_bf16": False, "avx512_vnni": False, "avx_vnni": False,
+                 "avx512_full_width": False}, "threads": 2, "openmp": True,
         "blas": "OpenBLAS", "cuda": {"built": True, "devices": 1, "runtime_version": 13000,
                                      "driver_version": 12080, "archs": "80;90"},
         "forced_backend": None, "backends": {"ood": {"cpu": "native-cpu", "cuda": "native-cuda"}},

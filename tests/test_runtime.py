@@ -76,6 +76,21 @@ def test_info_native_cpu_fields():
     assert info["compiler"].split()[0] in ("gcc", "clang") and len(info["compiler"].split()) >= 2, info["compiler"]
 
 
+@native_cpu_only
+def test_full_width_avx512_is_said_of_amd_family_1ah_and_later():
+    # the 512-bit quant kernels are taken only there (csrc/include/gencore/simd.h); read the CPU's
+    # vendor and family independently, from /proc/cpuinfo
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo on this system to read the CPU's vendor and family from")
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    amd_zen5 = fields.get("vendor_id") == "AuthenticAMD" and int(fields.get("cpu family", "0")) >= 0x1A
+    info = gencore.info()["simd"]
+    assert info["avx512_full_width"] == (amd_zen5 and info["detected"] == "avx512")
+
+
 def test_info_cuda_devices():
     devices = gencore.info()["cuda"]["devices"]
     if not torch.cuda.is_available():

@@ -53,6 +53,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("has_avx512_bf16", &cpu_has_avx512_bf16);
   m.def("has_avx512_vnni", &cpu_has_avx512_vnni);
   m.def("has_avx_vnni", &cpu_has_avx_vnni);
+  m.def("has_full_width_avx512", &cpu_has_full_width_avx512);
   m.def("compiled_isas", &compiled_isas,
         "ISA kernel sets built into this module: ['scalar'] for a portable-only (or non-x86) build.");
   bindings::bind_ood(m);  // one binder per family

@@ -140,6 +140,7 @@ def runtime_info() -> dict:
             "avx512_bf16": bool(core.has_avx512_bf16()) if core else False,
             "avx512_vnni": bool(core.has_avx512_vnni()) if core else False,
             "avx_vnni": bool(core.has_avx_vnni()) if core else False,
+            "avx512_full_width": bool(core.has_full_width_avx512()) if core else False,
         },
         "compiler": getattr(core, "compiler", None) if core else None,
         "threads": get_num_threads(),

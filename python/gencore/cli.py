@@ -130,6 +130,7 @@ def format_info(info: dict) -> str:
         f"  AVX512-BF16       {_yes_no(simd['avx512_bf16'])}",
         f"  AVX512-VNNI       {_yes_no(simd['avx512_vnni'])}",
         f"  AVX-VNNI          {_yes_no(simd['avx_vnni'])}",
+        f"  512-bit units     {'full width' if simd['avx512_full_width'] else '-'}",
         f"  compiler          {info.get('compiler') or '-'}",
         f"  threads           {info['threads']}",
         f"  OpenMP            {_yes_no(info['openmp'])}",
