@@ -25,15 +25,15 @@ struct EvexDpbusd {
 
 using VnniDot = DpbusdDot<EvexDpbusd, Registers32>;
 
+// p[0], p[1] in the low lanes.
+inline __m128 load_two(const float* p) { return _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))); }
+
 // The 512-bit form of plane_rows for several activation rows and groups of whole blocks: each
 // zmm holds the same 32-byte block of two weight rows (row 2i in the low 256 bits, 2i + 1 in the
 // high), against the activation codes broadcast to both halves, so that one vpdpbusd does the
 // work of two at the ymm kernel's layout. Each half's int32 lanes receive the products the ymm
 // kernel's lanes do, and are scaled and summed in the same order, so both forms give the same
 // results. NP pairs of weight rows against NB activation rows (kPairs*, below).
-// p[0], p[1] in the low lanes.
-inline __m128 load_two(const float* p) { return _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))); }
-
 template <class Codes, int NP, int NB, int P>
 void pair_rows(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64_t group, float* out, int64_t ldo) {
   constexpr bool kInt4 = Codes::kBits == 4;
