@@ -106,6 +106,7 @@ void pair_rows(const ActivationPlanes& x, const WeightRows& w, int64_t K, int64_
       for (int half = 0; half < 2; ++half) {
         const int r = 2 * i + half;
         const __m256 t = half ? _mm512_extractf32x8_ps(total[i][b], 1) : _mm512_castps512_ps256(total[i][b]);
+        // code offset 0: the weight bytes enter vpdpbusd as they are (as in VnniDot)
         out[b * ldo + r] = hsum8(t) - zero_share_vec(w.scales + r * w.scale_stride, w.zeros + r * w.scale_stride,
                                                       x.sums + b * x.ldg, groups, 0.0f);
       }

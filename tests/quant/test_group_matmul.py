@@ -83,7 +83,7 @@ def test_rows_path_keeps_float32_level_accuracy(rng, simd_level, bits):
 @pytest.mark.parametrize("activations", ["float", "int8"])
 @pytest.mark.parametrize("group_size", [32, 64, 128, -1])
 @pytest.mark.parametrize("bits", [4, 8])
-def test_single_rows_of_whole_groups(rng, simd_level, bits, group_size, activations):
+def test_rows_of_whole_groups(rng, simd_level, bits, group_size, activations):
     # One activation row against weights whose K is a whole number of groups (of whole blocks, or
     # int4 pairs of 32) has its own kernel: rows 4 or 2 at a time with the 1-3 left over one by
     # one (N), M = 9 ending on a single-row call, outliers; against the reference of each path.
